@@ -1,0 +1,3 @@
+from vimpo_bench.cli import main
+
+main()

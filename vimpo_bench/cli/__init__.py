@@ -1,0 +1,65 @@
+"""The `vimpo-bench` command line. Only this package imports typer (house rule 4).
+
+Each command parses its arguments, loads a config and calls ONE library function. Errors that a
+user can fix (`UserError`, `ValueError`, `FileNotFoundError`, ...) print one line and exit non-zero;
+`--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+app = typer.Typer(
+    name="vimpo-bench",
+    help="Does VIMPO beat GRPO, where, and why? Train, evaluate, sweep and report.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+_state = {"debug": False}
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+    _state["debug"] = debug
+
+
+def debug_enabled() -> bool:
+    return _state["debug"] or "--debug" in sys.argv
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print one clear line to stderr and exit non-zero."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _register() -> None:
+    # Each module adds its commands to `app`; imported here so `main` sees them all.
+    import importlib
+
+    for module in ("train", "eval", "report", "study"):
+        try:
+            importlib.import_module(f"vimpo_bench.cli.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"vimpo_bench.cli.{module}":
+                raise
+
+
+def main() -> None:
+    _register()
+    try:
+        app()
+    except (typer.Exit, typer.Abort, SystemExit):
+        raise
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # one clear line unless --debug
+        if debug_enabled():
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)
