@@ -1,0 +1,49 @@
+"""Algorithms by name: `get(name, **options)` -> an object with `.advantages(batch)` and `.loss(batch)`.
+
+    algo = get("vimpo", beta=0.05, advantage="implied")
+    adv = algo.advantages(batch)                  # once per step, over the whole batch
+    loss, stats = algo.loss(batch.with_advantages(adv))
+
+Every algorithm is a frozen dataclass whose fields are its options (documented in docs/algorithms.md);
+unknown names and options fail listing the valid ones (house rule 2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from vimpo_bench.algorithms.batch import Batch
+from vimpo_bench.algorithms.grpo import Dapo, DrGrpo, Grpo
+from vimpo_bench.algorithms.rloo import Rloo
+from vimpo_bench.algorithms.vimpo import Vimpo
+
+REGISTRY: dict[str, type] = {"vimpo": Vimpo, "grpo": Grpo, "dr_grpo": DrGrpo, "dapo": Dapo, "rloo": Rloo}
+
+
+def names() -> list[str]:
+    return list(REGISTRY)
+
+
+def options(name: str) -> dict[str, object]:
+    """The options of algorithm `name` with their defaults."""
+    cls = _lookup(name)
+    return {f.name: f.default for f in dataclasses.fields(cls)}
+
+
+def get(name: str, **opts):
+    """Build algorithm `name` with `opts` (validated; unknown ones are an error listing the valid ones)."""
+    cls = _lookup(name)
+    valid = options(name)
+    unknown = sorted(set(opts) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(unknown)} for algorithm {name!r}; valid options: {', '.join(valid)}")
+    return cls(**opts)
+
+
+def _lookup(name: str) -> type:
+    if name not in REGISTRY:
+        raise ValueError(f"unknown algorithm {name!r}; valid algorithms: {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+__all__ = ["Batch", "get", "names", "options", "REGISTRY"]

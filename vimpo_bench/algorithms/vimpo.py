@@ -1,0 +1,299 @@
+r"""VIMPO: Value-Implicit Policy Optimization (arXiv 2606.20008), as reconstructed in
+docs/vimpo-method.md of the specification.
+
+Objective. With l_t = log pi_theta(a_t|s_t) - log pi_ref(a_t|s_t) and the outcome reward R_i arriving
+with the last token, the KL-regularized optimum satisfies beta * l*_t = r_t + V*(s_{t+1}) - V*(s_t) with
+V*(s_T) = 0. Putting pi_theta in place of pi* and unrolling from the prompt gives the policy-implied value
+
+    V_theta(s_t) = Vhat(x) + beta * sum_{k<t} l_k          (t < T)
+
+and the terminal-anchor residual delta_i = Vhat(x) + beta * sum_t l_{i,t} - R_i. VIMPO minimizes
+
+    L = L_actor + c_V * L_V,     L_V = mean_i delta_i^2     (reward enters here, gradient through l)
+    L_actor = -agg min(rho A, clip(rho, 1-eps_low, 1+eps_high) A),   rho = pi_theta / pi_old
+    A_{i,t} = sum_{k>=t} lam^(k-t) * beta * l^old_{i,k}     (the `implied` advantage, default)
+
+Vhat(x) is estimated from the group and carries no gradient (`mean` or `soft`).
+
+How it differs from GRPO: no group-normalized outcome advantage and no separate KL penalty. The
+reward enters only through the squared terminal residual L_V (whose gradient is a REINFORCE step with
+advantage -delta_i scaled by 2 beta c_V); the actor advantage is a per-token cumulative log-ratio, so
+tokens that separate right from wrong responses carry the credit; KL control comes through L_V.
+At pi_theta = pi_ref the implied advantage is 0 and all early learning comes from L_V.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from vimpo_bench.algorithms.batch import Batch
+from vimpo_bench.algorithms.core import (
+    AGGREGATIONS,
+    aggregate,
+    check,
+    check_ppo,
+    f32,
+    group_count,
+    group_index,
+    group_mean,
+    masked_mean,
+    policy_stats,
+    ppo_clip_loss,
+    require_group_size,
+    whiten_batch,
+)
+
+BASELINES = ("mean", "soft")
+ADVANTAGE_KINDS = ("implied", "mc", "residual", "outcome")
+TRUNCATION_RULES = ("zero_reward", "mask")
+
+
+def sequence_logratio(logratio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """sum_t l_{i,t} over each response's tokens. [B, T] -> [B] float32."""
+    return (f32(logratio) * f32(mask)).sum(1)
+
+
+def root_value(
+    seq_logratio: torch.Tensor,
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    beta: float,
+    baseline: str = "mean",
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Vhat(x) of each response's prompt, from its group; no gradient. [B] -> [B].
+
+    Each response gives a sample of the KL-regularized return q_j = R_j - beta * sum_t l_{j,t}.
+    - `mean`:  Vhat = mean_j q_j  (then L_V is the group variance of q: zero exactly at pi*);
+    - `soft`:  Vhat = beta * log mean_j exp(q_j / beta)  (importance-sampled beta log Z, via logsumexp).
+    `weights` [B] (bool or float, default all 1) weight the responses: 0 leaves one out (truncated ones
+    under `truncated=mask`); probabilities give exact expectations (the tabular checks).
+    """
+    q = (f32(rewards) - beta * f32(seq_logratio)).detach()
+    weights = None if weights is None else f32(weights).detach()
+    if baseline == "mean":
+        return group_mean(q, group_ids, weights)
+    if baseline == "soft":
+        index, n_groups = group_index(group_ids)
+        scaled = q / beta
+        if weights is not None:
+            scaled = scaled.masked_fill(weights == 0, float("-inf"))
+        lse = torch.full((n_groups,), float("-inf"), device=q.device)
+        lse = lse.scatter_reduce(0, index, scaled, reduce="amax", include_self=True)
+        # logsumexp per group = max + log sum exp(x - max); groups with no member stay at 0.
+        peak = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+        terms = torch.exp(scaled - peak[index]) * (1.0 if weights is None else weights)
+        sums = torch.zeros(n_groups, device=q.device).index_add_(0, index, terms)
+        counts = group_count(group_ids, weights).clamp(min=1.0)
+        log_mean = peak[index] + torch.log(sums[index].clamp(min=1e-30)) - torch.log(counts)
+        return beta * log_mean
+    raise ValueError(f"unknown value_baseline {baseline!r}; valid: {', '.join(BASELINES)}")
+
+
+def implied_values(
+    logratio: torch.Tensor,
+    mask: torch.Tensor,
+    v0: torch.Tensor,
+    beta: float,
+    rewards: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The policy-implied values along each response, by the forward recurrence.
+
+        V(s_0) = v0,   V(s_{t+1}) = V(s_t) + beta * l_t - r_t,   r_t = R at the last token, else 0.
+
+    Args: logratio, mask [B, T]; v0 [B] (Vhat of each response's prompt); rewards [B] or None.
+    Returns [B, T+1]: column t is V(s_t). Past a response's end the value stays at its terminal value.
+    With rewards, column T_i is the terminal residual delta_i (0 when the anchor V(s_T) = 0 holds);
+    without rewards, the reward is not subtracted (column T_i = delta_i + R_i).
+    """
+    steps = beta * f32(logratio) * f32(mask)
+    if rewards is not None:
+        lengths = f32(mask).sum(1).long()
+        last = (lengths - 1).clamp(min=0)
+        reward_at_end = torch.zeros_like(steps)
+        has_tokens = lengths > 0
+        rows = torch.arange(steps.shape[0], device=steps.device)[has_tokens]
+        reward_at_end[rows, last[has_tokens]] = f32(rewards)[has_tokens]
+        steps = steps - reward_at_end
+    start = f32(v0).reshape(-1, 1)
+    return torch.cat([start, start + torch.cumsum(steps, dim=1)], dim=1)
+
+
+def value_loss(
+    logratio: torch.Tensor,
+    mask: torch.Tensor,
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    beta: float,
+    baseline: str = "mean",
+    weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """L_V = mean_i delta_i^2 with delta_i = Vhat(x) + beta * sum_t l_{i,t} - R_i.
+
+    Args: logratio (log pi_theta - log pi_ref, carries the gradient), mask [B, T]; rewards, group_ids [B];
+    weights [B] bool or float or None: a weighted mean over responses (0 leaves a response out of L_V and
+    Vhat; exact on-policy probabilities turn the sample mean into an expectation).
+    Gradient: d L_V / d l_{i,t} = 2 beta delta_i mask_{i,t} / N (Vhat is held fixed), N = number of
+    responses (sum of weights).
+    Returns (loss, stats) with stats tensors `delta` [B], `vhat` [B], `seq_logratio` [B].
+    """
+    seq = sequence_logratio(logratio, mask)
+    vhat = root_value(seq.detach(), rewards, group_ids, beta, baseline, weights)
+    delta = vhat + beta * seq - f32(rewards)
+    weight = torch.ones_like(delta) if weights is None else f32(weights).detach()
+    loss = (weight * delta**2).sum() / weight.sum().clamp(min=1e-12)
+    return loss, {"delta": delta.detach(), "vhat": vhat, "seq_logratio": seq.detach()}
+
+
+def reverse_discounted_cumsum(x: torch.Tensor, lam: float) -> torch.Tensor:
+    """y_t = sum_{k>=t} lam^(k-t) x_k along the last dim. [B, T] -> [B, T]."""
+    if lam == 1.0:
+        return torch.flip(torch.cumsum(torch.flip(x, [1]), 1), [1])
+    out = torch.empty_like(x)
+    running = torch.zeros_like(x[:, 0])
+    for t in range(x.shape[1] - 1, -1, -1):
+        running = x[:, t] + lam * running
+        out[:, t] = running
+    return out
+
+
+def advantages(
+    old_logratio: torch.Tensor,
+    mask: torch.Tensor,
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    beta: float,
+    kind: str = "implied",
+    lam: float = 1.0,
+    baseline: str = "mean",
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """VIMPO actor advantages from the old policy's log-ratios (no gradient). [B, T] -> [B, T].
+
+    - `implied`:  A_t = sum_{k>=t} lam^(k-t) beta l^old_k       (= R - V*(s_t) under pi*)
+    - `mc`:       A_t = R - Vhat - beta sum_{k<t} l^old_k          (= implied - delta^old for lam = 1)
+    - `residual`: A_t = -delta^old = R - beta sum_t l^old - Vhat   (one value per response)
+    - `outcome`:  A_t = R - Vhat                                    (no dense credit)
+    Vhat comes from `baseline` on the old log-ratios (`weights` as in root_value). Zero on padding.
+    """
+    if kind not in ADVANTAGE_KINDS:
+        raise ValueError(f"unknown advantage {kind!r}; valid: {', '.join(ADVANTAGE_KINDS)}")
+    l_old = f32(old_logratio).detach() * f32(mask)
+    m = f32(mask)
+    if kind == "implied":
+        return reverse_discounted_cumsum(beta * l_old, lam) * m
+    seq = l_old.sum(1)
+    vhat = root_value(seq, rewards, group_ids, beta, baseline, weights)
+    r = f32(rewards)
+    if kind == "mc":
+        prefix = torch.cumsum(l_old, 1) - l_old  # sum_{k<t}
+        return (r - vhat).unsqueeze(1) * m - beta * prefix * m
+    if kind == "residual":
+        return (r - beta * seq - vhat).unsqueeze(1) * m
+    return (r - vhat).unsqueeze(1) * m  # outcome
+
+
+@dataclass(frozen=True)
+class Vimpo:
+    """VIMPO with every option of the specification (defaults as stated there).
+
+    beta: KL coefficient (> 0). value_coef: c_V (keep 2 beta c_V near 0.5). value_baseline: mean | soft.
+    advantage: implied | mc | residual | outcome. lam: discount of the implied advantage (0 < lam <= 1).
+    truncated: zero_reward (truncated responses are terminal with R = 0) | mask (left out of both losses).
+    advantage_whiten: divide advantages by their batch std (never for `implied`: it amplifies noise).
+    eps_low, eps_high: PPO clip range; dual_clip: c > 1 or None. agg: loss aggregation.
+    """
+
+    beta: float = 0.05
+    value_coef: float = 5.0
+    value_baseline: str = "mean"
+    advantage: str = "implied"
+    lam: float = 1.0
+    truncated: str = "zero_reward"
+    advantage_whiten: bool = False
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    dual_clip: float | None = None
+    agg: str = "token-mean"
+    norm_len: int | None = None
+
+    name = "vimpo"
+
+    def __post_init__(self) -> None:
+        check(self.beta > 0, f"beta must be > 0, got {self.beta}")
+        check(self.value_coef >= 0, f"value_coef must be >= 0, got {self.value_coef}")
+        check(self.value_baseline in BASELINES, f"value_baseline must be one of {BASELINES}, got {self.value_baseline!r}")
+        check(self.advantage in ADVANTAGE_KINDS, f"advantage must be one of {ADVANTAGE_KINDS}, got {self.advantage!r}")
+        check(0 < self.lam <= 1, f"lam must be in (0, 1], got {self.lam}")
+        check(self.truncated in TRUNCATION_RULES, f"truncated must be one of {TRUNCATION_RULES}, got {self.truncated!r}")
+        check_ppo(self)
+        if self.value_baseline == "soft" and self.beta < 0.2:
+            warnings.warn(
+                f"value_baseline='soft' with beta={self.beta}: with binary rewards it tracks the group maximum "
+                "and collapsed a prototype run at beta 0.05; 'mean' is the safe default",
+                stacklevel=3,
+            )
+        if self.advantage_whiten and self.advantage == "implied":
+            warnings.warn(
+                "advantage_whiten with the implied advantage turns log-ratio noise near pi_ref into full-size "
+                "advantages (collapsed a prototype run); prefer it off",
+                stacklevel=3,
+            )
+
+    def _rewards_and_include(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        truncated = batch.is_truncated
+        if self.truncated == "zero_reward":
+            # A truncated response did not finish: terminal with R = 0, as the verifier fails it.
+            return torch.where(truncated, torch.zeros_like(f32(batch.rewards)), f32(batch.rewards)), None
+        return f32(batch.rewards), ~truncated
+
+    def advantages(self, batch: Batch) -> torch.Tensor:
+        """Actor advantages [B, T] from old and reference log-probs."""
+        if self.value_baseline == "mean" or self.advantage != "implied":
+            require_group_size(batch.group_ids, 2, f"VIMPO's '{self.value_baseline}' root value")
+        rewards, include = self._rewards_and_include(batch)
+        old_logratio = f32(batch.old_logp) - f32(batch.ref_logp)
+        adv = advantages(
+            old_logratio, batch.mask, rewards, batch.group_ids, self.beta, self.advantage, self.lam,
+            self.value_baseline, include,
+        )
+        if self.advantage_whiten:
+            adv = whiten_batch(adv, batch.mask)
+        return adv
+
+    def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """L_actor + c_V L_V and its diagnostics (float stats named as in docs/metrics.md)."""
+        require_group_size(batch.group_ids, 2, f"VIMPO's '{self.value_baseline}' root value")
+        rewards, include = self._rewards_and_include(batch)
+        adv = batch.advantages if batch.advantages is not None else self.advantages(batch)
+        actor_mask = f32(batch.mask) if include is None else f32(batch.mask) * include.float().unsqueeze(1)
+        per_token, clipped, ratio = ppo_clip_loss(
+            batch.logp, batch.old_logp, adv, self.eps_low, self.eps_high, self.dual_clip
+        )
+        actor = aggregate(per_token, actor_mask, self.agg, self.norm_len)
+        logratio = f32(batch.logp) - f32(batch.ref_logp)
+        lv, parts = value_loss(logratio, batch.mask, rewards, batch.group_ids, self.beta, self.value_baseline, include)
+        total = actor + self.value_coef * lv
+        w = torch.ones_like(parts["delta"]) if include is None else include.float()
+        stats = {
+            "loss/total": total.item(),
+            "loss/actor": actor.item(),
+            "loss/value": lv.item(),
+            "vimpo/abs_residual": masked_mean(parts["delta"].abs(), w).item(),
+            "vimpo/residual_mean": masked_mean(parts["delta"], w).item(),
+            "vimpo/beta_logratio_sum": masked_mean(self.beta * parts["seq_logratio"], w).item(),
+            "vimpo/vhat_mean": _mean_per_group(parts["vhat"], batch.group_ids),
+            **policy_stats(batch.logp, batch.ref_logp, actor_mask, adv, clipped, ratio),
+        }
+        return total, stats
+
+
+def _mean_per_group(values: torch.Tensor, group_ids: torch.Tensor) -> float:
+    """Mean over prompts of a per-prompt value that is repeated on each response."""
+    index, n_groups = group_index(group_ids)
+    first = torch.zeros(n_groups, device=values.device).scatter_(0, index, f32(values))
+    return first.mean().item() if n_groups else math.nan
