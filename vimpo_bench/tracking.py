@@ -165,3 +165,202 @@ class MlflowTracker:
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
+
+
+# --- Reading runs back (used by `vimpo_bench.report`). Plain Python values out, no mlflow types. ---
+
+
+def _run_record(run, experiment_names: dict[str, str]) -> dict[str, Any]:
+    info, data = run.info, run.data
+    return {
+        "run_id": info.run_id,
+        "run_name": info.run_name,
+        "experiment_id": info.experiment_id,
+        "experiment": experiment_names.get(info.experiment_id, info.experiment_id),
+        "status": info.status,
+        "start_time": info.start_time,
+        "end_time": info.end_time,
+        "artifact_uri": info.artifact_uri,
+        "params": dict(data.params),
+        "tags": dict(data.tags),
+        "metrics": dict(data.metrics),
+    }
+
+
+def search_runs(
+    experiment_names: list[str] | None = None,
+    filter_string: str = "",
+    tracking_uri: str | None = None,
+) -> list[dict[str, Any]]:
+    """Active runs of the named experiments (every active experiment when None) that match the MLflow
+    `filter_string`, as dicts: run_id, run_name, experiment_id, experiment, status, start_time and
+    end_time (ms since epoch; end_time None while running), params, tags, metrics (latest values).
+    Names that match no experiment are skipped; an empty list means nothing matched."""
+    from mlflow.entities import ViewType
+
+    client = _client(tracking_uri)
+    if experiment_names is None:
+        experiments, token = [], None
+        while True:
+            page = client.search_experiments(view_type=ViewType.ACTIVE_ONLY, max_results=1000, page_token=token)
+            experiments.extend(page)
+            token = page.token
+            if not token:
+                break
+    else:
+        experiments = [e for e in (client.get_experiment_by_name(n) for n in experiment_names) if e]
+    names = {e.experiment_id: e.name for e in experiments}
+    out: list[dict[str, Any]] = []
+    if not names:
+        return out
+    token = None
+    while True:
+        page = client.search_runs(
+            list(names),
+            filter_string=filter_string,
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=5000,
+            page_token=token,
+        )
+        out.extend(_run_record(run, names) for run in page)
+        token = page.token
+        if not token:
+            return out
+
+
+def get_runs(run_ids: list[str], tracking_uri: str | None = None) -> list[dict[str, Any]]:
+    """The runs with these ids, as `search_runs` returns them; an unknown id raises ValueError."""
+    client = _client(tracking_uri)
+    out, names = [], {}
+    for run_id in run_ids:
+        try:
+            run = client.get_run(run_id)
+        except Exception as exc:
+            raise ValueError(f"no MLflow run with id {run_id!r} in {client.tracking_uri}") from exc
+        exp_id = run.info.experiment_id
+        if exp_id not in names:
+            names[exp_id] = client.get_experiment(exp_id).name
+        out.append(_run_record(run, names))
+    return out
+
+
+def metric_histories(
+    run_ids: list[str], keys: list[str] | None = None, tracking_uri: str | None = None
+) -> list[tuple[str, str, int, int, float]]:
+    """Every logged value of the metrics `keys` (all metrics when None) of these runs, as tuples
+    (run_id, key, step, timestamp_ms, value); NaN values come back as NaN.
+
+    On a database store (sqlite, postgres, ...) this is one SQL query per 500 runs over MLflow's own
+    table model; MLflow's public `get_metric_history` costs a call per (run, key), ~20x slower for 50
+    runs x 500 steps (benchmarks/bench_report.py). Other stores fall back to that public API."""
+    client = _client(tracking_uri)
+    store = getattr(getattr(client, "_tracking_client", None), "store", None)
+    try:
+        from mlflow.store.tracking.dbmodels.models import SqlMetric
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    except ImportError:  # pragma: no cover - mlflow-skinny without sqlalchemy
+        SqlAlchemyStore = None
+    if SqlAlchemyStore is not None and isinstance(store, SqlAlchemyStore):
+        return _metric_histories_sql(store, SqlMetric, run_ids, keys)
+    return _metric_histories_api(client, run_ids, keys)
+
+
+def _metric_histories_sql(store, SqlMetric, run_ids, keys):
+    # SQLAlchemy writes the query for the store's dialect (quoting, IN lists); the rows come straight
+    # from the DBAPI cursor, which is 2-3x faster than SQLAlchemy's row processing for 10^5+ rows.
+    import sqlalchemy as sa
+
+    columns = (SqlMetric.run_uuid, SqlMetric.key, SqlMetric.step, SqlMetric.timestamp, SqlMetric.value,
+               SqlMetric.is_nan)
+    out: list[tuple[str, str, int, int, float]] = []
+    nan = float("nan")
+    conn = store.engine.raw_connection()
+    try:
+        cursor = conn.cursor()
+        for i in range(0, len(run_ids), 500):
+            stmt = sa.select(*columns).where(SqlMetric.run_uuid.in_(list(run_ids[i : i + 500])))
+            if keys is not None:
+                stmt = stmt.where(SqlMetric.key.in_(list(keys)))
+            compiled = stmt.compile(dialect=store.engine.dialect, compile_kwargs={"render_postcompile": True})
+            params = compiled.params
+            args = tuple(params[k] for k in compiled.positiontup) if compiled.positional else params
+            cursor.execute(str(compiled), args)
+            out.extend((r, k, s, t, nan if is_nan else v) for r, k, s, t, v, is_nan in cursor.fetchall())
+        cursor.close()
+    finally:
+        conn.close()
+    return out
+
+
+def _metric_histories_api(client, run_ids, keys):
+    out: list[tuple[str, str, int, int, float]] = []
+    for run_id in run_ids:
+        run_keys = keys if keys is not None else list(client.get_run(run_id).data.metrics)
+        for key in run_keys:
+            out.extend((run_id, key, m.step, m.timestamp, m.value) for m in client.get_metric_history(run_id, key))
+    return out
+
+
+def _local_artifact_dir(artifact_uri: str | None) -> Path | None:
+    """The folder of a run's artifacts when they are on this machine's file system, else None."""
+    if not artifact_uri:
+        return None
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(artifact_uri)
+    if parsed.scheme == "file" and parsed.netloc in ("", "localhost"):
+        return Path(unquote(parsed.path))
+    if parsed.scheme == "" and artifact_uri.startswith("/"):
+        return Path(artifact_uri)
+    return None
+
+
+def list_artifacts(
+    run_id: str, path: str | None = None, tracking_uri: str | None = None, artifact_uri: str | None = None
+) -> list[str]:
+    """Paths of the files directly under `path` in the run's artifacts (empty when there are none).
+    With the run's `artifact_uri` (as `search_runs` gives it) local artifacts are listed directly."""
+    local = _local_artifact_dir(artifact_uri)
+    if local is not None:
+        folder = local / path if path else local
+        if not folder.is_dir():
+            return []
+        return sorted(str(p.relative_to(local)) for p in folder.iterdir() if p.is_file())
+    try:
+        return [f.path for f in _client(tracking_uri).list_artifacts(run_id, path) if not f.is_dir]
+    except Exception:  # an artifact store that cannot be listed reads as empty
+        return []
+
+
+def read_artifact_text(
+    run_id: str, path: str, tracking_uri: str | None = None, artifact_uri: str | None = None
+) -> str | None:
+    """The text of one artifact file, or None when the run has no such artifact. With the run's
+    `artifact_uri`, local artifacts are read in place (MLflow's download costs ~40 ms a file); other
+    stores download, with MLflow's progress bar off (library code never prints) unless
+    MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR is set."""
+    import tempfile
+
+    local = _local_artifact_dir(artifact_uri)
+    if local is not None:
+        file = local / path
+        return file.read_text(encoding="utf-8") if file.is_file() else None
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    client = _client(tracking_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local_path = client.download_artifacts(run_id, path, tmp)
+        except Exception:
+            return None
+        p = Path(local_path)
+        return p.read_text(encoding="utf-8") if p.is_file() else None
+
+
+def log_metric_rows(tracker: MlflowTracker, rows: list[tuple[str, float, int, int]]) -> None:
+    """Log many (key, value, timestamp_ms, step) rows in batches of 1000 (MLflow's log_batch limit), with
+    the given timestamps: for importing or synthesizing whole histories at once."""
+    from mlflow.entities import Metric
+
+    batch = [Metric(k, float(v), int(t), int(s)) for k, v, t, s in rows]
+    for i in range(0, len(batch), 1000):
+        tracker.client.log_batch(tracker.run_id, metrics=batch[i : i + 1000])

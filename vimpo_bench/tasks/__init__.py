@@ -30,4 +30,53 @@ def get(name: str, **options) -> Task:
     return factory(**options)
 
 
-__all__ = ["Problem", "Task", "get", "names"]
+# Evaluation suites: one task each, plus aliases that expand to several (reported per task).
+SUITES: dict[str, tuple[str, ...]] = {
+    "math500": ("math500",),
+    "aime24": ("aime24",),
+    "aime25": ("aime25",),
+    "aime": ("aime24", "aime25"),
+    "olympiadbench": ("olympiadbench",),
+    "math": ("math500", "aime24", "aime25", "olympiadbench"),
+    "arith": ("arith",),
+}
+# Tasks that read files from a data folder (take `data_dir`).
+DATA_TASKS = ("math500", "aime24", "aime25", "olympiadbench", "math_train")
+
+
+def expand_suites(spec: str | list[str] | tuple[str, ...]) -> list[str]:
+    """ "aime,math500" or ["aime", "math500"] -> ["aime24", "aime25", "math500"] (order kept, no repeats).
+    Unknown names fail listing the valid ones."""
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    out: list[str] = []
+    for item in (i.strip() for i in items):
+        if not item:
+            continue
+        if item not in SUITES:
+            raise ValueError(f"unknown suite {item!r}; valid suites: {', '.join(SUITES)}")
+        out.extend(name for name in SUITES[item] if name not in out)
+    if not out:
+        raise ValueError(f"no suite given; valid suites: {', '.join(SUITES)}")
+    return out
+
+
+def get_suite_task(name: str, data_dir=None, **options) -> Task:
+    """The task behind one expanded suite name; data tasks get `data_dir` (None: env, then hub)."""
+    if name in DATA_TASKS:
+        return get(name, data_dir=data_dir, **options)
+    return get(name, **options)
+
+
+def load(name: str, data_dir=None) -> list[Problem]:
+    """The test problems of suite `name` (an alias concatenates its tasks' problems in order).
+
+    Data tasks read `<data_dir>/<task>/test.jsonl` (`data_dir` None: `$VIMPO_BENCH_DATA`, else the
+    Hugging Face hub); errors name the file and line.
+    """
+    problems: list[Problem] = []
+    for task_name in expand_suites(name):
+        problems.extend(get_suite_task(task_name, data_dir).problems("test"))
+    return problems
+
+
+__all__ = ["DATA_TASKS", "SUITES", "Problem", "Task", "expand_suites", "get", "get_suite_task", "load", "names"]

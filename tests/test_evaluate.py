@@ -1,0 +1,470 @@
+"""Evaluation: pass@k against brute force, majority vote, intervals, prompts, records, and the
+`vimpo-bench eval` command end to end (tiny random Llama, real MLflow sqlite store)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from vimpo_bench import evaluate as ev
+from vimpo_bench import grading, prompts
+from vimpo_bench.rollout.base import Rollouts, SamplingParams
+
+DATA = Path(
+    os.environ.get("VIMPO_BENCH_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data"
+)
+needs_data = pytest.mark.skipif(
+    not (DATA / "math500" / "test.jsonl").is_file(),
+    reason=f"benchmark data not found at {DATA} (set VIMPO_BENCH_DATA to a folder laid out like ../shared/data)",
+)
+
+
+# ----------------------------------------------------------------------------------- metrics
+
+
+def brute_force_pass_at_k(outcomes: tuple[bool, ...], k: int) -> Fraction:
+    subsets = list(itertools.combinations(outcomes, k))
+    return Fraction(sum(any(s) for s in subsets), len(subsets))
+
+
+def test_pass_at_k_equals_enumeration_over_all_subsets():
+    for n in range(1, 9):
+        for c in range(n + 1):
+            outcomes = (True,) * c + (False,) * (n - c)
+            for k in range(1, n + 1):
+                assert ev.pass_at_k(n, c, k) == pytest.approx(
+                    float(brute_force_pass_at_k(outcomes, k)), abs=1e-12
+                )
+
+
+def test_pass_at_k_is_stable_for_large_n():
+    n, c, k = 256, 3, 100
+    exact = 1 - Fraction(math.comb(n - c, k), math.comb(n, k))
+    assert ev.pass_at_k(n, c, k) == pytest.approx(float(exact), rel=1e-12)
+    assert ev.pass_at_k(1024, 0, 512) == 0.0
+    assert ev.pass_at_k(1024, 1, 1) == pytest.approx(1 / 1024)
+    with pytest.raises(ValueError):
+        ev.pass_at_k(4, 5, 1)
+
+
+def test_majority_vote():
+    assert ev.majority_correct(["1", "2", "2"], [True, False, False]) is False
+    assert ev.majority_correct(["x=1", "1", "3"], [True, True, False]) is True  # correct ones agree
+    assert ev.majority_correct(["3", "1 ", None], [False, True, False]) is False  # tie: first seen wins
+    assert ev.majority_correct(["1", "3"], [True, False]) is True
+    assert ev.majority_correct(["3 ", " 3", "1"], [False, False, True]) is False  # spacing groups
+    assert ev.majority_correct([None, None], [False, False]) is False
+
+
+def test_intervals():
+    low, high = ev.wilson_interval(5, 10)
+    assert (round(low, 4), round(high, 4)) == (0.2366, 0.7634)
+    assert ev.interval([0.0, 1.0, 1.0, 0.0]) == ev.wilson_interval(2, 4)
+    values = [0.25, 0.5, 0.75, 1.0]
+    sd = math.sqrt(sum((v - 0.625) ** 2 for v in values) / 3)
+    assert ev.interval(values) == pytest.approx((0.625 - ev.Z95 * sd / 2, min(1.0, 0.625 + ev.Z95 * sd / 2)))
+
+
+def _records(
+    table: dict[str, list[tuple[str | None, bool]]], meta: dict[str, dict] | None = None
+) -> list[dict]:
+    out = []
+    for pid, samples in table.items():
+        for j, (answer, ok) in enumerate(samples):
+            out.append(
+                {
+                    "problem_id": pid,
+                    "sample_index": j,
+                    "extracted": answer,
+                    "correct": ok,
+                    "tokens": 10 + j,
+                    "finish_reason": "stop" if j else "length",
+                    "timed_out": False,
+                    "grader_error": None,
+                    **(meta or {}).get(pid, {}),
+                }
+            )
+    return out
+
+
+def test_suite_metrics_by_hand():
+    records = _records(
+        {
+            "a": [("1", True), ("1", True)],
+            "b": [("2", False), ("5", True)],
+            "c": [("7", False), ("7", False)],
+        },
+        {
+            "a": {"subject": "Number Theory", "level": "1"},
+            "b": {"subject": "Algebra", "level": "1"},
+            "c": {"subject": "Algebra", "level": "3"},
+        },
+    )
+    m = ev.suite_metrics(records, n=2)
+    assert m["n_problems"] == 3 and m["n_samples"] == 6
+    assert m["accuracy"] == pytest.approx(0.5) and m["avg_at_2"] == m["accuracy"]
+    assert m["pass_at_1"] == pytest.approx(0.5)
+    assert m["pass_at_2"] == pytest.approx(2 / 3)
+    assert m["maj_at_2"] == pytest.approx(1 / 3)  # b ties 1-1 and "2" came first
+    assert m["accuracy_ci_low"] < 0.5 < m["accuracy_ci_high"]
+    assert m["subject/algebra/accuracy"] == pytest.approx(0.25) and m["subject/algebra/n_problems"] == 2
+    assert m["subject/number_theory/accuracy"] == 1.0
+    assert m["level/1/accuracy"] == pytest.approx(0.75) and m["level/3/accuracy"] == 0.0
+    assert m["truncation_rate"] == pytest.approx(0.5) and m["mean_response_tokens"] == pytest.approx(10.5)
+    with pytest.raises(ValueError, match="exactly n=3"):
+        ev.suite_metrics(records, n=3)
+
+
+# ------------------------------------------------------------------------------ config, prompts
+
+
+def test_config_presets_and_validation():
+    assert ev.EvalConfig().sampling() == SamplingParams(
+        temperature=0.0, top_p=1.0, top_k=0, max_new_tokens=4096, n=1
+    )
+    r1 = ev.EvalConfig(preset="r1", n=8).sampling()
+    assert (r1.temperature, r1.top_p, r1.n) == (0.6, 0.95, 8)
+    with pytest.raises(ValueError, match="temperature 0 are identical"):
+        ev.EvalConfig(n=4)
+    with pytest.raises(ValueError, match="unknown sampling preset 'hot'; valid presets: greedy"):
+        ev.EvalConfig(preset="hot")
+    with pytest.raises(ValueError, match="unknown prompt template 'chatml'"):
+        ev.EvalConfig(template="chatml")
+    with pytest.raises(ValueError, match="unknown suite"):
+        ev.EvalConfig(suites="math500,gsm8k")
+
+
+class _Tok:
+    def __init__(self, template: str | None):
+        self.chat_template = template
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
+        if self.chat_template == "no-system" and messages[0]["role"] == "system":
+            raise ValueError("System role not supported")
+        return "".join(f"<{m['role']}>{m['content']}</{m['role']}>" for m in messages) + "<assistant>"
+
+
+def test_templates():
+    q = "What is 1+1?"
+    instruction = "Please reason step by step, and put your final answer within \\boxed{}."
+    assert prompts.render("qwen-boxed", q) == f"{q}\n{instruction}"
+    assert (
+        prompts.render("qwen-boxed", q, _Tok("yes"))
+        == f"<system>{instruction}</system><user>{q}</user><assistant>"
+    )
+    assert prompts.render("qwen-boxed", q, _Tok("no-system")) == f"<user>{q}\n{instruction}</user><assistant>"
+    assert prompts.render("plain", q, _Tok("yes")) == q
+    r1 = prompts.render("r1", q, _Tok("yes"))
+    assert r1.endswith(f"User: {q}\nAssistant: <think>") and "<answer>" in r1
+    record = prompts.describe("qwen-boxed", _Tok("yes"))
+    assert (
+        record["chat_template"] is True
+        and "{question}" in record["example"]
+        and record["chat_template_sha256"]
+    )
+
+
+def test_records_round_trip_through_parquet(tmp_path):
+    problems = [grading_problem("p1", "2"), grading_problem("p2", "3")]
+    grades = grading.grade_batch(
+        ["\\boxed{2}", "x", "\\boxed{3}", "\\boxed{4}"], ["2", "2", "3", "3"], workers=0
+    )
+    records = ev.make_records(
+        "aime24",
+        problems,
+        ["P1", "P2"],
+        ["\\boxed{2}", "x", "\\boxed{3}", "\\boxed{4}"],
+        grades,
+        n=2,
+        template="qwen-boxed",
+        tokens=[3, 1, 3, 3],
+        finish_reasons=["stop"] * 4,
+    )
+    jsonl, parquet = ev.write_records(records, tmp_path / "records" / "aime24")
+    frame = pd.read_parquet(parquet)
+    assert list(frame.columns) == list(ev.RECORD_FIELDS)
+    assert frame["correct"].tolist() == [True, False, True, False]
+    assert frame["sample_index"].tolist() == [0, 1, 0, 1]
+    assert frame["prompt"].tolist() == ["P1", "P1", "P2", "P2"]
+    assert [json.loads(line) for line in jsonl.read_text().splitlines()] == records
+    assert set(frame["grader_version"]) == {grading.GRADER_VERSION}
+
+
+def grading_problem(pid: str, answer: str):
+    from vimpo_bench.tasks.base import Problem
+
+    return Problem(id=pid, question=f"q {pid}", answer=answer, meta={"level": 2, "subject": "Algebra"})
+
+
+class ScriptedGenerator:
+    """A Generator that answers from a table (prompt -> completions); for checking the arithmetic of
+    `evaluate` with answers a random model would never give."""
+
+    def __init__(self, answers: dict[str, list[str]]):
+        self.answers = answers
+
+    def generate(self, prompts_: list[str], params: SamplingParams, seed: int | None = None) -> Rollouts:
+        texts = [self.answers[p][j] for p in prompts_ for j in range(params.n)]
+        rows = len(texts)
+        return Rollouts(
+            prompt_ids=torch.ones(rows, 1, dtype=torch.long),
+            prompt_mask=torch.ones(rows, 1, dtype=torch.long),
+            response_ids=torch.ones(rows, 4, dtype=torch.long),
+            response_mask=torch.ones(rows, 4, dtype=torch.long),
+            truncated=torch.zeros(rows, dtype=torch.bool),
+            group_ids=torch.arange(len(prompts_)).repeat_interleave(params.n),
+            texts=texts,
+            prompts=[p for p in prompts_ for _ in range(params.n)],
+        )
+
+
+@needs_data
+def test_evaluate_scores_what_the_generator_says(tmp_path):
+    from vimpo_bench import tasks
+
+    problems = tasks.get("aime24", data_dir=DATA).problems("test", limit=3)
+    table = {
+        prompts.render("qwen-boxed", problems[0].question): [
+            f"\\boxed{{{problems[0].answer}}}",
+            "\\boxed{1}",
+        ],
+        prompts.render("qwen-boxed", problems[1].question): ["\\boxed{1}", "\\boxed{1}"],
+        prompts.render("qwen-boxed", problems[2].question): [f"so {problems[2].answer}"] * 2,
+    }
+    config = ev.EvalConfig(
+        suites="aime24", limit=3, n=2, temperature=1.0, data_dir=str(DATA), grader_workers=0, batch_size=2
+    )
+    seen = []
+    result = ev.evaluate(ScriptedGenerator(table), config, progress=seen.append, output_dir=tmp_path)
+    m = result.suites["aime24"].metrics
+    assert m["accuracy"] == pytest.approx(0.5) and m["pass_at_2"] == pytest.approx(2 / 3)
+    assert m["maj_at_2"] == pytest.approx(2 / 3)  # problem 0 ties and its correct answer came first
+    assert [(e.done, e.total) for e in seen] == [(2, 3), (3, 3)]
+    assert seen[0].accuracy == pytest.approx(0.25)
+    assert pd.read_parquet(tmp_path / "records" / "aime24.parquet")["correct"].sum() == 3
+
+
+# -------------------------------------------------------------------------- end to end (CLI)
+
+
+def _tiny_model(folder: Path) -> Path:
+    """A random 2-layer Llama with helper A's character tokenizer and a toy chat template."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from vimpo_bench.models import build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    tok.chat_template = (
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        initializer_range=0.5,  # a less degenerate random model: outputs vary by prompt
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return _tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="module")
+def mlflow_store(tmp_path_factory):
+    """One real sqlite store for the module (creating its tables takes seconds)."""
+    from mlflow.tracking import MlflowClient
+
+    folder = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.chdir(folder)  # mlartifacts/ and runs/ land here
+        yield MlflowClient(uri)
+
+
+def _cli(args: list[str]):
+    from typer.testing import CliRunner
+
+    import vimpo_bench.cli.eval  # noqa: F401 - registers the command
+    from vimpo_bench.cli import app
+
+    result = CliRunner().invoke(app, args)
+    if result.exit_code != 0:
+        raise AssertionError(f"exit {result.exit_code}: {result.output}\n{result.exception!r}")
+    return result
+
+
+@needs_data
+def test_cli_eval_every_suite_into_mlflow(tiny_model, mlflow_store, tmp_path):
+    from vimpo_bench.tracking import MlflowTracker
+
+    parent = MlflowTracker.start(run_name="train", tags={"vimpo.kind": "train"})
+    parent.finish()
+    out = _cli(
+        [
+            "eval",
+            "--suite",
+            "math,arith",
+            "--model",
+            str(tiny_model),
+            "--limit",
+            "2",
+            "--max-tokens",
+            "16",
+            "--data-dir",
+            str(DATA),
+            "--run",
+            parent.run_id,
+            "--grader-workers",
+            "2",
+            "--json",
+        ]
+    )
+    summary = json.loads(out.output.strip().splitlines()[-1])
+    suites = ["math500", "aime24", "aime25", "olympiadbench", "arith"]
+    assert list(summary["suites"]) == suites
+    run = mlflow_store.get_run(summary["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.parentRunId"] == parent.run_id
+    assert run.data.tags["vimpo.kind"] == "eval" and run.data.tags["vimpo.suite"] == ",".join(suites)
+    assert run.data.params["grader_version"] == grading.GRADER_VERSION
+    assert (
+        run.data.params["data.math500.sha256"]
+        == "680cfd5f6d38b444f5ae6662c0da445210a362f6826b5a2d27df98c92ab42b67"
+    )
+    assert run.data.params["template"] == "qwen-boxed" and run.data.params["template.arith"] == "plain"
+    assert (
+        run.data.params["sampling.temperature"] == "0.0"
+        and run.data.params["sampling.max_new_tokens"] == "16"
+    )
+    metrics = run.data.metrics
+    for suite in suites:
+        s = summary["suites"][suite]
+        assert s["n_problems"] == 2 and s["n_samples"] == 2 and s["grader_timeouts"] == 0
+        assert metrics[f"eval/{suite}/n_problems"] == 2
+        assert metrics[f"eval/{suite}/accuracy"] == s["metrics"]["accuracy"]
+        assert metrics[f"eval/{suite}/accuracy_ci_low"] <= metrics[f"eval/{suite}/accuracy"]
+        assert metrics[f"eval/{suite}/accuracy"] <= metrics[f"eval/{suite}/accuracy_ci_high"]
+        assert f"eval/{suite}/pass_at_1" in metrics
+    assert (
+        "eval/math500/level/2/accuracy" in metrics and "eval/math500/subject/precalculus/accuracy" in metrics
+    )
+    artifacts = {f.path for f in mlflow_store.list_artifacts(run.info.run_id, "records")}
+    assert {"records/math500.jsonl", "records/math500.parquet", "records/arith.parquet"} <= artifacts
+    local = mlflow_store.download_artifacts(run.info.run_id, "records/aime24.parquet", str(tmp_path))
+    frame = pd.read_parquet(local)
+    assert (
+        len(frame) == 2 and frame["tokens"].max() <= 16 and set(frame["finish_reason"]) <= {"stop", "length"}
+    )
+    assert frame["prompt"][0].startswith("<system>Please reason step by step")
+
+
+@needs_data
+def test_cli_eval_of_an_mlflow_run_checkpoint_with_sampling(tiny_model, mlflow_store):
+    from vimpo_bench.tracking import MlflowTracker
+
+    train = MlflowTracker.start(run_name="train", tags={"vimpo.kind": "train"})
+    train.log_artifact(tiny_model, "checkpoint")
+    train.finish()
+    out = _cli(
+        [
+            "eval",
+            "--suite",
+            "aime25",
+            "--model",
+            train.run_id,
+            "--limit",
+            "2",
+            "--n",
+            "3",
+            "--temperature",
+            "1.0",
+            "--max-tokens",
+            "8",
+            "--data-dir",
+            str(DATA),
+            "--grader-workers",
+            "0",
+            "--json",
+        ]
+    )
+    summary = json.loads(out.output.strip().splitlines()[-1])
+    run = mlflow_store.get_run(summary["run_id"])
+    assert run.data.tags["mlflow.parentRunId"] == train.run_id  # nested under the run it came from
+    metrics = run.data.metrics
+    assert metrics["eval/aime25/n_samples"] == 6
+    for key in (
+        "pass_at_1",
+        "pass_at_2",
+        "pass_at_3",
+        "avg_at_3",
+        "maj_at_3",
+        "maj_at_3_ci_low",
+        "pass_at_3_ci_high",
+    ):
+        assert f"eval/aime25/{key}" in metrics
+    assert metrics["eval/aime25/pass_at_1"] == pytest.approx(metrics["eval/aime25/accuracy"])
+
+
+def test_cli_rejects_bad_options_with_one_line():
+    from typer.testing import CliRunner
+
+    import vimpo_bench.cli.eval  # noqa: F401
+    from vimpo_bench.cli import app
+
+    result = CliRunner().invoke(app, ["eval", "--model", "x", "--suite", "gsm8k"])
+    assert result.exit_code == 2 and "unknown suite 'gsm8k'" in result.output
+
+
+# ------------------------------------------------------------------------------------ vLLM
+
+
+def test_vllm_backend_module_imports_without_vllm():
+    import importlib
+    import importlib.util
+    import sys
+
+    module = importlib.import_module("vimpo_bench.rollout.vllm")
+    assert hasattr(module, "VLLMGenerator")
+    if importlib.util.find_spec("vllm") is None:
+        assert "vllm" not in sys.modules
+
+
+@pytest.mark.gpu
+def test_vllm_generator_follows_the_generator_protocol(tiny_model):
+    pytest.importorskip("vllm")
+    if not torch.cuda.is_available():
+        pytest.skip("vLLM needs a CUDA device")
+    from vimpo_bench.rollout.vllm import VLLMGenerator
+
+    gen = VLLMGenerator(str(tiny_model), dtype="float32", gpu_memory_utilization=0.2, return_sample_logp=True)
+    params = SamplingParams(temperature=1.0, top_p=0.9, n=3, max_new_tokens=8)
+    first = gen.generate(["1+1=", "22+3="], params, seed=7)
+    again = gen.generate(["1+1=", "22+3="], params, seed=7)
+    assert len(first) == 6 and first.group_ids.tolist() == [0, 0, 0, 1, 1, 1]
+    assert first.texts == again.texts
+    lengths = first.response_mask.sum(dim=1)
+    assert bool(((lengths == 8) | ~first.truncated).all())
+    assert first.sample_logp.shape == first.response_ids.shape
+    assert bool((first.sample_logp[first.response_mask == 0] == 0).all())

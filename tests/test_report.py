@@ -1,0 +1,327 @@
+"""`vimpo-bench report`: statistics by hand, arm/condition labelling, and whole reports built from a real
+MLflow sqlite store (synthetic runs shaped like docs/metrics.md). The browser checks are in
+test_report_browser.py."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from vimpo_bench import tracking
+from vimpo_bench.report import analysis as A
+from vimpo_bench.report import build_report, collect, stats
+from vimpo_bench.report.collect import ReportData
+from vimpo_bench.report.panels import PANELS
+from vimpo_bench.report.synthetic import fresh_store, log_synthetic_study
+from vimpo_bench.tracking import MlflowTracker
+
+T_2 = 4.302652729749464  # t_{0.975} with 2 degrees of freedom
+T_1 = 12.706204736174707
+
+
+# --- statistics, by hand -------------------------------------------------------------------------
+
+
+def test_t_interval_by_hand():
+    mean, low, high, n = stats.t_interval([1.0, 2.0, 3.0])  # sd 1
+    assert (mean, n) == (2.0, 3)
+    assert low == pytest.approx(2 - T_2 / math.sqrt(3)) and high == pytest.approx(2 + T_2 / math.sqrt(3))
+
+
+def test_t_interval_one_or_no_value_has_no_interval():
+    mean, low, high, n = stats.t_interval([0.4, float("nan")])  # NaN is dropped, one value is left
+    assert (mean, n) == (0.4, 1) and math.isnan(low) and math.isnan(high)
+    mean, low, high, n = stats.t_interval([float("nan")])
+    assert n == 0 and math.isnan(mean) and math.isnan(high)
+
+
+def test_summarize_matches_t_interval_per_group():
+    df = pd.DataFrame({"g": ["a", "a", "a", "b", "b", "c"], "value": [1.0, 2.0, 3.0, 5.0, 7.0, 9.0]})
+    s = stats.summarize(df, ["g"]).set_index("g")
+    assert s.loc["a", "ci_high"] == pytest.approx(2 + T_2 / math.sqrt(3))
+    assert s.loc["b", "mean"] == 6.0 and s.loc["b", "ci_low"] == pytest.approx(6 - T_1 * math.sqrt(2) / math.sqrt(2))
+    assert s.loc["c", "n"] == 1 and math.isnan(s.loc["c", "ci_low"])
+
+
+def test_paired_difference_uses_only_matched_seeds():
+    vimpo = {"1": 0.60, "2": 0.70, "3": 0.90}
+    grpo = {"1": 0.50, "2": 0.55, "4": 0.10}
+    d = stats.paired_difference(vimpo, grpo)
+    assert d["keys"] == ["1", "2"] and d["n_pairs"] == 2
+    diffs = [0.10, 0.15]  # mean 0.125, sd 0.0353553
+    assert d["mean"] == pytest.approx(0.125)
+    assert d["ci_high"] - d["mean"] == pytest.approx(T_1 * np.std(diffs, ddof=1) / math.sqrt(2))
+    assert stats.paired_difference({"1": 1.0}, {"2": 0.0})["n_pairs"] == 0
+
+
+def test_paired_interval_is_narrower_than_unpaired_when_seeds_share_variance():
+    seed_effect = np.array([0.0, 0.3, -0.2, 0.1, 0.4])
+    vimpo = dict(enumerate(0.5 + seed_effect + [0.05, 0.06, 0.04, 0.05, 0.05]))
+    grpo = dict(enumerate(0.5 + seed_effect))
+    paired = stats.paired_difference(vimpo, grpo)
+    _, lo_v, hi_v, _ = stats.t_interval(vimpo.values())
+    assert paired["ci_low"] > 0 and (paired["ci_high"] - paired["ci_low"]) < (hi_v - lo_v) / 5
+
+
+def test_bootstrap_interval_brackets_the_mean():
+    mean, low, high, n = stats.bootstrap_interval([0.1, 0.4, 0.35, 0.8, 0.5, 0.6, 0.2, 0.45, 0.55, 0.3])
+    assert n == 10 and low < mean < high and 0.1 <= low and high <= 0.8
+
+
+def test_format_interval():
+    assert stats.format_interval(0.5, 0.4, 0.6, 3) == "0.500 [0.400, 0.600] n=3"
+    assert stats.format_interval(0.5, float("nan"), float("nan"), 1) == "0.500 (n=1, no interval)"
+    assert stats.format_interval(float("nan"), float("nan"), float("nan"), 0) == "—"
+
+
+# --- arms and conditions, on hand-made frames -----------------------------------------------------
+
+
+def _data(rows: list[dict]) -> ReportData:
+    runs = pd.DataFrame([{"run_id": f"r{i}", "run_name": f"r{i}", "kind": "train", "algo": r["algo.name"],
+                          "seed": str(r["run.seed"]), "status": "FINISHED"} for i, r in enumerate(rows)])
+    params = pd.DataFrame([{k: str(v) for k, v in r.items()} for r in rows], index=runs["run_id"])
+    empty = pd.DataFrame(index=runs["run_id"])
+    return ReportData("t", "t", runs, params, empty, empty, pd.DataFrame(columns=["run_id", "key", "step", "value", "time_s"]))
+
+
+def test_noise_rate_is_a_condition_and_algorithm_settings_are_not():
+    rows = [{"algo.name": a, "run.seed": s, "reward.p": p, "algo.beta": 0.1 if a == "vimpo" else 0.04,
+             "run.run_name": f"{a}-{s}-{p}"}
+            for a in ("vimpo", "grpo") for s in (1, 2) for p in (0.0, 0.2)]
+    labels = A.label_arms(_data(rows))
+    assert set(labels["arm"]) == {"vimpo", "grpo"}
+    assert set(labels["condition"]) == {"reward.p=0.0", "reward.p=0.2"}
+    # run.run_name differs per run but is not a condition: it only names the run.
+    assert labels.attrs["condition_keys"] == ["reward.p"]
+
+
+def test_a_setting_varied_for_one_algorithm_only_splits_its_arm():
+    rows = [{"algo.name": "vimpo", "run.seed": s, "algo.beta": b} for s in (1, 2) for b in (0.05, 0.1)]
+    rows += [{"algo.name": "grpo", "run.seed": s, "algo.beta": 0.04} for s in (1, 2)]
+    labels = A.label_arms(_data(rows))
+    assert set(labels["arm"]) == {"vimpo[algo.beta=0.05]", "vimpo[algo.beta=0.1]", "grpo"}
+    assert set(labels["condition"]) == {""}
+    assert A.arm_order(labels["arm"]) == ["vimpo[algo.beta=0.05]", "vimpo[algo.beta=0.1]", "grpo"]
+
+
+# --- whole reports from a real MLflow store -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One sqlite store: study "full" (2 algos x 2 seeds x 2 noise rates, eval runs, a sweep, artifacts,
+    a completion with HTML in it) and study "bare" (one algorithm, no eval, sweep or artifacts)."""
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = fresh_store(root)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)  # MlflowTracker puts new experiments' artifacts under ./mlartifacts
+        full = log_synthetic_study(uri, study="full", noise_ps=(0.0, 0.2), steps=24, ref_every=8, sweep_trials=8,
+                                   evil_text=True)
+        bare = log_synthetic_study(uri, study="bare", algos=("grpo",), seeds=(1,), steps=12, with_eval=False,
+                                   with_sweep=False, with_artifacts=False)
+        evalfmt = _log_eval_like_vimpo_bench_eval(uri)
+    return {"uri": uri, "root": root, "full": full, "bare": bare, "evalfmt": evalfmt}
+
+
+def _log_eval_like_vimpo_bench_eval(uri: str) -> dict[str, str]:
+    """Study "evalfmt": one unfinished training run and an eval run nested under it, logged the way
+    `vimpo_bench.evaluate.log_result` does (records/<suite>.jsonl, per-subject and bookkeeping metrics),
+    plus a stand-alone eval run with no algorithm tag."""
+    train = MlflowTracker.start("vimpo-running", tags={"vimpo.kind": "train", "vimpo.algo": "vimpo",
+                                                       "vimpo.seed": 3, "vimpo.study": "evalfmt"}, tracking_uri=uri)
+    train.log_params({"algo": {"name": "vimpo"}, "train": {"seed": 3}})
+    for step in range(3):
+        train.log_metrics({"reward/clean_mean": 0.1 * step, "eval/greedy_accuracy": 0.2 + 0.1 * step}, step=step)
+    records = "".join(json.dumps({"suite": "math500", "problem_id": f"p{i}", "sample_index": 0, "prompt": f"q{i}",
+                                  "completion": f"a{i}", "extracted": str(i), "gold": str(i), "correct": i % 2 == 0})
+                      + "\n" for i in range(6))
+    ids = {"train": train.run_id}
+    for name, parent in (("nested", train.run_id), ("alone", None)):
+        ev = MlflowTracker.start(f"eval-{name}", tags={"vimpo.kind": "eval", "vimpo.study": "evalfmt",
+                                                       "grader_version": "1"}, parent_run_id=parent, tracking_uri=uri)
+        ev.log_params({"data.math500.sha256": "ab" * 32})
+        ev.log_metrics({"eval/math500/accuracy": 0.5, "eval/math500/accuracy_ci_low": 0.2,
+                        "eval/math500/accuracy_ci_high": 0.8, "eval/math500/n_problems": 6,
+                        "eval/math500/grader_timeouts": 0, "eval/math500/subject/algebra/accuracy": 0.4}, step=0)
+        ev.log_text(records, "records/math500.jsonl")
+        ev.finish()
+        ids[name] = ev.run_id
+    return ids  # the training run stays RUNNING
+
+
+@pytest.fixture(scope="module")
+def full_report(store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reports") / "full.html"
+    files = build_report(study="full", out=out, tracking_uri=store["uri"])
+    return files, out.read_text(encoding="utf-8")
+
+
+def test_collect_selects_the_study_and_its_nested_runs(store):
+    data = collect(study="full", tracking_uri=store["uri"])
+    kinds = data.runs["kind"].value_counts().to_dict()
+    assert kinds == {"train": 8, "eval": 8, "sweep": 8, "study": 1}
+    assert set(data.history["run_id"]) == set(store["full"]["train"])
+    assert data.history.groupby("run_id")["step"].max().eq(23).all()
+    assert (data.history["time_s"] >= 0).all()
+    assert len(data.adv) and len(data.samples)
+
+
+def test_runs_selected_by_id_bring_their_eval_children(store):
+    ids = store["full"]["train"][:2]
+    data = collect(run_ids=ids, tracking_uri=store["uri"])
+    assert set(data.of_kind("train")["run_id"]) == set(ids)
+    assert set(data.of_kind("eval")["parent_run_id"]) == set(ids)
+
+
+def test_sql_history_equals_mlflow_public_api(store):
+    ids = store["full"]["train"][:2]
+    keys = ["reward/clean_mean", "vimpo/ref_update", "eval/greedy_accuracy"]
+    fast = sorted(tracking.metric_histories(ids, keys, store["uri"]))
+    client = tracking._client(store["uri"])
+    slow = sorted(tracking._metric_histories_api(client, ids, keys))
+    assert len(fast) > 50 and fast == slow
+
+
+def test_full_report_has_every_panel_and_no_errors(full_report):
+    files, html = full_report
+    assert files.failed_panels == []
+    for pid, *_ in PANELS:
+        assert f'data-panel="{pid}"' in html
+    assert 'class="note error"' not in html
+    # every panel with data drew at least one figure
+    for fig in ("fig-curves-0", "fig-curves-1", "fig-final-0", "fig-noisy-0", "fig-sweep-0", "fig-ref-0",
+                "fig-ref-1", "fig-diag-0", "fig-diag-1"):
+        assert f'id="{fig}"' in html
+
+
+def test_page_is_self_contained_with_plotly_inlined_once(full_report):
+    _, html = full_report
+    assert html.count("Plotly.newPlot(") >= 9
+    assert len(re.findall(r"plotly\.js v\d", html)) == 1  # the library's banner: inlined exactly once
+    assert not re.search(r"<script[^>]+src=", html) and "<link" not in html and "@import" not in html
+
+
+def test_completions_are_escaped_not_executed(full_report):
+    _, html = full_report
+    assert "console.error('unescaped completion')</script>" not in html
+    assert "&lt;script&gt;console.error(&#x27;unescaped completion&#x27;)&lt;/script&gt;" in html
+
+
+def test_tables_are_written_as_csv(full_report):
+    files, _ = full_report
+    names = {p.name for p in files.tables}
+    assert {"overview.csv", "learning_curves.csv", "final_eval.csv", "paired_diff.csv", "noisy_rewards.csv",
+            "beta_sweep.csv", "ref_update_windows.csv", "adv_by_position.csv", "drilldown.csv",
+            "provenance.csv"} <= names
+    assert all(p.parent == files.html.with_suffix("") for p in files.tables)
+    final = pd.read_csv(files.html.with_suffix("") / "final_eval.csv")
+    math500 = final[(final["suite"] == "math500") & (final["metric"] == "accuracy")]
+    assert set(math500["arm"]) == {"vimpo", "grpo"} and (math500["n"] == 2).all()
+    assert (math500["ci_low"] <= math500["mean"]).all() and (math500["mean"] <= math500["ci_high"]).all()
+    paired = pd.read_csv(files.html.with_suffix("") / "paired_diff.csv")
+    row = paired[(paired["suite"] == "math500") & paired["condition"].str.contains("reward.p=0.0")].iloc[0]
+    assert (row["vimpo"], row["baseline"], row["n_pairs"], str(row["seeds"])) == ("vimpo", "grpo", 2, "1,2")
+    sweep = pd.read_csv(files.html.with_suffix("") / "beta_sweep.csv")
+    assert set(sweep["state"]) == {"COMPLETE", "PRUNED", "FAIL"} and len(sweep) == 8
+
+
+def test_final_eval_paired_difference_by_hand(store):
+    data = collect(study="full", tracking_uri=store["uri"])
+    labels = A.label_arms(data)
+    long = A.final_eval_long(data, labels)
+    cond = "reward.noise=symmetric, reward.p=0.2"  # both keys vary together, so both name the condition
+    sel = long[(long["suite"] == "math500") & (long["metric"] == "accuracy") & (long["condition"] == cond)]
+    assert len(sel) == 4
+    v = sel[sel["arm"] == "vimpo"].set_index("seed")["value"]
+    g = sel[sel["arm"] == "grpo"].set_index("seed")["value"]
+    expected = stats.t_interval((v - g).to_numpy())
+    row = A.paired_table(long).query("suite == 'math500' and metric == 'accuracy' and condition == @cond").iloc[0]
+    assert row["mean_diff"] == pytest.approx(expected[0]) and row["ci_low"] == pytest.approx(expected[1])
+
+
+def test_missing_data_gives_panels_that_say_so(store, tmp_path):
+    files = build_report(study="bare", out=tmp_path / "bare.html", tracking_uri=store["uri"])
+    html = files.html.read_text(encoding="utf-8")
+    assert files.failed_panels == []
+    for text in ("no beta-sweep trials in these runs", "no pi_ref updates in these runs",
+                 "no diagnostics/adv_by_position*.jsonl artifacts", "no graded completions",
+                 "all training runs used one noise rate", "no paired difference", "one seed per arm"):
+        assert text in html, text
+
+
+def test_eval_runs_as_vimpo_bench_eval_logs_them(store, tmp_path):
+    data = collect(study="evalfmt", tracking_uri=store["uri"])
+    labels = A.label_arms(data)
+    long = A.final_eval_long(data, labels)
+    ev = long[long["suite"] == "math500"]
+    # headline metrics only (no n_problems, grader_timeouts or per-subject breakdown), one row per eval run
+    assert set(ev["metric"]) == {"accuracy"} and len(ev) == 2
+    assert set(ev["arm"]) == {"vimpo", "eval-alone"}  # the stand-alone run is named by its run name
+    summary = A.final_eval_summary(long).set_index(["suite", "arm"])
+    assert summary.loc[("math500", "vimpo"), "interval"] == "within run (problems)"
+    assert summary.loc[("math500", "vimpo"), "ci_low"] == pytest.approx(0.2)
+    assert set(data.samples["suite"]) == {"math500"} and len(data.samples) == 12
+    run = data.runs.set_index("run_id").loc[store["evalfmt"]["train"]]
+    assert run["status"] == "RUNNING" and run["wall_s"] >= 0
+    files = build_report(study="evalfmt", out=tmp_path / "evalfmt.html", tracking_uri=store["uri"])
+    html = files.html.read_text(encoding="utf-8")
+    assert files.failed_panels == [] and "not finished: RUNNING (1)" in html
+    prov = pd.read_csv(tmp_path / "evalfmt" / "provenance.csv")
+    assert "data.math500.sha256" in prov.columns
+
+
+@pytest.mark.parametrize("kind", ["study", "eval"])
+def test_selections_without_training_runs_render(store, tmp_path, kind):
+    """A sweep alone (its parent study run) or one eval run: no training run, still no failed panel."""
+    data = collect(study="full", tracking_uri=store["uri"])
+    run_id = data.of_kind(kind)["run_id"].iloc[0]
+    files = build_report(run_ids=[run_id], out=tmp_path / f"{kind}.html", tracking_uri=store["uri"])
+    html = files.html.read_text(encoding="utf-8")
+    assert files.failed_panels == [] and "no training runs" in html
+    assert ("fig-sweep-0" in html) == (kind == "study")
+
+
+def test_no_matching_runs_is_a_one_line_value_error(store, tmp_path):
+    with pytest.raises(ValueError, match="no MLflow runs match study 'nope'"):
+        collect(study="nope", tracking_uri=store["uri"])
+    with pytest.raises(ValueError, match="exactly one of"):
+        collect(study="full", experiment="vimpo-bench", tracking_uri=store["uri"])
+    with pytest.raises(ValueError, match="no MLflow run with id"):
+        collect(run_ids=["0" * 32], tracking_uri=store["uri"])
+    missing = tmp_path / "absent.db"
+    with pytest.raises(ValueError, match="no MLflow store at"):
+        collect(study="full", tracking_uri=f"sqlite:///{missing}")
+    assert not missing.exists()  # reading never creates a store
+
+
+def test_cli_report_and_its_errors(store, tmp_path):
+    from typer.testing import CliRunner
+
+    import vimpo_bench.cli.report  # noqa: F401  (registers the command)
+    from vimpo_bench.cli import app
+
+    runner = CliRunner()
+    ids = store["full"]["train"][:2]
+    out = tmp_path / "two.html"
+    ok = runner.invoke(app, ["report", "--runs", *ids, "--out", str(out), "--tracking-uri", store["uri"]])
+    assert ok.exit_code == 0, ok.output
+    assert out.is_file() and (tmp_path / "two" / "overview.csv").is_file()
+    bad = runner.invoke(app, ["report", "--study", "nope", "--tracking-uri", store["uri"]])
+    assert bad.exit_code != 0
+    lines = [line for line in bad.output.splitlines() if line.strip()]
+    assert lines == [f"error: no MLflow runs match study 'nope' in {store['uri']}"]
+    loose = runner.invoke(app, ["report", ids[0], "--tracking-uri", store["uri"]])
+    assert loose.exit_code != 0 and "--runs" in loose.output
+
+
+def test_default_output_is_reports_name_html(store, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    files = build_report(study="bare", tracking_uri=store["uri"])
+    assert files.html == tmp_path / "reports" / "bare.html" or files.html.resolve() == (tmp_path / "reports" / "bare.html")
+    assert (tmp_path / "reports" / "bare" / "overview.csv").is_file()

@@ -1,0 +1,192 @@
+"""The training loop end to end on a tiny model: every algorithm, MLflow records, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from transformers import AutoModelForCausalLM
+
+from vimpo_bench.config import load_config
+from vimpo_bench.train import run
+
+FAST = [
+    "rollout.prompts_per_step=4", "rollout.group_size=4", "rollout.max_new_tokens=10",
+    "optim.minibatches=2", "optim.lr=1e-3", "eval.problems=6", "eval.samples=2", "eval.every=2",
+    "run.threads=1",
+]
+
+
+WARM_STEPS = 40  # a short supervised warm start: the model emits EOS and some right answers
+
+
+@pytest.fixture(scope="session")
+def warm_model_dir(tmp_path_factory):
+    """tiny-arith after a short warm start, cached in a session folder (built once, ~20 s)."""
+    from vimpo_bench.models import warm_start_tiny_arith
+
+    cache = tmp_path_factory.mktemp("model-cache")
+    return warm_start_tiny_arith(None, cache, steps=WARM_STEPS, seed=0, num_threads=1)
+
+
+def fast_config(model_dir, tmp_path, *extra):
+    if str(model_dir).split("/")[-1].startswith("tiny-arith-"):  # the warm-started built-in model
+        model = ["model.name=tiny-arith", f"model.cache_dir={model_dir.parent}", f"model.warm_start_steps={WARM_STEPS}"]
+    else:
+        model = [f"model.name={model_dir}"]
+    return load_config(overrides=[*model, f"run.output_dir={tmp_path / 'runs'}", *FAST, *extra])
+
+
+@pytest.fixture()
+def store(tmp_path):
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.mark.parametrize("algo", ["vimpo", "grpo", "dr_grpo", "dapo", "rloo"])
+def test_every_algorithm_trains_and_is_recorded(algo, warm_model_dir, tmp_path, store, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # Symmetric noise guarantees reward variance in the groups even where the model is always wrong.
+    config = fast_config(warm_model_dir, tmp_path, f"algo.name={algo}", "optim.steps=2", "reward.noise=symmetric",
+                         "reward.p=0.3", "rollout.max_new_tokens=28")
+    result = run(config, tracking_uri=store)
+    assert result.steps == 2
+
+    before = AutoModelForCausalLM.from_pretrained(warm_model_dir).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(f"{result.checkpoint}/policy").state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before), "no parameter changed"
+
+    client = MlflowClient(store)
+    rec = client.get_run(result.run_id)
+    assert rec.info.status == "FINISHED"
+    assert rec.data.params["algo.name"] == algo
+    assert rec.data.tags["vimpo.kind"] == "train" and rec.data.tags["git_commit"]
+    assert rec.data.tags["versions.torch"].startswith("2.")
+    for name in ("reward/clean_mean", "reward/noisy_mean", "loss/total", "policy/kl_k3", "policy/entropy",
+                 "policy/clip_frac", "rollout/response_len", "perf/rollout_s", "perf/tokens_per_s",
+                 "eval/sampled_accuracy", "eval/greedy_accuracy"):
+        history = client.get_metric_history(result.run_id, name)
+        assert history, name
+    steps = [m.step for m in client.get_metric_history(result.run_id, "loss/total")]
+    assert steps == [1, 2]
+    if algo == "vimpo":
+        assert client.get_metric_history(result.run_id, "loss/value")
+        assert client.get_metric_history(result.run_id, "vimpo/abs_residual")
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"config.yaml", "samples", "diagnostics"} <= artifacts
+
+
+def test_noise_and_moving_reference_are_logged(warm_model_dir, tmp_path, store, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = fast_config(warm_model_dir, tmp_path, "optim.steps=2", "reward.noise=symmetric", "reward.p=0.5",
+                         "ref.schedule=hard", "ref.every=1", "beta_schedule.kind=linear", "beta_schedule.final=0.01")
+    result = run(config, tracking_uri=store)
+    client = MlflowClient(store)
+    flips = [m.value for m in client.get_metric_history(result.run_id, "reward/flip_rate")]
+    assert any(f > 0 for f in flips)
+    assert [m.value for m in client.get_metric_history(result.run_id, "vimpo/ref_update")] == [1.0, 1.0]
+    assert client.get_metric_history(result.run_id, "vimpo/value_loss_post_ref_update")
+    betas = sorted((m.step, m.value) for m in client.get_metric_history(result.run_id, "vimpo/beta"))
+    assert betas[0][1] == pytest.approx(0.05) and betas[-1][1] == pytest.approx(0.01)
+
+
+def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(warm_model_dir, tmp_path, store, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = fast_config(warm_model_dir, tmp_path, "optim.steps=4", "run.checkpoint_every=2",
+                         "ref.schedule=ema", "ref.every=2")
+    whole = run(config, tracking_uri=store)
+    cut = run(config, tracking_uri=store, stop_after=2)  # as if killed after the step-2 checkpoint
+    assert cut.steps == 2
+    resumed = run(config, resume_run_id=cut.run_id, tracking_uri=store)
+    assert resumed.run_id == cut.run_id and resumed.steps == 4
+    client = MlflowClient(store)
+    for name in ("loss/total", "reward/noisy_mean", "policy/kl_k3", "eval/sampled_accuracy"):
+        a = {m.step: m.value for m in client.get_metric_history(whole.run_id, name)}
+        b = {m.step: m.value for m in client.get_metric_history(cut.run_id, name)}
+        assert set(a) == set(b), name
+        for step in a:
+            assert b[step] == pytest.approx(a[step], rel=1e-5, abs=1e-6), (name, step)
+    assert client.get_run(cut.run_id).info.status == "FINISHED"
+
+
+def test_a_save_cut_short_keeps_the_previous_checkpoint(tmp_path):
+    from vimpo_bench.train import find_checkpoint
+
+    run_dir = tmp_path / "r"
+    (run_dir / "checkpoint.old").mkdir(parents=True)
+    (run_dir / "checkpoint.old" / "COMPLETE").write_text("2")
+    (run_dir / ".checkpoint-half").mkdir()  # a kill left a half-written folder and no `checkpoint`
+    assert find_checkpoint(run_dir) == run_dir / "checkpoint.old"
+    (run_dir / "checkpoint").mkdir()
+    (run_dir / "checkpoint" / "COMPLETE").write_text("4")
+    assert find_checkpoint(run_dir) == run_dir / "checkpoint"
+
+
+def cli(*args, cwd, env_extra=None):
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "vimpo_bench", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=600)
+
+
+def cli_in_process(*args):
+    from typer.testing import CliRunner
+
+    from vimpo_bench.cli import _register, app
+
+    _register()
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--algo", "ppo"], "unknown algorithm 'ppo'"),
+    (["--set", "algo.kl=1"], "unknown algo option(s) kl"),
+    (["--set", "optim.stepz=3"], "unknown key(s) stepz"),
+    (["--set", "optim.steps=many"], "optim.steps: expected an integer"),
+    (["--study", "no_such_study"], "study file not found"),
+])
+def test_bad_input_is_one_clear_line(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = cli_in_process("train", *args)  # in-process: a subprocess per case costs ~20 s of imports
+    assert out.exit_code != 0
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
+    assert [line for line in out.stderr.splitlines() if line.strip()] == [out.stderr.strip()]
+
+
+def test_missing_model_fails_the_mlflow_run(tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = cli("train", "--set", "model.name=./no/such/model", *[f"--set={s}" for s in FAST], cwd=tmp_path,
+              env_extra={"MLFLOW_TRACKING_URI": store})
+    assert out.returncode != 0
+    assert "model folder not found: ./no/such/model" in out.stderr and "Traceback" not in out.stderr
+    runs = MlflowClient(store).search_runs([MlflowClient(store).get_experiment_by_name("vimpo-bench").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_diverging_training_stops_with_a_clear_line(warm_model_dir, tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    model = [f"--set=model.name=tiny-arith", f"--set=model.cache_dir={warm_model_dir.parent}",
+             f"--set=model.warm_start_steps={WARM_STEPS}", "--set=reward.noise=symmetric", "--set=reward.p=0.3"]
+    # GRPO: the noisy rewards give every group a signal, and a huge step sends the weights to inf.
+    out = cli("train", "--algo", "grpo", *model, *[f"--set={s}" for s in FAST], "--set", "optim.steps=3",
+              "--set", "optim.lr=1e38", "--json", cwd=tmp_path,
+              env_extra={"MLFLOW_TRACKING_URI": store})
+    assert out.returncode != 0, out.stdout
+    assert "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("error:")
+    runs = MlflowClient(store).search_runs([MlflowClient(store).get_experiment_by_name("vimpo-bench").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_json_summary_is_the_last_line(tiny_model_dir, tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = cli("train", "--algo", "grpo", "--set", f"model.name={tiny_model_dir}", *[f"--set={s}" for s in FAST],
+              "--set", "optim.steps=1", "--json", cwd=tmp_path, env_extra={"MLFLOW_TRACKING_URI": store})
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 1 and summary["run_id"]
+    assert 0 <= summary["final_sampled_accuracy"] <= 1 and summary["initial_greedy_accuracy"] is not None

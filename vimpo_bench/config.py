@@ -1,0 +1,454 @@
+"""The one typed config schema (house rule 3).
+
+Every field is documented where it is declared; defaults live here; study files (YAML) hold only
+overrides and may `extends:` another study. Unknown keys and bad values fail with a `ConfigError`
+that names the file and key and says why. Algorithm options are validated against the algorithm
+registry (`vimpo_bench.algorithms.options`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vimpo_bench import algorithms
+
+STUDIES_DIR = Path(__file__).parent / "studies"
+DEFAULT_STUDY = "tiny_demo"
+
+
+class ConfigError(ValueError):
+    """A config problem a user can fix; the message names the file and key."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny-arith"
+    """`tiny-arith` (built-in, warm-started on the arith task), a local folder, or a Hugging Face id."""
+    dtype: str = "float32"
+    """float32 | bfloat16 | float16."""
+    cache_dir: str | None = None
+    """Where the built-in model is cached (default: $VIMPO_BENCH_CACHE or ~/.cache/vimpo-bench)."""
+    warm_start_steps: int = 250
+    """Supervised warm-start steps of tiny-arith (part of its cache key)."""
+    warm_start_lr: float = 1e-3
+    """Warm-start learning rate of tiny-arith."""
+    warm_start_batch_size: int = 64
+    """Warm-start batch size of tiny-arith."""
+
+
+@dataclass
+class TaskConfig:
+    name: str = "arith"
+    """Training task: arith (built-in) or math_train (the MATH training set)."""
+    options: dict = field(default_factory=dict)
+    """Task options, e.g. arith {digits, terms, operators} or {data_dir} for the math sets."""
+    template: str = "none"
+    """Prompt template: none (the task's raw prompt), qwen-boxed, r1 or plain."""
+
+
+@dataclass
+class RolloutConfig:
+    backend: str = "hf"
+    """hf (transformers, anywhere) | vllm (GPU)."""
+    prompts_per_step: int = 16
+    """Prompts sampled per RL step."""
+    group_size: int = 8
+    """Responses sampled per prompt (G)."""
+    max_new_tokens: int = 28
+    """Response length limit; responses without EOS by then are truncated."""
+    temperature: float = 1.0
+    """Sampling temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold (1 = off)."""
+
+
+@dataclass
+class OptimConfig:
+    steps: int = 80
+    """RL steps (each: rollout, scoring, log-probs, advantages, PPO update)."""
+    lr: float = 1e-4
+    """Peak learning rate (AdamW)."""
+    lr_schedule: str = "constant"
+    """constant | linear | cosine decay to 0 over training, after warmup."""
+    warmup_steps: int = 0
+    """Optimizer steps of linear warmup."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    epochs: int = 1
+    """PPO epochs over each batch."""
+    minibatches: int = 2
+    """Minibatches (optimizer steps) per epoch; whole groups go to one minibatch."""
+    grad_accum: int = 1
+    """Microbatches per minibatch whose gradients are accumulated (bounds memory)."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping threshold."""
+    logprob_microbatch: int | None = None
+    """Rows per forward pass when computing old and reference log-probs (None = all)."""
+
+
+@dataclass
+class RewardConfig:
+    noise: str = "none"
+    """none | symmetric (flip with probability p) | asymmetric (false positive fp, false negative fn)."""
+    p: float = 0.0
+    """Flip probability of the symmetric noise model."""
+    fp: float = 0.0
+    """Probability that a wrong answer is rewarded (asymmetric)."""
+    fn: float = 0.0
+    """Probability that a right answer is denied (asymmetric)."""
+
+
+@dataclass
+class RefConfig:
+    schedule: str = "frozen"
+    """frozen | hard (pi_ref <- pi_theta every N steps) | ema (pi_ref <- alpha pi_theta + (1-alpha) pi_ref)."""
+    every: int = 10
+    """N: steps between reference updates (hard, ema)."""
+    alpha: float = 0.1
+    """EMA weight of the policy (ema)."""
+
+
+@dataclass
+class BetaScheduleConfig:
+    kind: str = "constant"
+    """constant | linear | cosine: anneal beta from algo.beta to `final` over training."""
+    final: float | None = None
+    """Final beta of linear / cosine (required for them)."""
+
+
+@dataclass
+class EvalConfig:
+    every: int = 20
+    """Held-out evaluation every N steps (0 = only at start and end)."""
+    problems: int = 200
+    """Held-out problems per evaluation."""
+    samples: int = 4
+    """Samples per problem for sampled accuracy (at the rollout temperature)."""
+    greedy: bool = True
+    """Also measure greedy accuracy."""
+    completions_logged: int = 32
+    """Completions saved as an artifact at each evaluation."""
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    """Seed of everything: prompts, sampling, noise, initialization."""
+    experiment: str = "vimpo-bench"
+    """MLflow experiment."""
+    run_name: str | None = None
+    """MLflow run name (default: algo-seed-hash)."""
+    output_dir: str = "runs"
+    """Checkpoints go to <output_dir>/<run id>/checkpoint."""
+    checkpoint_every: int = 20
+    """Steps between checkpoints (0 = only at the end)."""
+    log_checkpoint: bool = False
+    """Log the final model as an MLflow artifact `checkpoint/`."""
+    threads: int | None = None
+    """torch intra-op threads (None = torch's default)."""
+
+
+SECTIONS = {
+    "model": ModelConfig,
+    "task": TaskConfig,
+    "rollout": RolloutConfig,
+    "optim": OptimConfig,
+    "reward": RewardConfig,
+    "ref": RefConfig,
+    "beta_schedule": BetaScheduleConfig,
+    "eval": EvalConfig,
+    "run": RunConfig,
+}
+# Keys a study file may carry that training itself does not read (studies and sweeps read them).
+STUDY_KEYS = ("study", "extends")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    algo: dict = field(default_factory=lambda: {"name": "vimpo"})
+    """`name` plus the algorithm's options (see docs/algorithms.md); missing options take its defaults."""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    ref: RefConfig = field(default_factory=RefConfig)
+    beta_schedule: BetaScheduleConfig = field(default_factory=BetaScheduleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def hash(self) -> str:
+        """Short stable hash of everything that changes the result (not names or output places)."""
+        d = self.to_dict()
+        for key in ("experiment", "run_name", "output_dir", "log_checkpoint", "threads", "checkpoint_every"):
+            d["run"].pop(key, None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+    def make_algorithm(self, beta: float | None = None):
+        opts = {k: v for k, v in self.algo.items() if k != "name"}
+        if beta is not None:
+            opts["beta"] = beta
+        return algorithms.get(self.algo["name"], **opts)
+
+
+# ---------------------------------------------------------------------------------------- loading
+
+
+def study_path(study: str | Path) -> Path:
+    """A study file by path, or by name from the packaged studies."""
+    path = Path(study)
+    if path.is_file():
+        return path
+    packaged = STUDIES_DIR / f"{study}.yaml"
+    if packaged.is_file():
+        return packaged
+    known = ", ".join(sorted(p.stem for p in STUDIES_DIR.glob("*.yaml")))
+    raise ConfigError(f"study file not found: {study} (packaged studies: {known})")
+
+
+def read_study(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The merged overrides of a study file and the files it `extends:` (later files win)."""
+    path = path.resolve()
+    if path in _seen:
+        raise ConfigError(f"{path}: 'extends' forms a cycle")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a study file must be a mapping of sections")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    parent_path = (path.parent / parent) if (path.parent / str(parent)).is_file() else study_path(str(parent))
+    return deep_merge(read_study(parent_path, _seen + (path,)), data)
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "algo":
+            out[key] = deep_merge(out[key], value)
+        elif key == "algo" and isinstance(value, dict) and isinstance(out.get(key), dict):
+            # a different algorithm drops the options of the one it replaces
+            same = value.get("name", out[key].get("name")) == out[key].get("name")
+            out[key] = {**out[key], **value} if same else dict(value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`section.key=value` -> (["section", "key"], value parsed as YAML)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. algo.beta=0.1")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_override(data: dict, item: str) -> None:
+    path, value = parse_override(item)
+    node = data
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {item!r}: {part} is not a section")
+    if path[0] == "algo" and path[-1] == "name" and data.get("algo", {}).get("name") not in (None, value):
+        data["algo"] = {}  # switching algorithm: the old one's options do not carry over
+        node = data["algo"]
+    node[path[-1]] = value
+
+
+def load_config(
+    study: str | Path | None = None, overrides: list[str] | None = None, data: dict | None = None
+) -> Config:
+    """Resolve a config: defaults <- study file (or `data`) <- `--set` overrides. Validated."""
+    source = "--set" if overrides else "defaults"
+    raw: dict[str, Any] = {}
+    if data is not None:
+        raw, source = copy.deepcopy(data), "config"
+    elif study is not None:
+        path = study_path(study)
+        raw, source = read_study(path), str(path)
+    for item in overrides or []:
+        apply_override(raw, item)
+    return from_dict(raw, source)
+
+
+def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
+    raw = {k: v for k, v in raw.items() if k not in STUDY_KEYS}
+    config = Config()
+    for key, value in raw.items():
+        if key == "algo":
+            config.algo = _algo_section(value, source)
+            continue
+        if key not in SECTIONS:
+            valid = ", ".join(["algo", *SECTIONS, *STUDY_KEYS])
+            raise ConfigError(f"{source}: unknown key {key!r}; valid top-level keys: {valid}")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {key} must be a mapping, got {value!r}")
+        setattr(config, key, _section(SECTIONS[key], value, f"{source}: {key}"))
+    if "algo" not in raw:
+        config.algo = _algo_section({}, source)
+    validate(config, source)
+    return config
+
+
+def _algo_section(value: Any, source: str) -> dict[str, Any]:
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: algo must be a mapping with a name, got {value!r}")
+    name = value.get("name", "vimpo")
+    try:
+        defaults = algorithms.options(name)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: algo.name: {exc}") from None
+    resolved = {"name": name}
+    for key, default in defaults.items():
+        resolved[key] = value.get(key, default)
+    unknown = sorted(set(value) - set(defaults) - {"name"})
+    if unknown:
+        raise ConfigError(f"{source}: unknown algo option(s) {', '.join(unknown)} for {name!r}; valid: {', '.join(defaults)}")
+    for key, default in defaults.items():
+        expected = type(default) if default is not None else None
+        resolved[key] = _coerce(resolved[key], _algo_type(name, key, expected), f"{source}: algo.{key}")
+    return resolved
+
+
+def _algo_type(name: str, key: str, fallback):
+    cls = algorithms.REGISTRY[name]
+    hints = typing.get_type_hints(cls)
+    return hints.get(key, fallback or Any)
+
+
+def _section(cls, values: dict[str, Any], where: str):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(names)}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check (and gently convert: int -> float) a value against a field's type hint."""
+    if hint is Any:
+        return value
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if hint is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def _one_of(value: Any, valid: tuple, where: str) -> None:
+    if value not in valid:
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, valid))}")
+
+
+def _positive(value: float, where: str, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{where}: must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def validate(c: Config, source: str) -> None:
+    """Cross-field checks; each message names the key and says why."""
+    _one_of(c.model.dtype, ("float32", "bfloat16", "float16"), f"{source}: model.dtype")
+    _one_of(c.task.template, ("none", "qwen-boxed", "r1", "plain"), f"{source}: task.template")
+    _one_of(c.rollout.backend, ("hf", "vllm"), f"{source}: rollout.backend")
+    _positive(c.rollout.prompts_per_step, f"{source}: rollout.prompts_per_step")
+    if c.rollout.group_size < 2:
+        raise ConfigError(f"{source}: rollout.group_size: every algorithm here needs at least 2 responses per prompt")
+    _positive(c.rollout.max_new_tokens, f"{source}: rollout.max_new_tokens")
+    _positive(c.rollout.temperature, f"{source}: rollout.temperature")
+    if not 0 < c.rollout.top_p <= 1:
+        raise ConfigError(f"{source}: rollout.top_p: must be in (0, 1], got {c.rollout.top_p}")
+    _positive(c.optim.steps, f"{source}: optim.steps", allow_zero=True)
+    _positive(c.optim.lr, f"{source}: optim.lr")
+    _one_of(c.optim.lr_schedule, ("constant", "linear", "cosine"), f"{source}: optim.lr_schedule")
+    _positive(c.optim.epochs, f"{source}: optim.epochs")
+    _positive(c.optim.minibatches, f"{source}: optim.minibatches")
+    _positive(c.optim.grad_accum, f"{source}: optim.grad_accum")
+    if c.optim.minibatches * c.optim.grad_accum > c.rollout.prompts_per_step:
+        raise ConfigError(
+            f"{source}: optim.minibatches x optim.grad_accum ({c.optim.minibatches * c.optim.grad_accum}) exceeds "
+            f"rollout.prompts_per_step ({c.rollout.prompts_per_step}): each piece needs at least one whole group"
+        )
+    _one_of(c.reward.noise, ("none", "symmetric", "asymmetric"), f"{source}: reward.noise")
+    for key in ("p", "fp", "fn"):
+        if not 0 <= getattr(c.reward, key) <= 1:
+            raise ConfigError(f"{source}: reward.{key}: a probability in [0, 1], got {getattr(c.reward, key)}")
+    _one_of(c.ref.schedule, ("frozen", "hard", "ema"), f"{source}: ref.schedule")
+    _positive(c.ref.every, f"{source}: ref.every")
+    if not 0 < c.ref.alpha <= 1:
+        raise ConfigError(f"{source}: ref.alpha: must be in (0, 1], got {c.ref.alpha}")
+    _one_of(c.beta_schedule.kind, ("constant", "linear", "cosine"), f"{source}: beta_schedule.kind")
+    if c.beta_schedule.kind != "constant":
+        if c.beta_schedule.final is None:
+            raise ConfigError(f"{source}: beta_schedule.final is required for a {c.beta_schedule.kind} schedule")
+        if c.algo["name"] == "vimpo" and c.beta_schedule.final <= 0:
+            raise ConfigError(f"{source}: beta_schedule.final: VIMPO needs beta > 0, got {c.beta_schedule.final}")
+    _positive(c.eval.every, f"{source}: eval.every", allow_zero=True)
+    _positive(c.eval.problems, f"{source}: eval.problems")
+    _positive(c.eval.samples, f"{source}: eval.samples")
+    _positive(c.run.checkpoint_every, f"{source}: run.checkpoint_every", allow_zero=True)
+    try:
+        c.make_algorithm()
+    except ValueError as exc:
+        raise ConfigError(f"{source}: algo: {exc}") from None

@@ -1,0 +1,398 @@
+"""Policies: load one by Hugging Face id or local folder, or build the built-in tiny arithmetic model.
+
+The tiny model ("tiny-arith") is a ~1.08M-parameter Llama (hidden 128, 4 layers, 4 heads) with a
+character-level tokenizer, warm-started by supervised training on worked solutions of the `arith`
+train split so that RL starts from a policy that is right about half the time. The warm start is
+cached on disk under a hash of every setting that changes its result and written atomically.
+
+The tokenizer is a plain `tokenizers` WordLevel model over single characters, saved with the
+generic `TokenizersBackend` class and a Llama config: `AutoTokenizer` loads it back unchanged.
+(With model_type qwen2, transformers 5 rebuilds the tokenizer as a Qwen2 BPE and drops spaces.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, pre_tokenizers
+from tokenizers import models as tok_models
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+from transformers.utils import logging as hf_logging
+
+from vimpo_bench.tasks.arith import ArithTask
+
+TINY_ARITH = "tiny-arith"
+PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
+SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
+# Tab, newline and printable ASCII: every character of the arith format, and of plain prompts.
+CHARACTERS = "\t\n" + "".join(chr(c) for c in range(32, 127))
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# Architecture of the built-in model (the spec prototype's 1.05M-parameter Llama).
+TINY_ARCH = {
+    "hidden_size": 128,
+    "intermediate_size": 512,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 128,
+}
+# The supervised recipe. Measured on the default task: constant lr with AdamW's default betas and no
+# clipping reaches the accuracy jump (greedy ~0.1 -> ~0.8 between steps 200 and 400) far sooner than
+# warmup + cosine decay, betas (0.9, 0.95) and clipping at 1.0 (0.03 greedy after 250 steps).
+SFT_RECIPE = {"optimizer": "AdamW", "betas": (0.9, 0.999), "weight_decay": 0.0, "schedule": "constant"}
+# Bump when the warm-start code changes in a way the settings below do not capture, so that cached
+# models trained by older code are not reused. (Recipe, task data and solution format are in the key.)
+WARM_START_VERSION = 2
+WARM_START_RECORD = "warm_start.json"
+
+
+# ------------------------------------------------------------------------------------ tokenizer
+
+
+def build_char_tokenizer() -> PreTrainedTokenizerFast:
+    """A lossless character-level tokenizer: one id per character, no added BOS/EOS.
+
+    Vocabulary: `<pad>`=0, `<s>`=1, `</s>`=2, `<unk>`=3, then tab, newline and printable ASCII.
+    Characters outside it encode to `<unk>`; everything inside round-trips exactly, spaces included.
+    """
+    vocab = {token: i for i, token in enumerate((*SPECIAL_TOKENS, *CHARACTERS))}
+    backend = Tokenizer(tok_models.WordLevel(vocab=vocab, unk_token=UNK))
+    # `[\s\S]` (not `.`) so that each newline is its own piece.
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token=PAD,
+        bos_token=BOS,
+        eos_token=EOS,
+        unk_token=UNK,
+        clean_up_tokenization_spaces=False,
+        padding_side="left",
+    )
+
+
+# ---------------------------------------------------------------------------------------- model
+
+
+def build_tiny_arith_model(
+    vocab_size: int,
+    *,
+    pad_token_id: int = 0,
+    bos_token_id: int = 1,
+    eos_token_id: int = 2,
+    seed: int = 0,
+    **arch: int,
+) -> LlamaForCausalLM:
+    """A randomly initialised Llama from `LlamaConfig` (defaults: `TINY_ARCH`, ~1.08M parameters
+    with the 101-token character vocabulary). `arch` overrides `TINY_ARCH` keys.
+
+    Initialisation draws from a forked RNG seeded with `seed`, so the global RNG is left untouched.
+    """
+    unknown = set(arch) - set(TINY_ARCH)
+    if unknown:
+        raise ValueError(f"unknown architecture setting(s) {sorted(unknown)}; valid: {', '.join(TINY_ARCH)}")
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        pad_token_id=pad_token_id,
+        bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id,
+        **{**TINY_ARCH, **arch},
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = pad_token_id
+    model.generation_config.bos_token_id = bos_token_id
+    model.generation_config.eos_token_id = eos_token_id
+    return model
+
+
+def frozen_copy(model: PreTrainedModel) -> PreTrainedModel:
+    """An independent copy for pi_ref: eval mode, no gradients."""
+    ref = copy.deepcopy(model)
+    ref.eval()
+    ref.requires_grad_(False)
+    return ref
+
+
+def apply_chat_template_if_any(tokenizer: PreTrainedTokenizerBase, text: str) -> str:
+    """`text` as one user turn plus the generation prompt when the tokenizer has a chat template;
+    `text` unchanged otherwise (base models, the tiny model)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return text
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+    )
+
+
+# ----------------------------------------------------------------------------------- warm start
+
+
+def default_cache_dir() -> Path:
+    """`$VIMPO_BENCH_CACHE`, else `~/.cache/vimpo-bench`."""
+    return Path(os.environ.get("VIMPO_BENCH_CACHE") or Path.home() / ".cache" / "vimpo-bench")
+
+
+def resolve_task_options(task_options: dict | None) -> dict:
+    """Full, canonical arith options (defaults filled in); ValueError on unknown keys or bad values."""
+    task_options = dict(task_options or {})
+    valid = ArithTask().options
+    unknown = set(task_options) - set(valid)
+    if unknown:
+        raise ValueError(f"unknown arith option(s) {sorted(unknown)}; valid: {', '.join(valid)}")
+    return ArithTask(**task_options).options
+
+
+def warm_start_settings(task_options: dict | None, steps: int, batch_size: int, lr: float, seed: int) -> dict:
+    """Everything the warm-start result depends on (the cache key)."""
+    task = resolve_task_options(task_options)
+    probe = ArithTask(**{**task, "n_train": 3, "n_test": 1})
+    return {
+        "version": WARM_START_VERSION,
+        "task": task,
+        # A format change (padding, marker, separators) changes these strings, hence the key.
+        "format_probe": [probe.worked_solution(p) for p in probe.problems("train", limit=3)],
+        "recipe": SFT_RECIPE,
+        "arch": TINY_ARCH,
+        "vocab": hashlib.sha256("\0".join((*SPECIAL_TOKENS, *CHARACTERS)).encode()).hexdigest()[:16],
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+    }
+
+
+def settings_hash(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def encode_sft_examples(
+    tokenizer: PreTrainedTokenizerBase, task: ArithTask, split: str = "train"
+) -> list[tuple[list[int], int]]:
+    """(token ids of prompt + worked solution + EOS, prompt length) for every problem of `split`."""
+    problems = task.problems(split)
+    prompts = [task.prompt(p) for p in problems]
+    targets = [task.worked_solution(p) for p in problems]
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    target_ids = tokenizer(targets, add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    return [(p + t + [eos], len(p)) for p, t in zip(prompt_ids, target_ids, strict=True)]
+
+
+def collate_sft(
+    examples: list[tuple[list[int], int]], pad_token_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pad to the longest example. Returns input_ids, attention_mask, labels, all [B, L] long;
+    labels are -100 on prompt and padding, so the loss covers the completion (solution + EOS) only."""
+    length = max(len(ids) for ids, _ in examples)
+    input_ids = torch.full((len(examples), length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    labels = torch.full_like(input_ids, -100)
+    for row, (ids, prompt_len) in enumerate(examples):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention_mask[row, : len(ids)] = 1
+        labels[row, prompt_len : len(ids)] = torch.tensor(ids[prompt_len:])
+    return input_ids, attention_mask, labels
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """Set torch's intra-op threads for the block (default: at most 4, since a hidden-128 model gains
+    nothing from more and loses to their synchronisation), then restore the previous setting."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n if n is not None else min(previous, 4))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def _quiet_progress_bars() -> Iterator[None]:
+    """transformers draws tqdm bars when saving; library code stays silent (house rule 4)."""
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+def train_sft(
+    model: PreTrainedModel,
+    examples: list[tuple[list[int], int]],
+    pad_token_id: int,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> float:
+    """Supervised training on completion tokens with `SFT_RECIPE`; batches walk seeded shuffles of
+    `examples` (their own torch.Generator). No weight decay: each example is seen about once.
+
+    Returns the mean loss of the last 10 steps.
+    """
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=lr, betas=SFT_RECIPE["betas"], weight_decay=SFT_RECIPE["weight_decay"]
+    )
+    order_rng = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(examples), generator=order_rng)
+    cursor, recent = 0, []
+    model.train()
+    for step in range(steps):
+        if cursor + batch_size > len(order):
+            order, cursor = torch.randperm(len(examples), generator=order_rng), 0
+        batch = [examples[i] for i in order[cursor : cursor + batch_size].tolist()]
+        cursor += batch_size
+        input_ids, attention_mask, labels = collate_sft(batch, pad_token_id)
+        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        recent = (recent + [loss.item()])[-10:]
+        if progress is not None:
+            progress(step + 1, steps, recent[-1])
+    model.eval()
+    return sum(recent) / max(len(recent), 1)
+
+
+def warm_start_tiny_arith(
+    task_options: dict | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    steps: int = 250,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
+    progress: Callable[[int, int, float], None] | None = None,
+    num_threads: int | None = None,
+) -> Path:
+    """Build (or reuse) the warm-started tiny model; returns its folder `cache_dir/tiny-arith-<hash>/`.
+
+    Trains on CPU whatever accelerators exist, so a cached model is the same file everywhere.
+    The folder holds the model and tokenizer (`save_pretrained`) and `warm_start.json` with the
+    settings, final loss and wall time. It is trained in a temporary sibling folder and renamed
+    into place: an interrupted run leaves no folder under the final name (a killed run may leave
+    a `.tmp-tiny-arith-*` folder behind, which is never read). `num_threads` (not part of the key:
+    it changes speed only) sets torch's intra-op threads for the call (default: min(current, 4)) and
+    restores them after; on a CPU shared with other jobs, 1 thread is often fastest.
+    """
+    settings = warm_start_settings(task_options, steps, batch_size, lr, seed)
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    target = cache_dir / f"{TINY_ARITH}-{settings_hash(settings)}"
+    if (target / WARM_START_RECORD).is_file():
+        return target
+    if steps < 0 or batch_size < 1 or lr <= 0:
+        raise ValueError(
+            f"warm start needs steps >= 0, batch_size >= 1, lr > 0; got {steps}, {batch_size}, {lr}"
+        )
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=cache_dir))
+    try:
+        started = time.perf_counter()
+        tokenizer = build_char_tokenizer()
+        model = build_tiny_arith_model(
+            len(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            seed=seed,
+        )
+        examples = encode_sft_examples(tokenizer, ArithTask(**settings["task"]))
+        with _torch_threads(num_threads), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            final_loss = train_sft(
+                model,
+                examples,
+                tokenizer.pad_token_id,
+                steps=steps,
+                batch_size=batch_size,
+                lr=lr,
+                seed=seed,
+                progress=progress,
+            )
+        with _quiet_progress_bars():
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        record = {
+            "settings": settings,
+            "final_loss": final_loss,
+            "train_seconds": time.perf_counter() - started,
+        }
+        (tmp / WARM_START_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True))
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            # Another process finished the same model first (the target is a non-empty folder).
+            if not (target / WARM_START_RECORD).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+# ------------------------------------------------------------------------------------- loading
+
+
+def _looks_like_local_path(name: str) -> bool:
+    """Paths start with '/', '.' or '~', or have more than one '/'; hub ids are `name` or `org/name`
+    (so a missing `org/name` goes to the hub, whose error then names it)."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or name.endswith("/")
+
+
+def resolve_dtype(dtype: str) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_policy(
+    name_or_path: str,
+    dtype: str = "float32",
+    cache_dir: str | os.PathLike | None = None,
+    task_options: dict | None = None,
+    warm_start: dict | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """(model, tokenizer) for "tiny-arith" (warm-started, built if missing), a local folder, or a hub id.
+
+    The tokenizer gets `pad_token = eos_token` when it has no pad token. `task_options` (the arith
+    options) and `warm_start` (keyword arguments of `warm_start_tiny_arith`: steps, batch_size, lr,
+    seed, progress, num_threads) apply to "tiny-arith" only.
+    """
+    torch_dtype = resolve_dtype(dtype)
+    if name_or_path == TINY_ARITH:
+        source: str | Path = warm_start_tiny_arith(task_options, cache_dir, **(warm_start or {}))
+    else:
+        source = os.path.expanduser(name_or_path)
+        if _looks_like_local_path(name_or_path) and not os.path.exists(source):
+            raise FileNotFoundError(f"model folder not found: {name_or_path}")
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer

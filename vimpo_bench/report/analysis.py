@@ -1,0 +1,394 @@
+"""From `ReportData` to the tables the panels show: pure pandas, no plotting and no MLflow.
+
+Vocabulary. An *arm* is one algorithm as run (its name, plus the settings that vary within it, e.g.
+"vimpo[algo.beta=0.05]"); a *condition* is a setting varied for every arm alike (e.g. a noise rate):
+arms are compared within a condition, seed by seed. A config key that is fixed once algorithm and seed
+are fixed (the GRPO beta vs the VIMPO beta) is neither, and nor is one whose every value belongs to a
+single seed (an output folder named after the run) when the runs have several seeds.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+
+from vimpo_bench.report.collect import ReportData
+from vimpo_bench.report.stats import natural_sorted, paired_difference, summarize
+
+ALGO_KEY = "algo.name"
+SEED_KEYS = ("run.seed", "train.seed")
+NOISE_KIND_KEY = "reward.noise"  # none | symmetric (rate reward.p) | asymmetric (reward.fp, reward.fn)
+NOISE_RATE_KEYS = ("reward.p", "reward.noise_p")
+ASYMMETRIC_KEYS = ("reward.fp", "reward.fn")
+UNSET = "<unset>"
+TRAIN_SUITE = "train-heldout"  # the training run's own held-out eval (eval/greedy_accuracy, ...)
+# Eval-run metrics that measure the model (bookkeeping such as n_problems or grader_timeouts is left out).
+HEADLINE = re.compile(r"^(accuracy|(pass|maj|avg)_at_\d+|pass@\d+|.*_accuracy)$")
+
+
+def is_vimpo(algo: str) -> bool:
+    return str(algo).split("[")[0].strip().lower() == "vimpo"
+
+
+def arm_order(arms) -> list[str]:
+    """VIMPO arms first, then the baselines, each in natural order."""
+    arms = natural_sorted(set(arms))
+    return [a for a in arms if is_vimpo(a)] + [a for a in arms if not is_vimpo(a)]
+
+
+def differing_keys(params: pd.DataFrame) -> list[str]:
+    """Config keys whose value is not the same for every row (a key missing on some rows differs)."""
+    p = params.astype(object).where(params.notna(), UNSET)
+    return sorted(c for c in p.columns if p[c].nunique() > 1)
+
+
+def label_arms(data: ReportData, exclude: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Training runs indexed by run_id with algo, seed, arm, condition (see the module doc).
+    Keys in `exclude` are left out of both labels (the noise panel puts the noise rate on its x axis)."""
+    train = data.of_kind("train").set_index("run_id")
+    out = train[["algo", "seed"]].copy()
+    if train.empty:
+        return out.assign(arm=pd.Series(dtype=str), condition=pd.Series(dtype=str))
+    p = data.params.reindex(train.index).astype(object)
+    p = p.where(p.notna(), UNSET)
+    skip = set(SEED_KEYS) | {ALGO_KEY} | set(exclude)
+    cond_keys, variant_keys = [], []
+    replicated = out.groupby("algo")["seed"].nunique().max() > 1
+    for key in differing_keys(p):
+        if key in skip or p[key].groupby([out["algo"], out["seed"]]).nunique().max() <= 1:
+            continue  # fixed once algorithm and seed are: an algorithm setting or a seed's label
+        if replicated and out["seed"].groupby([out["algo"], p[key]]).nunique().max() < 2:
+            continue  # no value of it is shared by two seeds: a per-run label (an output folder), not a setting
+        value_sets = p[key].groupby(out["algo"]).agg(lambda s: tuple(natural_sorted(set(s))))
+        (cond_keys if value_sets.nunique() == 1 else variant_keys).append(key)
+    varies_within = {k: p[k].groupby(out["algo"]).transform("nunique") > 1 for k in variant_keys}
+    arms, conditions = [], []
+    for run_id in out.index:
+        parts = [f"{k}={p.at[run_id, k]}" for k in variant_keys if varies_within[k][run_id]]
+        arms.append(out.at[run_id, "algo"] + (f"[{', '.join(parts)}]" if parts else ""))
+        conditions.append(", ".join(f"{k}={p.at[run_id, k]}" for k in cond_keys))
+    out["arm"], out["condition"] = arms, conditions
+    out.attrs["condition_keys"], out.attrs["variant_keys"] = cond_keys, variant_keys
+    return out
+
+
+def run_labels(data: ReportData, labels: pd.DataFrame) -> pd.DataFrame:
+    """arm, condition, seed of every eval run: its training parent's, else its own algo and seed."""
+    ev = data.of_kind("eval").set_index("run_id")
+    parent = ev["parent_run_id"]
+    known = parent.isin(labels.index)
+    out = pd.DataFrame(index=ev.index, columns=["arm", "condition", "seed", "algo", "train_run_id"], dtype=object)
+    out.loc[known, ["arm", "condition", "seed", "algo"]] = labels.loc[parent[known], ["arm", "condition", "seed", "algo"]].to_numpy()
+    out.loc[known, "train_run_id"] = parent[known]
+    out.loc[~known, "arm"] = ev.loc[~known, "algo"].where(ev.loc[~known, "algo"] != "", ev.loc[~known, "run_name"])
+    out.loc[~known, "algo"] = ev.loc[~known, "algo"]
+    out.loc[~known, "seed"] = ev.loc[~known, "seed"]
+    out.loc[~known, "condition"] = ""
+    out.loc[~known, "train_run_id"] = ev.index[~known]
+    return out
+
+
+# --- Overview -------------------------------------------------------------------------------------
+
+
+def overview(data: ReportData, labels: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(training runs with the config keys that differ between them, all other runs)."""
+    runs = data.runs
+    last_step = data.history.groupby("run_id")["step"].max()
+    table = runs.assign(
+        last_step=runs["run_id"].map(last_step),
+        started=runs["start_time"].dt.strftime("%Y-%m-%d %H:%M:%S"),
+        arm=runs["run_id"].map(labels["arm"]) if len(labels) else "",
+        condition=runs["run_id"].map(labels["condition"]) if len(labels) else "",
+    )
+    cols = ["run_name", "run_id", "kind", "algo", "arm", "condition", "seed", "status", "started", "wall_s", "last_step"]
+    train = table[table["kind"] == "train"].set_index("run_id", drop=False)
+    params = data.params.reindex(train.index)
+    train = train[cols].join(params[differing_keys(params)]) if len(train) else train[cols]
+    others = table[table["kind"] != "train"][cols[:4] + ["seed", "status", "started", "wall_s", "parent_run_id"]]
+    return train.reset_index(drop=True), others.reset_index(drop=True)
+
+
+# --- Learning curves ------------------------------------------------------------------------------
+
+
+def curves(history: pd.DataFrame, labels: pd.DataFrame, keys) -> pd.DataFrame:
+    """Mean and 95% band over seeds per arm, condition, metric and step; time_s is the mean wall time
+    at which the seeds reached that step (curves against wall time use it as x)."""
+    h = history[history["key"].isin(list(keys))].merge(labels[["arm", "condition"]], left_on="run_id", right_index=True)
+    if h.empty:
+        return pd.DataFrame(columns=["arm", "condition", "key", "step", "mean", "n", "ci_low", "ci_high", "time_s"])
+    by = ["arm", "condition", "key", "step"]
+    out = summarize(h, by)
+    times = h[np.isfinite(h["value"])].groupby(by, dropna=False)["time_s"].mean().rename("time_s").reset_index()
+    return out.merge(times, on=by, how="left")
+
+
+# --- Final evaluation -----------------------------------------------------------------------------
+
+
+def final_eval_long(data: ReportData, labels: pd.DataFrame) -> pd.DataFrame:
+    """One row per (training run, suite, metric): the final value with the run's own interval if logged.
+    Suites come from eval runs (eval/<suite>/<metric>; the latest eval run per training run wins) and
+    from the training run's own held-out eval (suite "train-heldout")."""
+    cols = ["condition", "arm", "algo", "seed", "train_run_id", "suite", "metric", "value", "run_ci_low", "run_ci_high"]
+    rows = []
+    ev_labels = run_labels(data, labels)
+    ev = data.of_kind("eval").sort_values("start_time")
+    for run_id in ev["run_id"]:
+        final = data.final.loc[run_id].dropna() if run_id in data.final.index else pd.Series(dtype=float)
+        lab = ev_labels.loc[run_id]
+        for name, value in final.items():
+            parts = name.split("/")
+            if len(parts) != 3 or parts[0] != "eval" or not HEADLINE.match(parts[2]):
+                continue
+            rows.append([lab["condition"], lab["arm"], lab["algo"], lab["seed"], lab["train_run_id"], parts[1], parts[2],
+                         value, final.get(f"{name}_ci_low", np.nan), final.get(f"{name}_ci_high", np.nan)])
+    for run_id, lab in labels.iterrows():
+        final = data.final.loc[run_id] if run_id in data.final.index else pd.Series(dtype=float)
+        for metric in ("greedy_accuracy", "sampled_accuracy"):
+            value = final.get(f"eval/{metric}", np.nan)
+            if pd.notna(value):
+                rows.append([lab["condition"], lab["arm"], lab["algo"], lab["seed"], run_id, TRAIN_SUITE, metric,
+                             value, np.nan, np.nan])
+    long = pd.DataFrame(rows, columns=cols)
+    return long.drop_duplicates(["train_run_id", "suite", "metric"], keep="last").reset_index(drop=True)
+
+
+def final_eval_summary(long: pd.DataFrame) -> pd.DataFrame:
+    """Per condition, suite, metric and arm: mean over seeds and its 95% t interval; with one seed the
+    run's own interval (over problems) when it logged one, labelled so."""
+    if long.empty:
+        return pd.DataFrame(columns=["condition", "suite", "metric", "arm", "mean", "n", "ci_low", "ci_high", "interval"])
+    by = ["condition", "suite", "metric", "arm"]
+    s = summarize(long, by)
+    single = long.groupby(by).agg(run_ci_low=("run_ci_low", "first"), run_ci_high=("run_ci_high", "first")).reset_index()
+    s = s.merge(single, on=by, how="left")
+    use_run = (s["n"] == 1) & s["run_ci_low"].notna() & s["run_ci_high"].notna()
+    s.loc[use_run, "ci_low"], s.loc[use_run, "ci_high"] = s.loc[use_run, "run_ci_low"], s.loc[use_run, "run_ci_high"]
+    s["interval"] = np.where(s["n"] >= 2, "t over seeds", np.where(use_run, "within run (problems)", "none"))
+    return s.drop(columns=["run_ci_low", "run_ci_high"])
+
+
+def paired_table(long: pd.DataFrame) -> pd.DataFrame:
+    """VIMPO arm minus each baseline arm, per condition, suite and metric, over the seeds both ran."""
+    cols = ["condition", "suite", "metric", "vimpo", "baseline", "mean_diff", "ci_low", "ci_high", "n_pairs", "seeds", "verdict"]
+    rows = []
+    for (cond, suite, metric), g in long.groupby(["condition", "suite", "metric"], sort=True):
+        arms = arm_order(g["arm"])
+        by_seed = {a: g[g["arm"] == a].groupby("seed")["value"].mean().to_dict() for a in arms}
+        for v in (a for a in arms if is_vimpo(a)):
+            for b in (a for a in arms if not is_vimpo(a)):
+                d = paired_difference(by_seed[v], by_seed[b])
+                if d["n_pairs"] < 2:
+                    verdict = "too few matched seeds"
+                elif d["ci_low"] > 0:
+                    verdict = "VIMPO higher"
+                elif d["ci_high"] < 0:
+                    verdict = "baseline higher"
+                else:
+                    verdict = "not resolved (interval spans 0)"
+                rows.append([cond, suite, metric, v, b, d["mean"], d["ci_low"], d["ci_high"], d["n_pairs"],
+                             ",".join(map(str, d["keys"])), verdict])
+    return pd.DataFrame(rows, columns=cols)
+
+
+# --- Noisy rewards --------------------------------------------------------------------------------
+
+
+def noise_rates(data: ReportData) -> pd.Series:
+    """Noise rate per training run: the first of NOISE_RATE_KEYS; 0 when `reward.noise` is none; the
+    mean of reward.fp and reward.fn for asymmetric noise (attrs["asymmetric"] counts those runs)."""
+    train_ids = data.of_kind("train")["run_id"]
+    p = data.params.reindex(train_ids)
+    rate = pd.Series(np.nan, index=train_ids.values)
+    for key in NOISE_RATE_KEYS:
+        if key in p:
+            rate = rate.fillna(pd.Series(pd.to_numeric(p[key], errors="coerce").to_numpy(), index=rate.index))
+    asymmetric = 0
+    if NOISE_KIND_KEY in p:
+        kind = p[NOISE_KIND_KEY].astype(str).str.lower().to_numpy()
+        rate[np.isin(kind, ["none", "off", "false", "null", ""])] = 0.0
+        asym = kind == "asymmetric"
+        if asym.any() and all(k in p for k in ASYMMETRIC_KEYS):
+            fp, fn = (pd.to_numeric(p[k], errors="coerce").to_numpy() for k in ASYMMETRIC_KEYS)
+            rate[asym] = ((fp + fn) / 2)[asym]
+            asymmetric = int(asym.sum())
+    rate.attrs["asymmetric"] = asymmetric
+    return rate
+
+
+def final_accuracy(data: ReportData, labels: pd.DataFrame) -> tuple[pd.Series, str]:
+    """One final accuracy per training run and what it is: the most common eval suite's accuracy when
+    eval runs logged one, else the run's held-out greedy accuracy, else its final training accuracy."""
+    long = final_eval_long(data, labels)
+    ev = long[(long["suite"] != TRAIN_SUITE) & (long["metric"] == "accuracy")]
+    if len(ev):
+        suite = ev["suite"].value_counts().index[0]
+        ev = ev[ev["suite"] == suite]
+        return ev.set_index("train_run_id")["value"], f"{suite} accuracy (eval runs)"
+    for key, label in (("eval/greedy_accuracy", "held-out greedy accuracy"), ("reward/accuracy", "training accuracy")):
+        if key in data.final:
+            values = data.final.reindex(labels.index)[key].dropna()
+            if len(values):
+                return values, f"final {label}"
+    return pd.Series(dtype=float), ""
+
+
+def noisy_table(data: ReportData) -> tuple[pd.DataFrame, str]:
+    labels = label_arms(data, exclude=(NOISE_KIND_KEY, *NOISE_RATE_KEYS, *ASYMMETRIC_KEYS))
+    acc, what = final_accuracy(data, labels)
+    df = labels.assign(noise_rate=noise_rates(data), value=acc.reindex(labels.index)).dropna(subset=["noise_rate", "value"])
+    if df.empty:
+        return pd.DataFrame(columns=["condition", "arm", "noise_rate", "mean", "n", "ci_low", "ci_high"]), what
+    return summarize(df, ["condition", "arm", "noise_rate"]), what
+
+
+# --- beta sweep -----------------------------------------------------------------------------------
+
+
+def sweep_table(data: ReportData) -> pd.DataFrame:
+    sw = data.of_kind("sweep").set_index("run_id")
+    tags = data.tags.reindex(sw.index)
+    params = data.params.reindex(sw.index)
+    final = data.final.reindex(sw.index)
+    state = tags["optuna.state"] if "optuna.state" in tags else pd.Series(np.nan, index=sw.index, dtype=object)
+    fallback = sw["status"].map({"FINISHED": "COMPLETE", "FAILED": "FAIL", "KILLED": "FAIL", "RUNNING": "RUNNING"})
+    out = pd.DataFrame({
+        "trial": pd.to_numeric(tags["optuna.trial"], errors="coerce") if "optuna.trial" in tags else np.nan,
+        "run_name": sw["run_name"], "algo": sw["algo"],
+        "state": state.fillna(fallback).fillna("UNKNOWN").str.upper(),
+        "beta": pd.to_numeric(params["algo.beta"], errors="coerce") if "algo.beta" in params else np.nan,
+        "objective": final["sweep/objective"] if "sweep/objective" in final else np.nan,
+    }, index=sw.index)
+    return out.sort_values(["trial", "run_name"]).reset_index()
+
+
+# --- Moving pi_ref --------------------------------------------------------------------------------
+
+
+def ref_update_steps(history: pd.DataFrame) -> pd.DataFrame:
+    upd = history[(history["key"] == "vimpo/ref_update") & (history["value"] >= 0.5)]
+    return upd[["run_id", "step"]].rename(columns={"step": "update_step"}).reset_index(drop=True)
+
+
+def ref_windows(history: pd.DataFrame, labels: pd.DataFrame, keys, window: int = 5) -> pd.DataFrame:
+    """Metrics at steps u-window..u+window around every pi_ref update u, averaged over a run's updates
+    and then summarized over runs (seeds) per arm: offset 0 is the first step after the new reference."""
+    events = ref_update_steps(history)
+    cols = ["arm", "condition", "key", "offset", "mean", "n", "ci_low", "ci_high"]
+    if events.empty:
+        return pd.DataFrame(columns=cols)
+    offsets = pd.DataFrame({"offset": np.arange(-window, window + 1)})
+    grid = events.merge(offsets, how="cross")
+    grid["step"] = grid["update_step"] + grid["offset"]
+    vals = history[history["key"].isin(list(keys))]
+    per_event = grid.merge(vals, on=["run_id", "step"])
+    per_run = per_event.groupby(["run_id", "key", "offset"])["value"].mean().reset_index()
+    per_run = per_run.merge(labels[["arm", "condition"]], left_on="run_id", right_index=True)
+    return summarize(per_run, ["arm", "condition", "key", "offset"])[cols]
+
+
+def ref_update_table(history: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
+    """Per run: number of pi_ref updates and the mean value loss / residual just before and after one."""
+    keys = {"vimpo/value_loss_pre_ref_update": "value_loss_pre", "vimpo/value_loss_post_ref_update": "value_loss_post",
+            "vimpo/residual_pre_ref_update": "residual_pre", "vimpo/residual_post_ref_update": "residual_post"}
+    events = ref_update_steps(history)
+    if events.empty:
+        return pd.DataFrame()
+    out = events.groupby("run_id").agg(updates=("update_step", "size"), first_update=("update_step", "min"))
+    pre_post = history[history["key"].isin(keys)].pivot_table(index="run_id", columns="key", values="value", aggfunc="mean")
+    out = out.join(pre_post.rename(columns=keys))
+    out = labels[["arm", "condition", "seed"]].join(out, how="inner")
+    return out.reset_index()
+
+
+# --- VIMPO diagnostics ----------------------------------------------------------------------------
+
+
+def adv_by_position(adv: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
+    """Count-weighted mean advantage by token position for right and wrong responses, per arm, at each
+    run's last diagnosed step (the trained policy)."""
+    cols = ["arm", "correct", "position", "mean_adv", "count", "runs"]
+    if adv.empty:
+        return pd.DataFrame(columns=cols)
+    last = adv[adv["step"] == adv.groupby("run_id")["step"].transform("max")]
+    last = last.merge(labels[["arm"]], left_on="run_id", right_index=True)
+    last = last.assign(weighted=last["mean_adv"] * last["count"], correct=last["correct"].astype(bool))
+    g = last.groupby(["arm", "correct", "position"])
+    out = g.agg(weighted=("weighted", "sum"), count=("count", "sum"), runs=("run_id", "nunique")).reset_index()
+    out["mean_adv"] = out["weighted"] / out["count"].where(out["count"] > 0)
+    return out[cols]
+
+
+# --- Per-problem drill-down -----------------------------------------------------------------------
+
+
+def drilldown(data: ReportData, labels: pd.DataFrame, limit: int = 25) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """(problems one arm solves, solve rate >= 0.5 over its seeds and samples, and the other does not,
+    rate < 0.5, with one completion from each; per-pair counts; where the samples came from)."""
+    s = data.samples
+    if s.empty:
+        return pd.DataFrame(), pd.DataFrame(), ""
+    source = "eval" if (s["source"] == "eval").any() else "train"
+    s = s[s["source"] == source]
+    lab = run_labels(data, labels)[["arm", "condition"]] if source == "eval" else labels[["arm", "condition"]]
+    s = s.merge(lab, left_on="run_id", right_index=True)
+    key = ["condition", "suite", "problem_id"]
+    rates = s.groupby(key + ["arm"]).agg(rate=("correct", "mean"), samples=("correct", "size")).reset_index()
+    arms = arm_order(rates["arm"])
+    vimpos = [a for a in arms if is_vimpo(a)]
+    pairs = [(v, b) for v in vimpos for b in arms if not is_vimpo(b)] or list(zip(arms, arms[1:], strict=False))
+    rows, counts = [], []
+    for a, b in pairs:
+        both = rates[rates["arm"] == a].merge(rates[rates["arm"] == b], on=key, suffixes=("_a", "_b"))
+        for x, y, rx, ry in ((a, b, "rate_a", "rate_b"), (b, a, "rate_b", "rate_a")):
+            hit = both[(both[rx] >= 0.5) & (both[ry] < 0.5)].sort_values(["condition", rx], ascending=[True, False])
+            for cond, g in both.groupby("condition"):
+                counts.append({"condition": cond, "solves": x, "does_not": y,
+                               "problems": int((hit["condition"] == cond).sum()), "compared": len(g)})
+            for _, r in hit.head(limit).iterrows():
+                pick = s[(s["condition"] == r["condition"]) & (s["suite"] == r["suite"]) & (s["problem_id"] == r["problem_id"])]
+                good = pick[(pick["arm"] == x) & pick["correct"]]
+                bad = pick[(pick["arm"] == y) & ~pick["correct"]]
+                rows.append({"solves": x, "does_not": y, "condition": r["condition"], "suite": r["suite"],
+                             "problem_id": r["problem_id"], "rate_solver": r[rx], "rate_other": r[ry],
+                             "prompt": pick["prompt"].iloc[0], "gold": pick["gold"].iloc[0],
+                             "completion_solver": good["completion"].iloc[0] if len(good) else "",
+                             "completion_other": bad["completion"].iloc[0] if len(bad) else "",
+                             "extracted_other": bad["extracted"].iloc[0] if len(bad) else ""})
+    return pd.DataFrame(rows), pd.DataFrame(counts), source
+
+
+# --- Provenance -----------------------------------------------------------------------------------
+
+PROVENANCE_TAGS = ("git_commit", "git_dirty", "grader_version", "vimpo.config_hash", "vimpo.task")
+
+
+def provenance(data: ReportData) -> tuple[pd.DataFrame, list[str]]:
+    """Per run: commit, versions.*, grader version, data hashes (tags, or params data.<name>.sha256 as
+    eval runs log them); plus warnings where runs disagree."""
+    hashes = [c for c in data.params.columns if c.startswith("data.") and c.endswith("sha256") and c not in data.tags]
+    tags = data.tags.join(data.params[hashes]) if hashes else data.tags
+    wanted = [t for t in PROVENANCE_TAGS if t in tags]
+    wanted += sorted(c for c in tags.columns if c.startswith("versions."))
+    wanted += sorted(c for c in tags.columns if c.startswith("data.") or c.endswith(("_sha256", ".sha256", "_hash")))
+    wanted = list(dict.fromkeys(wanted))
+    runs = data.runs[data.runs["kind"].isin(["train", "eval"])].set_index("run_id")
+    if not wanted or runs.empty:
+        return pd.DataFrame(), []
+    table = runs[["run_name", "kind", "algo", "seed"]].join(tags.reindex(runs.index)[wanted]).reset_index()
+    notes = []
+    for col in wanted:
+        values = table[col].dropna().unique()
+        if col == "git_dirty":
+            dirty = int(table[col].astype(str).str.lower().isin(["true", "1"]).sum())
+            if dirty:
+                notes.append(f"{dirty} run(s) had uncommitted changes (git_dirty)")
+        elif len(values) > 1 and col != "vimpo.config_hash":
+            notes.append(f"runs disagree on {col}: {', '.join(map(str, natural_sorted(values)))}")
+        if table[col].isna().any() and col in ("git_commit", "grader_version"):
+            notes.append(f"{int(table[col].isna().sum())} run(s) lack the {col} tag")
+    return table, notes

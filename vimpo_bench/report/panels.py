@@ -1,0 +1,359 @@
+"""The report's panels: each fills a `Panel` with figures, tables and notes from `ReportData`.
+
+A panel whose data is absent says so in a note; a panel whose code fails shows the error in the page
+(and `write_report` returns it) instead of taking the whole report down.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from vimpo_bench.report import analysis as A
+from vimpo_bench.report.figures import Figure
+from vimpo_bench.report.render import Panel, esc, note, table_html
+from vimpo_bench.report.stats import format_interval
+
+PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
+DASHES = ["solid", "dash", "dot", "dashdot", "longdash", "longdashdot"]
+CURVE_METRICS = [
+    ("reward/clean_mean", "clean reward"), ("reward/noisy_mean", "noisy reward (trained on)"),
+    ("eval/greedy_accuracy", "held-out accuracy (greedy)"), ("policy/kl_k3", "KL(π‖π_ref), k3"),
+    ("policy/entropy", "entropy"), ("rollout/response_len", "response length (tokens)"),
+]
+REF_METRICS = [("loss/value", "value loss L_V"), ("vimpo/abs_residual", "mean |terminal residual|"),
+               ("policy/kl_k3", "KL k3")]
+
+
+class Style:
+    """Colour per arm (VIMPO first), dash per condition, the same in every figure."""
+
+    def __init__(self, labels: pd.DataFrame):
+        arms = A.arm_order(labels["arm"]) if len(labels) else []
+        self.colors = {a: PALETTE[i % len(PALETTE)] for i, a in enumerate(arms)}
+        conds = sorted(set(labels["condition"])) if len(labels) else []
+        self.dashes = {c: DASHES[i % len(DASHES)] for i, c in enumerate(conds)}
+        self.multi_condition = len(conds) > 1
+
+    def color(self, arm: str) -> str:
+        return self.colors.setdefault(arm, PALETTE[len(self.colors) % len(PALETTE)])
+
+    def name(self, arm: str, condition: str) -> str:
+        return f"{arm} | {condition}" if self.multi_condition and condition else arm
+
+
+def _error_bars(g: pd.DataFrame) -> dict:
+    """Asymmetric plotly error bars from mean/ci_low/ci_high (none where there is no interval)."""
+    return {"type": "data", "symmetric": False, "array": (g["ci_high"] - g["mean"]).fillna(0),
+            "arrayminus": (g["mean"] - g["ci_low"]).fillna(0)}
+
+
+# --- panels ---------------------------------------------------------------------------------------
+
+
+def overview(p: Panel, data, labels, style):
+    train, others = A.overview(data, labels)
+    p.tables["overview"] = pd.concat([train, others], ignore_index=True)
+    unfinished = data.runs[data.runs["status"] != "FINISHED"]["status"].value_counts()
+    if len(unfinished):
+        p.body.append(note("not finished: " + ", ".join(f"{k} ({v})" for k, v in unfinished.items()), "warn"))
+    if train.empty:
+        p.body.append(note("no training runs (vimpo.kind=train) in this selection"))
+    else:
+        keys = [c for c in train.columns if "." in c]
+        p.body.append(note(f"{len(train)} training run(s); config keys that differ between them: "
+                           + (", ".join(keys) if keys else "none"), "info"))
+        p.body.append(table_html(train, "overview"))
+    if len(others):
+        p.body.append(f"<details><summary>{len(others)} other run(s): eval, sweep, study</summary>"
+                      f"{table_html(others, 'overview')}</details>")
+
+
+def learning_curves(p: Panel, data, labels, style):
+    if labels.empty:
+        p.body.append(note("no training runs in this selection, so no learning curves"))
+        return
+    c = A.curves(data.history, labels, [k for k, _ in CURVE_METRICS])
+    p.tables["learning_curves"] = c
+    if c.empty:
+        p.body.append(note("the training runs logged none of " + ", ".join(k for k, _ in CURVE_METRICS)))
+        return
+    if int(c["n"].max()) < 2:
+        p.body.append(note("one seed per arm: lines without bands (a band needs two or more seeds)", "warn"))
+    for i, (xcol, xtitle) in enumerate((("step", "step"), ("time_s", "wall time since run start (s)"))):
+        fig = Figure(rows=2, cols=3, titles=[t for _, t in CURVE_METRICS], height=640)
+        shown = set()
+        for j, (key, _) in enumerate(CURVE_METRICS):
+            sub = c[c["key"] == key]
+            if sub.empty:
+                fig.note(j, "not logged")
+            for (arm, cond), g in sub.groupby(["arm", "condition"], sort=False):
+                name = style.name(arm, cond)
+                g = g.sort_values("step")
+                fig.band(g[xcol], g["mean"], g["ci_low"], g["ci_high"], name, style.color(arm),
+                         style.dashes.get(cond, "solid"), cell=j, showlegend=name not in shown)
+                shown.add(name)
+            if j >= 3:
+                fig.axis("x", j, title={"text": xtitle})
+        p.body.append(f"<h3>against {esc(xtitle)}</h3>" + fig.html(f"fig-curves-{i}"))
+
+
+def final_eval(p: Panel, data, labels, style):
+    long = A.final_eval_long(data, labels)
+    if long.empty:
+        p.body.append(note("no evaluation results: no eval runs (vimpo.kind=eval) and no eval/greedy_accuracy "
+                           "in the training runs"))
+        return
+    summary = A.final_eval_summary(long)
+    paired = A.paired_table(long)
+    p.tables |= {"final_eval_runs": long, "final_eval": summary, "paired_diff": paired}
+    summary = summary.assign(cell=[format_interval(m, lo, hi, n) + (" †" if k.startswith("within") else "")
+                                   for m, lo, hi, n, k in summary[["mean", "ci_low", "ci_high", "n", "interval"]].itertuples(index=False)])
+    index = ["condition", "suite", "metric"] if summary["condition"].ne("").any() else ["suite", "metric"]
+    wide = summary.pivot_table(index=index, columns="arm", values="cell", aggfunc="first").reset_index()
+    wide = wide[index + [a for a in A.arm_order(summary["arm"]) if a in wide.columns]]
+    p.body.append(table_html(wide, "final_eval"))
+    p.body.append(note("mean over seeds [95% t interval] n=seeds; † one seed: the interval is the eval run's own "
+                       "(over problems), not over seeds. Suite train-heldout is the training run's own final "
+                       "held-out eval.", "info"))
+    fig = Figure(height=380)
+    summary = summary.assign(x=summary["suite"] + "/" + summary["metric"])
+    symbols = ["circle", "square", "diamond", "triangle-up", "cross", "x"]
+    for arm in A.arm_order(summary["arm"]):
+        for k, (cond, g) in enumerate(summary[summary["arm"] == arm].groupby("condition", sort=True)):
+            fig.add({"x": g["x"], "y": g["mean"], "mode": "markers", "name": style.name(arm, cond),
+                     "marker": {"size": 10, "color": style.color(arm), "symbol": symbols[k % len(symbols)]},
+                     "error_y": _error_bars(g)})
+    fig.layout["scattermode"] = "group"
+    fig.axis("y", title={"text": "final value"})
+    p.body.append(fig.html("fig-final-0"))
+    p.body.append("<h3>VIMPO minus each baseline, paired by seed</h3>")
+    p.body.append(note("each row is its own 95% interval, with no correction for the number of rows: with many "
+                       "suites and conditions, expect about one row in twenty to exclude 0 by chance", "info"))
+    if paired.empty:
+        p.body.append(note("no paired difference: the runs need a VIMPO arm and a baseline arm evaluated on the same "
+                           "suite"))
+    else:
+        shown = paired.assign(difference=[format_interval(m, lo, hi, n) for m, lo, hi, n in
+                                          paired[["mean_diff", "ci_low", "ci_high", "n_pairs"]].itertuples(index=False)])
+        cols = (["condition"] if paired["condition"].ne("").any() else []) + ["suite", "metric", "vimpo", "baseline",
+                                                                              "difference", "seeds", "verdict"]
+        p.body.append(table_html(shown[cols], "paired_diff"))
+
+
+def noisy_rewards(p: Panel, data, labels, style):
+    table, what = A.noisy_table(data)
+    all_rates = A.noise_rates(data)
+    rates = all_rates.dropna().unique()
+    if len(rates) == 0:
+        p.body.append(note("no training run logged a noise rate (" + " or ".join(A.NOISE_RATE_KEYS) + ")"))
+        return
+    if len(rates) < 2:
+        p.body.append(note(f"all training runs used one noise rate (p={rates[0]:g}); this panel needs runs at two or more"))
+        return
+    if table.empty:
+        p.body.append(note("no final accuracy for the noisy runs (no eval runs, eval/greedy_accuracy or reward/accuracy)"))
+        return
+    p.tables["noisy_rewards"] = table
+    fig = Figure(height=420)
+    multi = table["condition"].nunique() > 1
+    for (arm, cond), g in table.groupby(["arm", "condition"], sort=False):
+        g = g.sort_values("noise_rate")
+        fig.add({"x": g["noise_rate"], "y": g["mean"], "mode": "lines+markers", "name": f"{arm} | {cond}" if multi and cond else arm,
+                 "line": {"color": style.color(arm)}, "error_y": _error_bars(g)})
+    fig.axis("x", title={"text": "reward noise rate"})
+    fig.axis("y", title={"text": what})
+    p.body.append(fig.html("fig-noisy-0"))
+    p.body.append(note(f"y: {what}; mean over seeds, bars = 95% t interval", "info"))
+    if all_rates.attrs.get("asymmetric"):
+        p.body.append(note(f"{all_rates.attrs['asymmetric']} run(s) with asymmetric noise are plotted at (fp + fn) / 2",
+                           "warn"))
+
+
+def beta_sweep(p: Panel, data, labels, style):
+    t = A.sweep_table(data)
+    if t.empty:
+        p.body.append(note("no beta-sweep trials in these runs (runs tagged vimpo.kind=sweep)"))
+        return
+    p.tables["beta_sweep"] = t
+    plotted = t.dropna(subset=["beta", "objective"])
+    if t["beta"].isna().all():
+        p.body.append(note("the sweep trials logged no algo.beta param"))
+    elif plotted.empty:
+        p.body.append(note("no sweep trial logged sweep/objective"))
+    else:
+        fig = Figure(height=420)
+        marks = {"COMPLETE": ("circle", "#1f77b4"), "PRUNED": ("x", "#d62728"), "RUNNING": ("diamond", "#7f7f7f")}
+        for state, g in plotted.groupby("state"):
+            symbol, color = marks.get(state, ("square", "#8c564b"))
+            fig.add({"x": g["beta"], "y": g["objective"], "mode": "markers", "name": state.lower(),
+                     "marker": {"symbol": symbol, "size": 10, "color": color}, "text": g["trial"],
+                     "hovertemplate": "trial %{text}: beta=%{x:.4g}, objective=%{y:.4g}"})
+        done = plotted[plotted["state"] == "COMPLETE"]
+        if len(done):
+            best = done.loc[done["objective"].idxmax()]
+            fig.add({"x": [best["beta"]], "y": [best["objective"]], "mode": "markers", "name": "best complete",
+                     "marker": {"symbol": "star", "size": 16, "color": "#ff7f0e"}})
+            p.body.append(note(f"best complete trial: beta={best['beta']:.4g}, objective={best['objective']:.4g}", "info"))
+        log = plotted["beta"].min() > 0 and plotted["beta"].max() / plotted["beta"].min() > 20
+        fig.axis("x", title={"text": "beta"}, type="log" if log else "linear")
+        fig.axis("y", title={"text": "sweep/objective"})
+        p.body.append(fig.html("fig-sweep-0"))
+    states = t["state"].value_counts()
+    p.body.append(note("trials: " + ", ".join(f"{k.lower()} {v}" for k, v in states.items())
+                       + ("; pruned trials show their last reported value" if "PRUNED" in states else ""), "info"))
+
+
+def moving_ref(p: Panel, data, labels, style):
+    events = A.ref_update_steps(data.history)
+    if events.empty:
+        p.body.append(note("no pi_ref updates in these runs (vimpo/ref_update is never 1): nothing to align"))
+        return
+    gaps = events.sort_values(["run_id", "update_step"]).groupby("run_id")["update_step"].diff().dropna()
+    window = int(min(5, max(1, gaps.median() // 2))) if len(gaps) else 5
+    w = A.ref_windows(data.history, labels, [k for k, _ in REF_METRICS], window)
+    p.tables |= {"ref_update_windows": w, "ref_updates": A.ref_update_table(data.history, labels)}
+    fig = Figure(rows=1, cols=3, titles=[t for _, t in REF_METRICS], height=400)
+    shown = set()
+    for j, (key, _) in enumerate(REF_METRICS):
+        sub = w[w["key"] == key]
+        if sub.empty:
+            fig.note(j, "not logged")
+        for (arm, cond), g in sub.groupby(["arm", "condition"], sort=False):
+            name = style.name(arm, cond)
+            fig.band(g["offset"], g["mean"], g["ci_low"], g["ci_high"], name, style.color(arm),
+                     style.dashes.get(cond, "solid"), cell=j, showlegend=name not in shown)
+            shown.add(name)
+        fig.vline(-0.5, cell=j)
+        fig.axis("x", j, title={"text": "steps from the pi_ref update"})
+    p.body.append(fig.html("fig-ref-0"))
+    p.body.append(note(f"{len(events)} update(s) in {events['run_id'].nunique()} run(s); window ±{window} steps "
+                       "(offset 0 = first step with the new reference); mean over a run's updates, then over seeds",
+                       "info"))
+    beta = A.curves(data.history, labels, ["vimpo/beta", "loss/value"])
+    fig = Figure(height=380, secondary_y=True)
+    for (arm, cond, key), g in beta.groupby(["arm", "condition", "key"], sort=False):
+        name = style.name(arm, cond)
+        fig.add({"x": g["step"], "y": g["mean"], "mode": "lines", "name": f"{name}: {'beta' if key == 'vimpo/beta' else 'value loss'}",
+                 "line": {"color": style.color(arm), "dash": "solid" if key == "vimpo/beta" else "dot"}},
+                secondary=key != "vimpo/beta")
+    steps = sorted(events["update_step"].unique())
+    fig.add({"x": steps, "y": [0] * len(steps), "mode": "markers", "name": "pi_ref update",
+             "marker": {"symbol": "triangle-up", "size": 9, "color": "#444"}})
+    fig.axis("y", title={"text": "beta"})
+    fig.axis("x", title={"text": "step"})
+    fig.layout["yaxis99"]["title"] = {"text": "value loss"}
+    p.body.append("<h3>beta annealing and value loss, pi_ref updates marked</h3>")
+    if not (beta["key"] == "vimpo/beta").any():
+        p.body.append(note("no vimpo/beta logged: beta schedule not shown"))
+    p.body.append(fig.html("fig-ref-1"))
+    if len(p.tables["ref_updates"]):
+        p.body.append(table_html(p.tables["ref_updates"], "ref_updates"))
+
+
+def diagnostics(p: Panel, data, labels, style):
+    adv = A.adv_by_position(data.adv, labels)
+    if adv.empty:
+        p.body.append(note("no diagnostics/adv_by_position*.jsonl artifacts in these runs"))
+    else:
+        p.tables["adv_by_position"] = adv
+        fig = Figure(height=380)
+        for (arm, correct), g in adv.groupby(["arm", "correct"], sort=False):
+            fig.add({"x": g["position"], "y": g["mean_adv"], "mode": "lines", "name": f"{arm}: {'right' if correct else 'wrong'}",
+                     "line": {"color": style.color(arm), "dash": "solid" if correct else "dash"}})
+        fig.axis("x", title={"text": "token position"})
+        fig.axis("y", title={"text": "mean advantage"})
+        p.body.append("<h3>implied advantage by token position (last diagnosed step)</h3>")
+        p.body.append(fig.html("fig-diag-0"))
+    vl = A.curves(data.history, labels, ["loss/value"])
+    if vl.empty:
+        p.body.append(note("no loss/value logged (VIMPO runs log it)"))
+        return
+    p.tables["value_loss"] = vl
+    fig = Figure(height=360)
+    for (arm, cond), g in vl.groupby(["arm", "condition"], sort=False):
+        fig.band(g["step"], g["mean"], g["ci_low"], g["ci_high"], style.name(arm, cond), style.color(arm),
+                 style.dashes.get(cond, "solid"))
+    fig.axis("x", title={"text": "step"})
+    fig.axis("y", title={"text": "loss/value"})
+    p.body.append("<h3>value loss over training</h3>")
+    p.body.append(fig.html("fig-diag-1"))
+
+
+def _problem(r) -> str:
+    return (f'<details class="problem"><summary>{esc(r["suite"])} · {esc(r["problem_id"])}: solve rate '
+            f'{r["rate_solver"]:.2f} vs {r["rate_other"]:.2f}</summary><p><b>prompt</b></p><pre>{esc(r["prompt"])}</pre>'
+            f'<p><b>gold</b>: {esc(r["gold"])}; <b>{esc(r["does_not"])} extracted</b>: {esc(r["extracted_other"])}</p>'
+            f'<div class="cols"><div><b>{esc(r["solves"])} (right)</b><pre>{esc(r["completion_solver"])}</pre></div>'
+            f'<div><b>{esc(r["does_not"])} (wrong)</b><pre>{esc(r["completion_other"])}</pre></div></div></details>')
+
+
+def drilldown(p: Panel, data, labels, style):
+    rows, counts, source = A.drilldown(data, labels)
+    if not source:
+        p.body.append(note("no graded completions: no samples.jsonl in eval runs and no samples/step_*.jsonl in "
+                           "training runs"))
+        return
+    where = ("eval runs' samples.jsonl" if source == "eval"
+             else "the training runs' last in-training evaluation (no eval runs with samples)")
+    p.body.append(note(f"from {where}; an arm solves a problem when at least half its samples over all seeds are "
+                       "right", "info"))
+    p.tables["drilldown_counts"] = counts
+    if counts.empty:
+        p.body.append(note("only one arm has graded completions: nothing to compare"))
+        return
+    multi = counts["condition"].nunique() > 1
+    p.body.append(table_html(counts if multi else counts.drop(columns="condition"), "drilldown_counts"))
+    if rows.empty:
+        p.body.append(note("no problem is solved by one arm and not by the other"))
+        return
+    p.tables["drilldown"] = rows
+    for (solver, other, cond), g in rows.groupby(["solves", "does_not", "condition"], sort=False):
+        where = f" at {cond}" if multi and cond else ""
+        p.body.append(f"<h3>{esc(solver)} solves, {esc(other)} does not{esc(where)} ({len(g)} shown)</h3>")
+        p.body.extend(_problem(r) for _, r in g.iterrows())
+
+
+def provenance(p: Panel, data, labels, style):
+    table, notes = A.provenance(data)
+    if table.empty:
+        p.body.append(note("no provenance tags (git_commit, versions.*, grader_version) on these runs"))
+        return
+    p.tables["provenance"] = table
+    p.body.extend(note(n, "warn") for n in notes)
+    cols = [c for c in table.columns if c not in ("run_id", "run_name", "kind", "algo", "seed")]
+    summary = pd.DataFrame([{"tag": c, "values": ", ".join(map(str, table[c].dropna().unique()[:6])),
+                             "distinct": table[c].nunique(), "runs with it": int(table[c].notna().sum())} for c in cols])
+    p.body.append(table_html(summary))
+    p.body.append(f"<details><summary>per run</summary>{table_html(table, 'provenance')}</details>")
+
+
+PANELS = [
+    ("overview", "Overview", "Which runs, what differs between them, did they finish, how long did they take?", overview),
+    ("curves", "Learning curves", "Does VIMPO learn faster than the baselines, per step and per second? "
+     "Mean over seeds; band = 95% t interval.", learning_curves),
+    ("final-eval", "Final evaluation", "Does VIMPO beat each baseline at the end, by how much, how sure are we?",
+     final_eval),
+    ("noisy", "Noisy rewards", "How does final accuracy fall as the reward gets noisier, per algorithm?", noisy_rewards),
+    ("sweep", "beta sweep", "How does the objective depend on beta across the sweep's trials?", beta_sweep),
+    ("moving-ref", "Moving pi_ref", "What happens to value loss, residual and KL when the reference moves, "
+     "as beta anneals?", moving_ref),
+    ("diagnostics", "VIMPO diagnostics", "Where in a response does the implied advantage go, for right and wrong "
+     "answers, and does the value loss settle?", diagnostics),
+    ("drilldown", "Per-problem drill-down", "Which problems does one algorithm solve and the other not, and what "
+     "did each write?", drilldown),
+    ("provenance", "Provenance", "Can every run be reproduced: commits, versions, data, grader?", provenance),
+]
+
+
+def build_panels(data) -> list[Panel]:
+    labels = A.label_arms(data)
+    style = Style(labels)
+    out = []
+    for pid, title, question, fill in PANELS:
+        panel = Panel(pid, title, question)
+        try:
+            fill(panel, data, labels, style)
+        except Exception as exc:  # one broken panel must not hide the other eight
+            panel.error = f"{type(exc).__name__}: {exc}"
+        out.append(panel)
+    return out

@@ -1,0 +1,145 @@
+"""HTML for the report: one self-contained file (plotly.js inlined once, no network), tables as CSV.
+
+`render(data)` returns the page and its tables; `write_report(data, out)` writes NAME.html and the
+folder NAME/ beside it with one CSV per table (see docs/report.md for the list).
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+MAX_TABLE_ROWS = 200
+
+
+@dataclass
+class Panel:
+    """One section of the page. `body` is trusted HTML built by the helpers below (all text escaped);
+    `tables` go to CSV as NAME/<key>.csv; `error` is set when building the panel itself failed."""
+
+    id: str
+    title: str
+    question: str
+    body: list[str] = field(default_factory=list)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    error: str | None = None
+
+
+def esc(text: object) -> str:
+    return html.escape("" if text is None else str(text), quote=True)
+
+
+def note(text: str, kind: str = "missing") -> str:
+    """A visible one-paragraph message; kind "missing" for absent data, "warn" for doubts, "info"."""
+    return f'<p class="note {kind}">{esc(text)}</p>'
+
+
+def _cell(value: object) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def table_html(df: pd.DataFrame, csv_name: str | None = None, max_rows: int = MAX_TABLE_ROWS) -> str:
+    """An escaped HTML table of `df`; long tables are cut with a pointer to the full CSV."""
+    if df is None or df.empty:
+        return note("(empty table)")
+    shown = df.head(max_rows)
+    head = "".join(f"<th>{esc(c)}</th>" for c in shown.columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{esc(_cell(v))}</td>" for v in row) + "</tr>"
+        for row in shown.itertuples(index=False, name=None)
+    )
+    out = f'<div class="tablewrap"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+    if len(df) > max_rows:
+        where = f" (all rows in {csv_name}.csv)" if csv_name else ""
+        out += note(f"first {max_rows} of {len(df)} rows{where}", "info")
+    return out
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1280px;padding:0 16px 48px;color:#1f2933;background:#fff}
+h1{margin:20px 0 4px}h2{margin:0 0 4px}.sub{color:#52606d;margin:0 0 12px}
+nav{padding:8px 0;border-bottom:1px solid #d9e2ec}
+nav a{margin-right:14px;color:#1f4e8c;text-decoration:none;font-size:14px}
+section.panel{border:1px solid #d9e2ec;border-radius:6px;padding:14px 16px;margin:18px 0;background:#fff}
+.question{color:#52606d;font-style:italic;margin:0 0 10px}
+.note{padding:8px 12px;border-radius:4px;margin:8px 0}.note.missing{background:#fff8e1;border-left:4px solid #f0b429}
+.note.warn{background:#ffeeee;border-left:4px solid #e12d39}.note.info{background:#eef4fb;border-left:4px solid #2680c2}
+.note.error{background:#ffe3e3;border-left:4px solid #ab091e;font-family:monospace}
+.tablewrap{overflow-x:auto;max-height:520px;overflow-y:auto;margin:8px 0}
+table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #d9e2ec;padding:3px 8px;text-align:left;vertical-align:top;white-space:nowrap}
+th{background:#f0f4f8;position:sticky;top:0}
+details.problem{border:1px solid #d9e2ec;border-radius:4px;margin:6px 0;padding:4px 8px}
+details.problem summary{cursor:pointer}pre{white-space:pre-wrap;word-break:break-word;background:#f5f7fa;padding:8px;margin:4px 0;font-size:12px}
+.cols{display:grid;grid-template-columns:1fr 1fr;gap:10px}
+"""
+
+
+def page(title: str, subtitle: str, panels: list[Panel], plotly_js: str) -> str:
+    nav = "".join(f'<a href="#panel-{p.id}">{esc(p.title)}</a>' for p in panels)
+    sections = []
+    for p in panels:
+        body = "".join(p.body)
+        if p.error:
+            body = note(f"this panel could not be built: {p.error}", "error") + body
+        sections.append(
+            f'<section class="panel" id="panel-{p.id}" data-panel="{p.id}"><h2>{esc(p.title)}</h2>'
+            f'<p class="question">{esc(p.question)}</p>{body}</section>'
+        )
+    # "</script" inside the inlined library would end the tag early; plotly.js contains none, but be sure.
+    js = plotly_js.replace("</script", "<\\/script")
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<title>{esc(title)}</title><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
+        f"<style>{CSS}</style><script>{js}</script></head><body>"
+        f"<h1>{esc(title)}</h1><p class=\"sub\">{esc(subtitle)}</p><nav>{nav}</nav>"
+        + "".join(sections)
+        + "</body></html>\n"
+    )
+
+
+def render(data) -> tuple[str, list[Panel]]:
+    """The page for `data` (a collect.ReportData) and its panels (with their tables)."""
+    from plotly.offline import get_plotlyjs
+
+    from vimpo_bench.report.panels import build_panels
+
+    panels = build_panels(data)
+    n = data.runs["kind"].value_counts()
+    counts = ", ".join(f"{n.get(k, 0)} {k}" for k in ("train", "eval", "sweep", "study") if n.get(k, 0))
+    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    subtitle = f"vimpo-bench report of {data.selection}: {counts} run(s); generated {generated}"
+    return page(f"vimpo-bench report: {data.title}", subtitle, panels, get_plotlyjs()), panels
+
+
+@dataclass
+class ReportFiles:
+    html: Path
+    tables: list[Path]
+    failed_panels: list[str]
+
+
+def write_report(data, out: str | Path) -> ReportFiles:
+    """Write OUT (the page) and OUT-without-suffix/<table>.csv; returns the paths."""
+    out = Path(out)
+    html_text, panels = render(data)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(html_text, encoding="utf-8")
+    folder = out.with_suffix("")
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for p in panels:
+        for name, df in p.tables.items():
+            if df is not None and not df.empty:
+                path = folder / f"{name}.csv"
+                df.to_csv(path, index=False)
+                written.append(path)
+    return ReportFiles(out, written, [f"{p.id}: {p.error}" for p in panels if p.error])

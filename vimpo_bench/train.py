@@ -1,0 +1,474 @@
+"""The RL training loop: rollout -> score -> log-probs -> advantages -> PPO update -> log.
+
+`run(config)` is what `vimpo-bench train` calls: it opens the MLflow run, records the config and
+provenance, trains, and marks the run FINISHED or FAILED. `train(...)` is the loop itself and takes
+a tracker (default: one that records nothing) so that it can be used from a notebook or a sweep.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from vimpo_bench import tasks as task_registry
+from vimpo_bench.algorithms import Batch
+from vimpo_bench.algorithms.core import masked_mean
+from vimpo_bench.algorithms.vimpo import value_loss
+from vimpo_bench.config import Config, from_dict
+from vimpo_bench.logprobs import token_logprobs
+from vimpo_bench.models import frozen_copy, load_policy
+from vimpo_bench.provenance import git_state, package_versions
+from vimpo_bench.reference import beta_at, is_ref_update_step, lr_factor, update_reference
+from vimpo_bench.rewards import noisy_rewards, verifier_rewards
+from vimpo_bench.rollout.base import Rollouts, SamplingParams
+from vimpo_bench.tracking import MlflowTracker, NullTracker, Tracker
+
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (NaN loss, broken checkpoint); the message says where."""
+
+
+@dataclass
+class TrainResult:
+    run_id: str | None
+    steps: int
+    initial: dict[str, float]
+    final: dict[str, float]
+    wall_seconds: float
+    checkpoint: str | None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        return {
+            "run_id": self.run_id,
+            "steps": self.steps,
+            "initial_greedy_accuracy": self.initial.get("eval/greedy_accuracy"),
+            "initial_sampled_accuracy": self.initial.get("eval/sampled_accuracy"),
+            "final_greedy_accuracy": self.final.get("eval/greedy_accuracy"),
+            "final_sampled_accuracy": self.final.get("eval/sampled_accuracy"),
+            "wall_seconds": round(self.wall_seconds, 2),
+            "checkpoint": self.checkpoint,
+        }
+
+
+Progress = Callable[[str, int, int, dict], None]  # (phase, done, total, latest metrics)
+
+
+def step_seed(seed: int, step: int, stream: int) -> int:
+    """A seed per (run seed, step, purpose): draws depend only on these, so a resumed run repeats them."""
+    return (seed * 1_000_003 + step) * 16 + stream
+
+
+# ------------------------------------------------------------------------------------ entry point
+
+
+def run(
+    config: Config,
+    resume_run_id: str | None = None,
+    progress: Progress | None = None,
+    tracking_uri: str | None = None,
+    stop_after: int | None = None,
+    tags: dict | None = None,
+    parent_run_id: str | None = None,
+) -> TrainResult:
+    """Train with an MLflow run: new, or `resume_run_id` continued from its last checkpoint."""
+    if resume_run_id:
+        tracker = MlflowTracker.resume(resume_run_id, tracking_uri)
+        checkpoint = find_checkpoint(Path(config.run.output_dir) / resume_run_id)
+        if checkpoint is None:
+            tracker.finish("FAILED")
+            raise TrainingError(f"run {resume_run_id} has no checkpoint under {config.run.output_dir}/{resume_run_id}")
+        config = from_dict(json.loads((checkpoint / "config.json").read_text()), str(checkpoint / "config.json"))
+    else:
+        run_name = config.run.run_name or f"{config.algo['name']}-s{config.run.seed}-{config.hash()[:6]}"
+        tracker = MlflowTracker.start(run_name, config.run.experiment, tags=tags, parent_run_id=parent_run_id,
+                                      tracking_uri=tracking_uri)
+        checkpoint = None
+    try:
+        result = train(config, tracker, progress=progress, resume_from=checkpoint, stop_after=stop_after)
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    if result.steps >= config.optim.steps:
+        tracker.finish("FINISHED")
+    return result
+
+
+def record_run(tracker: Tracker, config: Config, task) -> None:
+    """Params = the resolved config; tags = provenance; artifact = config.yaml (house rule 7)."""
+    from vimpo_bench import grading_version
+
+    tracker.log_params(config.to_dict())
+    tracker.set_tags({
+        "vimpo.kind": "train",
+        "vimpo.algo": config.algo["name"],
+        "vimpo.seed": config.run.seed,
+        "vimpo.task": config.task.name,
+        "vimpo.config_hash": config.hash(),
+        "grader_version": grading_version(config.task.name),
+        "data.train_sha256": task.data_hash("train"),
+        "data.test_sha256": task.data_hash("test"),
+        **git_state(),
+        **package_versions(),
+    })
+    tracker.log_dict(config.to_dict(), "config.yaml")
+
+
+# ------------------------------------------------------------------------------------------- loop
+
+
+def train(
+    config: Config,
+    tracker: Tracker | None = None,
+    progress: Progress | None = None,
+    resume_from: Path | None = None,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Run the RL loop. `stop_after` ends the call after that many steps (checkpointed), as a kill would."""
+    tracker = tracker or NullTracker()
+    started = time.perf_counter()
+    if config.run.threads:
+        torch.set_num_threads(config.run.threads)
+    torch.manual_seed(config.run.seed)
+    random.seed(config.run.seed)
+
+    # -- setup: task, policy, frozen reference, generator, optimizer ---------------------------
+    task = task_registry.get(config.task.name, **config.task.options)
+    train_pool = task.problems("train")
+    heldout = task.problems("test", limit=config.eval.problems)
+    warm = {"steps": config.model.warm_start_steps, "batch_size": config.model.warm_start_batch_size,
+            "lr": config.model.warm_start_lr, "seed": config.run.seed}
+    if progress:
+        warm["progress"] = lambda done, total, loss: progress("warm start", done, total, {"loss": loss})
+    policy, tokenizer = load_policy(config.model.name, config.model.dtype, config.model.cache_dir,
+                                    task_options=config.task.options if config.task.name == "arith" else None,
+                                    warm_start=warm)
+    reference = frozen_copy(policy)
+    policy.train()
+    generator = make_generator(config, policy, tokenizer)
+    opt_steps_total = config.optim.steps * config.optim.epochs * config.optim.minibatches
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(config.optim.lr_schedule, s, opt_steps_total, config.optim.warmup_steps))
+
+    start_step, initial = 0, {}
+    if resume_from is not None:
+        start_step, initial = load_checkpoint(resume_from, policy, reference, optimizer, scheduler)
+    else:
+        record_run(tracker, config, task)
+
+    prompt_text = lambda problem: render_prompt(config, task, problem, tokenizer)  # noqa: E731
+    history: list[dict[str, float]] = []
+    last_eval: dict[str, float] = {}
+    if start_step == 0:
+        initial = evaluate_heldout(config, generator, task, heldout, prompt_text, 0, tracker)
+        last_eval = initial
+        tracker.log_metrics(initial, step=0)
+
+    end_step = config.optim.steps if stop_after is None else min(config.optim.steps, start_step + stop_after)
+    for step in range(start_step, end_step):
+        metrics = rl_step(config, task, train_pool, prompt_text, policy, reference, generator, optimizer,
+                          scheduler, step)
+        done = step + 1
+        batch_info = metrics.pop("_batch")
+        if is_ref_update_step(config.ref.schedule, config.ref.every, done):
+            metrics.update(move_reference(config, policy, reference, batch_info))
+        else:
+            metrics["vimpo/ref_update"] = 0.0
+        if (config.eval.every and done % config.eval.every == 0) or done == config.optim.steps:
+            last_eval = evaluate_heldout(config, generator, task, heldout, prompt_text, done, tracker)
+            metrics.update(last_eval)
+            log_advantage_profile(tracker, batch_info, done)
+        tracker.log_metrics(metrics, step=done)
+        history.append({"step": done, **metrics})
+        if (config.run.checkpoint_every and done % config.run.checkpoint_every == 0) or done == end_step:
+            save_checkpoint(checkpoint_dir(config, tracker), config, policy, reference, optimizer, scheduler,
+                            done, initial)
+        if progress:
+            progress("train", done, config.optim.steps, metrics)
+
+    final_dir = checkpoint_dir(config, tracker)
+    if end_step == config.optim.steps and config.run.log_checkpoint and tracker.run_id:
+        tracker.log_artifact(final_dir / "policy", "checkpoint")
+    return TrainResult(tracker.run_id, end_step, initial, last_eval, time.perf_counter() - started,
+                       str(final_dir), history)
+
+
+def rl_step(config, task, train_pool, prompt_text, policy, reference, generator, optimizer, scheduler,
+            step: int) -> dict:
+    """One RL step in labelled phases; returns its metrics (and the batch under `_batch`)."""
+    seed = config.run.seed
+    timer = PhaseTimer()
+    beta = beta_at(config.beta_schedule.kind, config.algo.get("beta", 0.0), config.beta_schedule.final, step,
+                   config.optim.steps)
+    algo = config.make_algorithm(beta=beta)
+    if "norm_len" in config.algo and config.algo["norm_len"] is None:
+        # Dr. GRPO's constant is the longest possible completion, not the batch's padded length.
+        algo = dataclasses.replace(algo, norm_len=config.rollout.max_new_tokens)
+
+    # -- rollout: G responses to each of P prompts from the current policy ------------------------
+    with timer("rollout"):
+        pick = torch.Generator().manual_seed(step_seed(seed, step, 0))
+        chosen = torch.randperm(len(train_pool), generator=pick)[: config.rollout.prompts_per_step].tolist()
+        problems = [train_pool[i] for i in chosen]
+        params = SamplingParams(temperature=config.rollout.temperature, top_p=config.rollout.top_p, top_k=0,
+                                max_new_tokens=config.rollout.max_new_tokens, n=config.rollout.group_size)
+        rollouts = generator.generate([prompt_text(p) for p in problems], params, seed=step_seed(seed, step, 1))
+
+    # -- scoring: verifier reward, then the noise model (the algorithm sees only the noisy one) -----
+    with timer("scoring"):
+        per_row = [problems[int(g)] for g in rollouts.group_ids]
+        clean = verifier_rewards(task, rollouts.texts, per_row)
+        noise_rng = torch.Generator().manual_seed(step_seed(seed, step, 2))
+        rewards = noisy_rewards(clean, config.reward.noise, noise_rng, config.reward.p, config.reward.fp,
+                                config.reward.fn)
+
+    # -- log-probs of the sampled tokens under pi_old (= the policy now) and pi_ref; no gradient ---
+    with timer("logprob"), torch.no_grad():
+        mb = config.optim.logprob_microbatch
+        old_logp, entropy = token_logprobs(policy, rollouts.prompt_ids, rollouts.prompt_mask, rollouts.response_ids,
+                                           rollouts.response_mask, with_entropy=True, microbatch_size=mb)
+        ref_logp, _ = token_logprobs(reference, rollouts.prompt_ids, rollouts.prompt_mask, rollouts.response_ids,
+                                     rollouts.response_mask, microbatch_size=mb)
+
+    # -- advantages: once over the whole batch (group statistics need every member) ---------------
+    mask = rollouts.response_mask.float()
+    full = Batch(logp=old_logp, old_logp=old_logp, ref_logp=ref_logp, mask=mask, rewards=rewards,
+                 group_ids=rollouts.group_ids, truncated=rollouts.truncated)
+    full = full.with_advantages(algo.advantages(full))
+
+    # -- update: PPO epochs over minibatches of whole groups, gradient accumulation, clipping ------
+    with timer("update"):
+        stats = ppo_update(config, algo, policy, optimizer, scheduler, rollouts, full, step)
+
+    response_tokens = mask.sum().item()
+    metrics = {
+        "reward/noisy_mean": rewards.mean().item(),
+        "reward/clean_mean": clean.mean().item(),
+        "reward/accuracy": clean.mean().item(),
+        "reward/flip_rate": (rewards != clean).float().mean().item(),
+        **stats,
+        "vimpo/beta": beta,
+        "policy/entropy": masked_mean(entropy, mask).item(),
+        "policy/lr": scheduler.get_last_lr()[0],
+        "rollout/response_len": mask.sum(1).mean().item(),
+        "rollout/truncation_rate": rollouts.truncated.float().mean().item(),
+        **timer.metrics(),
+    }
+    metrics["perf/tokens_per_s"] = (rollouts.prompt_mask.sum().item() + response_tokens) / metrics["perf/step_s"]
+    metrics["_batch"] = {"full": full, "rollouts": rollouts, "clean": clean, "algo": algo}
+    return metrics
+
+
+def ppo_update(config, algo, policy, optimizer, scheduler, rollouts: Rollouts, full: Batch, step: int) -> dict:
+    """epochs x minibatches optimizer steps; each minibatch is split into `grad_accum` microbatches."""
+    sums: dict[str, list[float]] = defaultdict(list)
+    groups = torch.unique(full.group_ids)
+    shuffle = torch.Generator().manual_seed(step_seed(config.run.seed, step, 3))
+    for _epoch in range(config.optim.epochs):
+        order = groups[torch.randperm(len(groups), generator=shuffle)]
+        for minibatch_groups in torch.tensor_split(order, config.optim.minibatches):
+            optimizer.zero_grad(set_to_none=True)
+            for micro_groups in torch.tensor_split(minibatch_groups, config.optim.grad_accum):
+                rows = torch.isin(full.group_ids, micro_groups).nonzero().squeeze(1)
+                logp, _ = token_logprobs(policy, rollouts.prompt_ids[rows], rollouts.prompt_mask[rows],
+                                         rollouts.response_ids[rows], rollouts.response_mask[rows])
+                micro = dataclasses.replace(full.select(rows), logp=logp)
+                loss, stats = algo.loss(micro)
+                if not torch.isfinite(loss):
+                    raise TrainingError(f"loss is {loss.item()} at step {step + 1}; lower optim.lr or check the model")
+                (loss / config.optim.grad_accum).backward()
+                for key, value in stats.items():
+                    sums[key].append(value)
+            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), config.optim.max_grad_norm)
+            if not torch.isfinite(grad_norm):
+                raise TrainingError(f"gradient norm is {grad_norm.item()} at step {step + 1}")
+            sums["policy/grad_norm"].append(grad_norm.item())
+            optimizer.step()
+            scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    if not all(torch.isfinite(p).all() for p in policy.parameters()):
+        raise TrainingError(f"the policy's parameters became non-finite at step {step + 1}; lower optim.lr")
+    return {key: sum(values) / len(values) for key, values in sums.items()}
+
+
+def move_reference(config, policy, reference, batch_info) -> dict:
+    """Move pi_ref and log the value loss and mean terminal residual on this batch before and after."""
+    full, rollouts, algo = batch_info["full"], batch_info["rollouts"], batch_info["algo"]
+    out = {"vimpo/ref_update": 1.0}
+    beta = getattr(algo, "beta", 0.0) or 0.0
+    with torch.no_grad():
+        args = (rollouts.prompt_ids, rollouts.prompt_mask, rollouts.response_ids, rollouts.response_mask)
+        policy_logp, _ = token_logprobs(policy, *args)
+        if beta > 0:
+            pre, parts = value_loss(policy_logp - full.ref_logp, full.mask, full.rewards, full.group_ids, beta)
+            out["vimpo/value_loss_pre_ref_update"] = pre.item()
+            out["vimpo/residual_pre_ref_update"] = parts["delta"].mean().item()
+        update_reference(reference, policy, config.ref.schedule, config.ref.alpha)
+        if beta > 0:
+            new_ref_logp, _ = token_logprobs(reference, *args)
+            post, parts = value_loss(policy_logp - new_ref_logp, full.mask, full.rewards, full.group_ids, beta)
+            out["vimpo/value_loss_post_ref_update"] = post.item()
+            out["vimpo/residual_post_ref_update"] = parts["delta"].mean().item()
+    return out
+
+
+# ----------------------------------------------------------------------------------- evaluation
+
+
+def evaluate_heldout(config, generator, task, heldout, prompt_text, step: int, tracker: Tracker) -> dict:
+    """Held-out accuracy: greedy (one sample) and sampled (eval.samples at the rollout temperature)."""
+    prompts = [prompt_text(p) for p in heldout]
+    out = {}
+    records = []
+    if config.eval.greedy:
+        greedy = generator.generate(prompts, SamplingParams(temperature=0.0, top_k=0, n=1,
+                                    max_new_tokens=config.rollout.max_new_tokens), seed=step_seed(config.run.seed, step, 4))
+        correct = [task.grade(t, p) for t, p in zip(greedy.texts, heldout, strict=True)]
+        out["eval/greedy_accuracy"] = sum(correct) / len(correct)
+        records += [{"step": step, "mode": "greedy", "id": p.id, "prompt": prompts[i], "completion": greedy.texts[i],
+                     "answer": task.extract(greedy.texts[i]), "gold": p.answer, "correct": correct[i]}
+                    for i, p in enumerate(heldout[: config.eval.completions_logged])]
+    params = SamplingParams(temperature=config.rollout.temperature, top_p=config.rollout.top_p, top_k=0,
+                            n=config.eval.samples, max_new_tokens=config.rollout.max_new_tokens)
+    sampled = generator.generate(prompts, params, seed=step_seed(config.run.seed, step, 5))
+    graded = [task.grade(t, heldout[int(g)]) for t, g in zip(sampled.texts, sampled.group_ids, strict=True)]
+    out["eval/sampled_accuracy"] = sum(graded) / len(graded)
+    shown = min(len(sampled.texts), config.eval.completions_logged)
+    records += [{"step": step, "mode": "sampled", "id": heldout[int(sampled.group_ids[i])].id,
+                 "completion": sampled.texts[i], "answer": task.extract(sampled.texts[i]),
+                 "gold": heldout[int(sampled.group_ids[i])].answer, "correct": graded[i]} for i in range(shown)]
+    tracker.log_text("\n".join(json.dumps(r) for r in records) + "\n", f"samples/step_{step:06d}.jsonl")
+    return out
+
+
+def log_advantage_profile(tracker: Tracker, batch_info: dict, step: int) -> None:
+    """Mean advantage by token position for correct and wrong responses (the VIMPO credit picture)."""
+    full, clean = batch_info["full"], batch_info["clean"]
+    lines = []
+    for correct in (True, False):
+        rows = (clean > 0.5) == correct
+        if not rows.any():
+            continue
+        adv, mask = full.advantages[rows], full.mask[rows]
+        counts = mask.sum(0)
+        means = (adv * mask).sum(0) / counts.clamp(min=1)
+        lines += [json.dumps({"step": step, "position": t, "correct": correct, "mean_adv": means[t].item(),
+                              "count": int(counts[t].item())}) for t in range(mask.shape[1]) if counts[t] > 0]
+    tracker.log_text("\n".join(lines) + "\n", f"diagnostics/adv_by_position_step_{step:06d}.jsonl")
+
+
+# ------------------------------------------------------------------------------------- helpers
+
+
+def make_generator(config: Config, policy, tokenizer):
+    if config.rollout.backend == "vllm":
+        from vimpo_bench.rollout.vllm import VLLMGenerator  # GPU only; imported lazily
+
+        return VLLMGenerator.for_training(policy, tokenizer)
+    from vimpo_bench.prompts import has_chat_template
+    from vimpo_bench.rollout.hf import HFGenerator
+
+    # tiny-arith learned its task without BOS, and chat templates write their own special tokens.
+    templated = config.task.template != "none" and has_chat_template(tokenizer)
+    add_special_tokens = config.model.name != "tiny-arith" and not templated
+    return HFGenerator(policy, tokenizer, add_special_tokens=add_special_tokens)
+
+
+def render_prompt(config: Config, task, problem, tokenizer) -> str:
+    if config.task.template == "none":
+        return task.prompt(problem)
+    from vimpo_bench.prompts import render
+
+    return render(config.task.template, problem.question, tokenizer)
+
+
+class PhaseTimer:
+    """Wall seconds per labelled phase of a step."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.start = time.perf_counter()
+
+    def __call__(self, phase: str):
+        timer = self
+
+        class _Phase:
+            def __enter__(self):
+                self.t = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.seconds[phase] = timer.seconds.get(phase, 0.0) + time.perf_counter() - self.t
+
+        return _Phase()
+
+    def metrics(self) -> dict[str, float]:
+        out = {f"perf/{k}_s": v for k, v in self.seconds.items()}
+        out["perf/step_s"] = time.perf_counter() - self.start
+        return out
+
+
+# ---------------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_dir(config: Config, tracker: Tracker) -> Path:
+    return Path(config.run.output_dir) / (tracker.run_id or "local") / "checkpoint"
+
+
+def save_checkpoint(path: Path, config: Config, policy, reference, optimizer, scheduler, step: int,
+                    initial: dict) -> None:
+    """Write the checkpoint atomically: build it beside, then swap; a kill mid-save keeps the old one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".checkpoint-", dir=path.parent))
+    policy.save_pretrained(tmp / "policy")
+    if config.ref.schedule != "frozen":  # a frozen reference is the starting model, rebuilt on resume
+        reference.save_pretrained(tmp / "reference")
+    torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(), "initial": initial},
+               tmp / "state.pt")
+    (tmp / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+    (tmp / "COMPLETE").write_text(str(step))
+    old = path.with_name("checkpoint.old")
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def find_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint of a run (the previous one if a save was cut short)."""
+    for name in ("checkpoint", "checkpoint.old"):
+        if (run_dir / name / "COMPLETE").is_file():
+            return run_dir / name
+    return None
+
+
+def load_checkpoint(path: Path, policy, reference, optimizer, scheduler) -> tuple[int, dict]:
+    from transformers import AutoModelForCausalLM
+
+    def copy_weights(target, folder: Path):
+        source = AutoModelForCausalLM.from_pretrained(folder, dtype=next(target.parameters()).dtype)
+        target.load_state_dict(source.state_dict())
+
+    copy_weights(policy, path / "policy")
+    if (path / "reference").is_dir():
+        copy_weights(reference, path / "reference")
+    state = torch.load(path / "state.pt", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    random.setstate(state["python_rng"])
+    return int(state["step"]), state["initial"]
