@@ -11,8 +11,11 @@ from vimpo_bench.models import (
     apply_chat_template_if_any,
     build_char_tokenizer,
     build_tiny_arith_model,
+    encode_sft_examples,
     frozen_copy,
+    greedy_accuracy,
     load_policy,
+    train_sft,
     warm_start_tiny_arith,
 )
 from vimpo_bench.tasks.arith import ArithTask
@@ -121,32 +124,62 @@ def test_chat_template_applied_only_when_present(char_tokenizer):
 
 def test_warm_start_is_cached_atomic_and_keyed(tmp_path):
     options = {"n_train": 200, "n_test": 20}
+    fixed = {"steps": 3, "batch_size": 8, "target_accuracy": None}
     calls = []
-    folder = warm_start_tiny_arith(
-        options, tmp_path, steps=3, batch_size=8, progress=lambda *a: calls.append(a)
-    )
+    folder = warm_start_tiny_arith(options, tmp_path, **fixed, progress=lambda *a: calls.append(a))
     assert folder.parent == tmp_path and folder.name.startswith("tiny-arith-")
     assert [c[:2] for c in calls] == [(1, 3), (2, 3), (3, 3)] and all(c[2] > 0 for c in calls)
     assert sorted(p.name for p in tmp_path.iterdir()) == [folder.name]  # no temp folder left behind
     record = json.loads((folder / WARM_START_RECORD).read_text())
-    assert record["settings"]["steps"] == 3
+    assert record["settings"]["steps"] == 3 and record["steps_run"] == 3 and record["val_accuracy"] == []
     assert record["settings"]["task"] == ArithTask(**options).options
 
     stamp = (folder / "model.safetensors").stat().st_mtime_ns
-    again = warm_start_tiny_arith(
-        dict(options), tmp_path, steps=3, batch_size=8, progress=lambda *a: calls.append(a)
-    )
+    again = warm_start_tiny_arith(dict(options), tmp_path, **fixed, progress=lambda *a: calls.append(a))
     assert again == folder and len(calls) == 3 and (folder / "model.safetensors").stat().st_mtime_ns == stamp
     # Defaults spelled out give the same key; any change to the result's inputs gives a new one.
-    assert warm_start_tiny_arith({**options, "digits": 2}, tmp_path, steps=3, batch_size=8) == folder
-    other = warm_start_tiny_arith(options, tmp_path, steps=3, batch_size=8, seed=1)
+    assert warm_start_tiny_arith({**options, "digits": 2, "operators": "+"}, tmp_path, **fixed) == folder
+    other = warm_start_tiny_arith(options, tmp_path, **fixed, seed=1)
     assert other != folder
 
-    model, tokenizer = load_policy(
-        "tiny-arith", cache_dir=tmp_path, task_options=options, warm_start={"steps": 3, "batch_size": 8}
-    )
+    model, tokenizer = load_policy("tiny-arith", cache_dir=tmp_path, task_options=options, warm_start=fixed)
     assert model.config.model_type == "llama" and tokenizer.eos_token == "</s>"
     assert len(list(tmp_path.iterdir())) == 2  # served from the cache
+
+
+def test_warm_start_skips_evaluation_on_the_loss_plateau(tmp_path):
+    # A few steps cannot reach the target nor the loss gate: no evaluation, and it runs to the cap.
+    folder = warm_start_tiny_arith(
+        {"n_train": 500, "n_test": 20}, tmp_path, steps=4, batch_size=8, target_accuracy=0.5, eval_every=2
+    )
+    record = json.loads((folder / WARM_START_RECORD).read_text())
+    assert record["steps_run"] == 4 and record["val_accuracy"] == []
+    assert record["settings"]["n_val"] == 200 and record["settings"]["eval_every"] == 2
+    with pytest.raises(ValueError, match="n_train >= 400"):
+        warm_start_tiny_arith({"n_train": 300, "n_test": 20}, tmp_path, steps=1, target_accuracy=0.5)
+
+
+def test_greedy_accuracy_of_an_untrained_model_is_zero(tiny_policy):
+    model, tokenizer = tiny_policy
+    task = ArithTask(n_train=10, n_test=8)
+    assert greedy_accuracy(model, tokenizer, task, task.problems("test")) == 0.0
+
+
+def test_train_sft_stops_when_asked(char_tokenizer):
+    model = build_tiny_arith_model(len(char_tokenizer))
+    examples = encode_sft_examples(char_tokenizer, ArithTask(n_train=50, n_test=5))
+    seen = []
+    steps_run, loss = train_sft(
+        model,
+        examples,
+        0,
+        steps=10,
+        batch_size=4,
+        lr=1e-3,
+        seed=0,
+        on_step=lambda s, _loss: seen.append(s) or s == 2,
+    )
+    assert steps_run == 2 and seen == [1, 2] and loss > 0 and not model.training
 
 
 def test_interrupted_warm_start_leaves_nothing(tmp_path):
@@ -156,7 +189,12 @@ def test_interrupted_warm_start_leaves_nothing(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         warm_start_tiny_arith(
-            {"n_train": 200, "n_test": 20}, tmp_path, steps=5, batch_size=8, progress=interrupt
+            {"n_train": 200, "n_test": 20},
+            tmp_path,
+            steps=5,
+            batch_size=8,
+            target_accuracy=None,
+            progress=interrupt,
         )
     assert list(tmp_path.iterdir()) == []
 
@@ -164,3 +202,16 @@ def test_interrupted_warm_start_leaves_nothing(tmp_path):
 def test_warm_start_rejects_unknown_task_option(tmp_path):
     with pytest.raises(ValueError, match="unknown arith option"):
         warm_start_tiny_arith({"digit": 2}, tmp_path, steps=1)
+
+
+@pytest.mark.slow
+def test_default_warm_start_lands_near_half_right(request, tmp_path):
+    """The real thing (~2-3 min on 2 cores): default settings, greedy accuracy on the held-out test split."""
+    if not request.config.getoption("markexpr"):
+        pytest.skip("slow: select with `-m slow`")
+    folder = warm_start_tiny_arith(cache_dir=tmp_path, num_threads=2)
+    record = json.loads((folder / WARM_START_RECORD).read_text())
+    assert record["steps_run"] < 600 and record["val_accuracy"][-1][1] >= 0.45
+    model, tokenizer = load_policy(str(folder))
+    task = ArithTask()
+    assert 0.4 <= greedy_accuracy(model, tokenizer, task, task.problems("test")) <= 0.65
