@@ -11,12 +11,8 @@ from vimpo_bench.algorithms import Batch, get, grpo, names, options, rloo
 from vimpo_bench.algorithms.core import aggregate, kl_estimate, ppo_clip_loss
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny tensors: thread hand-offs would dominate (the shared fixture lives in conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def batch(B=12, T=6, groups=3, seed=0, scale=0.3, dtype=torch.float32):

@@ -11,13 +11,8 @@ from vimpo_bench.algorithms import Batch, get, grpo, vimpo
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: thread hand-offs would dominate, and the tests contend with each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny tensors: thread hand-offs would dominate (the shared fixture lives in conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Tree:
