@@ -42,21 +42,84 @@ def demo(seeds: list[int], steps: int) -> None:
 
 
 def step_cost(steps: int) -> None:
-    print(f"== step cost, {steps} steps each after 1 warm-up step (no evaluation)")
-    means = {}
-    for algo in ("grpo", "vimpo"):
-        config = load_config("tiny_demo", [f"algo.name={algo}", f"optim.steps={steps + 1}", "eval.every=0",
-                                           "eval.problems=1", "eval.samples=1"])
-        history = train(config).history[1:]
-        means[algo] = {k: statistics.mean(h[k] for h in history) for k in SPLIT}
-        m = means[algo]
-        print(f"  {algo:6s} step {m['perf/step_s']:.2f} s = rollout {m['perf/rollout_s']:.2f} + scoring "
-              f"{m['perf/scoring_s']:.3f} + log-probs {m['perf/logprob_s']:.2f} + update {m['perf/update_s']:.2f}; "
-              f"{m['perf/tokens_per_s']:.0f} tokens/s")
-    update_ratio = means["vimpo"]["perf/update_s"] / means["grpo"]["perf/update_s"]
-    step_ratio = means["vimpo"]["perf/step_s"] / means["grpo"]["perf/step_s"]
-    print(f"  VIMPO / GRPO: step {step_ratio:.3f}, update {update_ratio:.3f} (target step <= 1.05). Rollout time "
-          "depends on response lengths, which differ between the two policies; compare the update column too.")
+    """Both algorithms update the SAME batches, alternating which goes first, so that the comparison is
+    not confounded by response lengths (the two policies drift apart) or by load changing between runs.
+    Rollout, scoring and log-probs do not depend on the algorithm and are timed once per step."""
+    import copy
+    import random
+
+    import torch
+
+    from vimpo_bench import tasks
+    from vimpo_bench.algorithms import Batch
+    from vimpo_bench.logprobs import token_logprobs
+    from vimpo_bench.models import frozen_copy, load_policy
+    from vimpo_bench.rewards import verifier_rewards
+    from vimpo_bench.rollout.base import SamplingParams
+    from vimpo_bench.train import make_generator, ppo_update, render_prompt, step_seed
+
+    print(f"== step cost, {steps} steps: the same batch through a GRPO and a VIMPO update, order alternating")
+    config = load_config("tiny_demo", ["eval.every=0"])
+    torch.manual_seed(0)
+    random.seed(0)
+    task = tasks.get(config.task.name, **config.task.options)
+    pool = task.problems("train")
+    policy, tokenizer = load_policy(config.model.name, cache_dir=config.model.cache_dir,
+                                    task_options=config.task.options,
+                                    warm_start={"steps": config.model.warm_start_steps, "seed": 0})
+    reference = frozen_copy(policy)
+    generator = make_generator(config, policy, tokenizer)
+    algos = {name: load_config("tiny_demo", [f"algo.name={name}"]).make_algorithm() for name in ("grpo", "vimpo")}
+    shared = {"rollout": [], "scoring": [], "logprob": [], "tokens": []}
+    update = {name: [] for name in algos}
+    for step in range(steps + 1):  # step 0 warms up and is not counted
+        t0 = time.perf_counter()
+        pick = torch.Generator().manual_seed(step_seed(0, step, 0))
+        problems = [pool[i] for i in torch.randperm(len(pool), generator=pick)[: config.rollout.prompts_per_step]]
+        params = SamplingParams(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=config.rollout.max_new_tokens,
+                                n=config.rollout.group_size)
+        ro = generator.generate([render_prompt(config, task, p, tokenizer) for p in problems], params,
+                                seed=step_seed(0, step, 1))
+        t1 = time.perf_counter()
+        rewards = verifier_rewards(task, ro.texts, [problems[int(g)] for g in ro.group_ids])
+        t2 = time.perf_counter()
+        with torch.no_grad():
+            args = (ro.prompt_ids, ro.prompt_mask, ro.response_ids, ro.response_mask)
+            old_logp, _ = token_logprobs(policy, *args, with_entropy=True)
+            ref_logp, _ = token_logprobs(reference, *args)
+        t3 = time.perf_counter()
+        order = list(algos) if step % 2 == 0 else list(reversed(algos))
+        updated = {}
+        for name in order:
+            model = copy.deepcopy(policy)
+            optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+            start = time.perf_counter()
+            full = Batch(logp=old_logp, old_logp=old_logp, ref_logp=ref_logp, mask=ro.response_mask.float(),
+                         rewards=rewards, group_ids=ro.group_ids, truncated=ro.truncated)
+            full = full.with_advantages(algos[name].advantages(full))
+            ppo_update(config, algos[name], model, optimizer, scheduler, ro, full, step)
+            if step:
+                update[name].append(time.perf_counter() - start)
+            updated[name] = model
+        policy.load_state_dict(updated["vimpo"].state_dict())  # the run follows VIMPO
+        if step:
+            shared["rollout"].append(t1 - t0)
+            shared["scoring"].append(t2 - t1)
+            shared["logprob"].append(t3 - t2)
+            shared["tokens"].append(ro.prompt_mask.sum().item() + ro.response_mask.sum().item())
+    common = {k: statistics.median(v) for k, v in shared.items()}
+    base = common["rollout"] + common["scoring"] + common["logprob"]
+    totals = {}
+    for name in algos:
+        u = statistics.median(update[name])
+        totals[name] = base + u
+        print(f"  {name:6s} step {totals[name]:.2f} s = rollout {common['rollout']:.2f} + scoring {common['scoring']:.3f} "
+              f"+ log-probs {common['logprob']:.2f} + update {u:.2f} (median of {steps}); "
+              f"{common['tokens'] / totals[name]:.0f} tokens/s")
+    ratio_update = statistics.median(v / g for v, g in zip(update["vimpo"], update["grpo"], strict=True))
+    print(f"  VIMPO / GRPO: step {totals['vimpo'] / totals['grpo']:.3f} (target <= 1.05), update "
+          f"{ratio_update:.3f} (median of per-batch ratios)")
 
 
 def main() -> None:

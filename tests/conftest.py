@@ -49,3 +49,37 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+# An easy arith variant (1-digit operands, 3 terms) on which 40 warm-start steps already give some right
+# answers (~9% sampled), so that studies and sweeps on it have a non-zero signal to compare and prune on.
+EASY_TASK = {"digits": 1, "terms": 3, "n_train": 500, "n_test": 100}
+EASY_WARM_STEPS = 40
+
+
+@pytest.fixture(scope="session")
+def easy_model_cache(tmp_path_factory):
+    """A model cache holding tiny-arith warm-started on EASY_TASK (seed 0); built once (~20 s)."""
+    from vimpo_bench.models import warm_start_tiny_arith
+
+    cache = tmp_path_factory.mktemp("easy-model-cache")
+    warm_start_tiny_arith(EASY_TASK, cache, steps=EASY_WARM_STEPS, seed=0, num_threads=1)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def easy_study_yaml():
+    """`make(cache, output_dir, study, steps, eval_every)` -> a study file body (see `_easy_study_yaml`)."""
+    return _easy_study_yaml
+
+
+def _easy_study_yaml(cache, output_dir, study: str = "", steps: int = 2, eval_every: int = 1) -> str:
+    """A study file body: tiny-arith on EASY_TASK from `cache`, a few fast steps, then `study` appended."""
+    return f"""
+model: {{name: tiny-arith, cache_dir: "{cache}", warm_start_steps: {EASY_WARM_STEPS}}}
+task: {{name: arith, options: {{digits: 1, terms: 3, n_train: 500, n_test: 100}}}}
+rollout: {{prompts_per_step: 4, group_size: 4, max_new_tokens: 24}}
+optim: {{steps: {steps}, lr: 1.0e-3, minibatches: 2}}
+eval: {{every: {eval_every}, problems: 40, samples: 4, completions_logged: 4}}
+run: {{output_dir: "{output_dir}", threads: 1, checkpoint_every: 0}}
+{study}"""

@@ -10,7 +10,6 @@ import torch
 from vimpo_bench.algorithms import Batch, get, grpo, names, options, rloo
 from vimpo_bench.algorithms.core import aggregate, kl_estimate, ppo_clip_loss
 
-
 # Tiny tensors: thread hand-offs would dominate (the shared fixture lives in conftest.py).
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

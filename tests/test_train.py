@@ -169,7 +169,7 @@ def test_missing_model_fails_the_mlflow_run(tmp_path):
 
 def test_diverging_training_stops_with_a_clear_line(warm_model_dir, tmp_path):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    model = [f"--set=model.name=tiny-arith", f"--set=model.cache_dir={warm_model_dir.parent}",
+    model = ["--set=model.name=tiny-arith", f"--set=model.cache_dir={warm_model_dir.parent}",
              f"--set=model.warm_start_steps={WARM_STEPS}", "--set=reward.noise=symmetric", "--set=reward.p=0.3"]
     # GRPO: the noisy rewards give every group a signal, and a huge step sends the weights to inf.
     out = cli("train", "--algo", "grpo", *model, *[f"--set={s}" for s in FAST], "--set", "optim.steps=3",

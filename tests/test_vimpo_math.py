@@ -9,8 +9,6 @@ import torch
 
 from vimpo_bench.algorithms import Batch, get, grpo, vimpo
 
-
-
 # Tiny tensors: thread hand-offs would dominate (the shared fixture lives in conftest.py).
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -267,11 +267,19 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 def apply_override(data: dict, item: str) -> None:
     path, value = parse_override(item)
+    set_key(data, path, value, f"--set {item!r}")
+
+
+def set_key(data: dict, path: list[str], value: Any, where: str) -> None:
+    """data[path[0]][path[1]]... = value (sections created as needed); switching `algo.name` drops the
+    previous algorithm's options. Checking the key itself is left to `from_dict`."""
+    if isinstance(data.get("algo"), str):
+        data["algo"] = {"name": data["algo"]}
     node = data
     for part in path[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"--set {item!r}: {part} is not a section")
+            raise ConfigError(f"{where}: {part} is not a section")
     if path[0] == "algo" and path[-1] == "name" and data.get("algo", {}).get("name") not in (None, value):
         data["algo"] = {}  # switching algorithm: the old one's options do not carry over
         node = data["algo"]

@@ -125,6 +125,11 @@ class MlflowTracker:
         client.update_run(run_id, status="RUNNING")
         return cls(client, run_id)
 
+    @classmethod
+    def attach(cls, run_id: str, tracking_uri: str | None = None) -> MlflowTracker:
+        """A handle on an existing run that leaves its status alone (to add tags or metrics after it ended)."""
+        return cls(_client(tracking_uri), run_id)
+
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 

@@ -35,9 +35,12 @@ from vimpo_bench.rollout.base import Rollouts, SamplingParams
 from vimpo_bench.tracking import MlflowTracker, NullTracker, Tracker
 
 
-
 class TrainingError(RuntimeError):
     """Training cannot go on (NaN loss, broken checkpoint); the message says where."""
+
+
+class EarlyStop(Exception):
+    """Raised by an `on_eval` hook to end a run early (a pruned sweep trial); the run is marked KILLED."""
 
 
 @dataclass
@@ -64,6 +67,7 @@ class TrainResult:
 
 
 Progress = Callable[[str, int, int, dict], None]  # (phase, done, total, latest metrics)
+OnEval = Callable[[int, dict], None]  # (step, held-out metrics) after each evaluation past step 0; may raise EarlyStop
 
 
 def step_seed(seed: int, step: int, stream: int) -> int:
@@ -82,8 +86,14 @@ def run(
     stop_after: int | None = None,
     tags: dict | None = None,
     parent_run_id: str | None = None,
+    on_eval: OnEval | None = None,
+    run_started: Callable[[str], None] | None = None,
 ) -> TrainResult:
-    """Train with an MLflow run: new, or `resume_run_id` continued from its last checkpoint."""
+    """Train with an MLflow run: new, or `resume_run_id` continued from its last checkpoint.
+
+    `tags` are added to the run's own (a `vimpo.kind` among them replaces `train`); the run is nested
+    under `parent_run_id` when given; `run_started(run_id)` is called once the run exists (a sweep
+    records it on its trial). An `EarlyStop` raised by `on_eval` ends the run as KILLED."""
     if resume_run_id:
         tracker = MlflowTracker.resume(resume_run_id, tracking_uri)
         checkpoint = find_checkpoint(Path(config.run.output_dir) / resume_run_id)
@@ -93,11 +103,19 @@ def run(
         config = from_dict(json.loads((checkpoint / "config.json").read_text()), str(checkpoint / "config.json"))
     else:
         run_name = config.run.run_name or f"{config.algo['name']}-s{config.run.seed}-{config.hash()[:6]}"
-        tracker = MlflowTracker.start(run_name, config.run.experiment, tags=tags, parent_run_id=parent_run_id,
+        # kind and hash from the start, so that a run failing before its first step is still found by them
+        first_tags = {"vimpo.kind": "train", "vimpo.config_hash": config.hash(), **(tags or {})}
+        tracker = MlflowTracker.start(run_name, config.run.experiment, tags=first_tags, parent_run_id=parent_run_id,
                                       tracking_uri=tracking_uri)
         checkpoint = None
+    if run_started:
+        run_started(tracker.run_id)
     try:
-        result = train(config, tracker, progress=progress, resume_from=checkpoint, stop_after=stop_after)
+        result = train(config, tracker, progress=progress, resume_from=checkpoint, stop_after=stop_after,
+                       tags=tags, on_eval=on_eval)
+    except EarlyStop:
+        tracker.finish("KILLED")
+        raise
     except BaseException:
         tracker.finish("FAILED")
         raise
@@ -106,8 +124,8 @@ def run(
     return result
 
 
-def record_run(tracker: Tracker, config: Config, task) -> None:
-    """Params = the resolved config; tags = provenance; artifact = config.yaml (house rule 7)."""
+def record_run(tracker: Tracker, config: Config, task, tags: dict | None = None) -> None:
+    """Params = the resolved config; tags = provenance (+ the caller's); artifact = config.yaml (house rule 7)."""
     from vimpo_bench import grading_version
 
     tracker.log_params(config.to_dict())
@@ -122,6 +140,7 @@ def record_run(tracker: Tracker, config: Config, task) -> None:
         "data.test_sha256": task.data_hash("test"),
         **git_state(),
         **package_versions(),
+        **(tags or {}),
     })
     tracker.log_dict(config.to_dict(), "config.yaml")
 
@@ -135,8 +154,11 @@ def train(
     progress: Progress | None = None,
     resume_from: Path | None = None,
     stop_after: int | None = None,
+    tags: dict | None = None,
+    on_eval: OnEval | None = None,
 ) -> TrainResult:
-    """Run the RL loop. `stop_after` ends the call after that many steps (checkpointed), as a kill would."""
+    """Run the RL loop. `stop_after` ends the call after that many steps (checkpointed), as a kill would.
+    `on_eval(step, metrics)` sees each held-out evaluation after step 0 (a sweep reports and prunes there)."""
     tracker = tracker or NullTracker()
     started = time.perf_counter()
     if config.run.threads:
@@ -167,7 +189,7 @@ def train(
     if resume_from is not None:
         start_step, initial = load_checkpoint(resume_from, policy, reference, optimizer, scheduler)
     else:
-        record_run(tracker, config, task)
+        record_run(tracker, config, task, tags)
 
     prompt_text = lambda problem: render_prompt(config, task, problem, tokenizer)  # noqa: E731
     history: list[dict[str, float]] = []
@@ -195,9 +217,11 @@ def train(
         history.append({"step": done, **metrics})
         if (config.run.checkpoint_every and done % config.run.checkpoint_every == 0) or done == end_step:
             save_checkpoint(checkpoint_dir(config, tracker), config, policy, reference, optimizer, scheduler,
-                            done, initial)
+                            done, initial, tokenizer)
         if progress:
             progress("train", done, config.optim.steps, metrics)
+        if on_eval and "eval/sampled_accuracy" in metrics:
+            on_eval(done, {k: v for k, v in metrics.items() if k.startswith("eval/")})
 
     final_dir = checkpoint_dir(config, tracker)
     if end_step == config.optim.steps and config.run.log_checkpoint and tracker.run_id:
@@ -428,11 +452,14 @@ def checkpoint_dir(config: Config, tracker: Tracker) -> Path:
 
 
 def save_checkpoint(path: Path, config: Config, policy, reference, optimizer, scheduler, step: int,
-                    initial: dict) -> None:
-    """Write the checkpoint atomically: build it beside, then swap; a kill mid-save keeps the old one."""
+                    initial: dict, tokenizer=None) -> None:
+    """Write the checkpoint atomically: build it beside, then swap; a kill mid-save keeps the old one.
+    `policy/` holds the tokenizer too, so that it loads (and evaluates) on its own."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".checkpoint-", dir=path.parent))
     policy.save_pretrained(tmp / "policy")
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp / "policy")
     if config.ref.schedule != "frozen":  # a frozen reference is the starting model, rebuilt on resume
         reference.save_pretrained(tmp / "reference")
     torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),

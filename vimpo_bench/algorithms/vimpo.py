@@ -32,7 +32,6 @@ import torch
 
 from vimpo_bench.algorithms.batch import Batch
 from vimpo_bench.algorithms.core import (
-    AGGREGATIONS,
     aggregate,
     check,
     check_ppo,

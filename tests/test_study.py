@@ -1,0 +1,193 @@
+"""Study files and `vimpo-bench study run`: grid expansion, `extends:`, bad input, and real runs on the
+tiny model recorded in a real sqlite MLflow store (resume skips finished cells, a failed cell does not
+stop the others)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from vimpo_bench.config import STUDIES_DIR, ConfigError
+from vimpo_bench.study import expand, load_study, plan, run_study
+
+
+def write(path, text):
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+# ---------------------------------------------------------------------------------- grid, extends
+
+
+def test_grid_is_the_product_of_the_axes_and_extends_merges(tmp_path):
+    write(tmp_path / "parent.yaml", """
+        extends: tiny_demo
+        optim: {lr: 3.0e-4}
+        algo: {name: vimpo, beta: 0.1}
+        study:
+          axes:
+            algo.name: [vimpo, grpo]
+            run.seed: [0, 1, 2]
+          budget: {steps: 7}
+        """)
+    write(tmp_path / "child.yaml", """
+        extends: parent.yaml
+        study:
+          name: kid
+          axes:
+            run.seed: null            # dropped from the parent's grid
+            noise:
+              - {label: clean, reward.noise: none}
+              - {reward.noise: symmetric, reward.p: 0.2}
+        """)
+    parent = expand(load_study(tmp_path / "parent.yaml"))
+    assert [c.labels for c in parent][:4] == [
+        {"algo.name": "vimpo", "run.seed": "0"}, {"algo.name": "vimpo", "run.seed": "1"},
+        {"algo.name": "vimpo", "run.seed": "2"}, {"algo.name": "grpo", "run.seed": "0"}]
+    assert len(parent) == 6 and len({c.config.hash() for c in parent}) == 6
+    assert all(c.config.optim.steps == 7 and c.config.optim.lr == 3e-4 for c in parent)  # budget + base
+    assert parent[0].config.algo["beta"] == 0.1
+    assert parent[3].config.algo["beta"] == 0.04  # switching to grpo drops VIMPO's beta: GRPO's default
+    assert all(c.config.run.experiment == "parent" for c in parent)
+
+    study = load_study(tmp_path / "child.yaml")
+    cells = expand(study)
+    assert study.name == "kid" and study.suites == ["arith"]  # suites inherited from tiny_demo
+    assert [c.label for c in cells] == ["algo.name=vimpo,noise=clean", "algo.name=vimpo,noise=noise=symmetric,p=0.2",
+                                        "algo.name=grpo,noise=clean", "algo.name=grpo,noise=noise=symmetric,p=0.2"]
+    assert cells[1].config.reward.noise == "symmetric" and cells[1].config.reward.p == 0.2
+    assert cells[0].config.reward.noise == "none"
+    assert cells[1].config.run.run_name == "kid/vimpo-noise=symmetric,p=0.2"
+
+
+def test_every_shipped_study_expands():
+    sizes = {}
+    for path in sorted(STUDIES_DIR.glob("*.yaml")):
+        study = load_study(path)
+        assert study.description, f"{path.name} has no description"
+        assert path.read_text().startswith("#"), f"{path.name} is not documented at its top"
+        sizes[path.stem] = len(expand(study))
+    assert sizes == {"tiny_demo": 1, "vimpo_vs_grpo": 15, "noisy_rewards": 30, "moving_ref": 12,
+                     "vimpo_ablation": 24, "beta_sweep": 15, "paper_main": 2}
+    algos = {c.config.algo["name"] for c in expand(load_study("vimpo_vs_grpo"))}
+    assert algos == {"vimpo", "grpo", "dr_grpo"}
+    paper = load_study("paper_main")
+    assert paper.suites == ["math500", "aime24", "aime25", "olympiadbench"]
+    assert expand(paper)[0].config.model.name == "Qwen/Qwen2.5-Math-1.5B"
+
+
+@pytest.mark.parametrize("body, message", [
+    ("study: {axis: {}}", "study: unknown key(s) axis"),
+    ("study: {axes: {algo.nme: [vimpo]}}", "unknown algo option(s) nme"),
+    ("study: {axes: {optim.lr: []}}", "study.axes.optim.lr: a non-empty list"),
+    ("study: {axes: {optim.lr: [fast]}}", "optim.lr: expected a number"),
+    ("study: {axes: {noise: [0.1, 0.2]}}", "an axis named without a dot takes mappings"),
+    ("study: {axes: {algo.name: [vimpo, nope]}}", "unknown algorithm 'nope'"),
+    ("study: {axes: {run.seed: [0, 1, 2]}, budget: {max_cells: 2}}", "3 cells exceed study.budget.max_cells"),
+    ("study: {axes: {v: [{label: a, optim.lr: 0.001}, {label: b, optim.lr: 1.0e-3}]}}", "have the same config"),
+    ("study: {axes: {run.seed: [0, 0.5]}}", "run.seed: expected an integer, got 0.5"),
+    ("study: {suites: [math501]}", "study.suites: unknown suite 'math501'"),
+    ("study: {suites: [arith], eval: {n_samples: 4}}", "study.eval: unknown key(s) n_samples"),
+    ("study: {budget: {steps: 0}}", "study.budget.steps: must be > 0"),
+    ("study: [1, 2]", "study: must be a mapping"),
+    ("study: {axes: {run.seed: [0}", "not valid YAML"),
+])
+def test_bad_study_files_fail_naming_the_file_and_key(tmp_path, body, message):
+    path = write(tmp_path / "bad.yaml", "extends: tiny_demo\n" + body + "\n")
+    with pytest.raises(ConfigError) as err:
+        expand(load_study(path))
+    assert message in str(err.value)
+    assert str(path) in str(err.value)
+
+
+# ------------------------------------------------------------------------------ running a study
+
+
+def runs_of(client, experiment):
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def test_study_runs_resumes_and_reports_failed_cells(tmp_path, easy_model_cache, easy_study_yaml, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    path = write(tmp_path / "mini.yaml", easy_study_yaml(easy_model_cache, tmp_path / "runs", f"""
+study:
+  description: two algorithms and a cell whose model folder is missing
+  axes:
+    variant:
+      - {{label: vimpo, algo.name: vimpo}}
+      - {{label: grpo, algo.name: grpo}}
+      - {{label: broken, model.name: "{tmp_path / 'no-such-model'}"}}
+  suites: [arith]
+  eval: {{limit: 10, n: 2, temperature: 1.0, max_tokens: 24, grader_workers: 0}}
+"""))
+    study = load_study(path)
+    assert [p.action for p in plan(study, expand(study), store)] == ["run", "run", "run"]
+
+    result = run_study(study, tracking_uri=store)
+    assert [o.status for o in result.outcomes] == ["done", "done", "failed"], [o.error for o in result.outcomes]
+    assert "no-such-model" in result.outcomes[2].error and "\n" not in result.outcomes[2].error
+    assert result.outcomes[0].metrics["arith/accuracy"] is not None
+
+    client = MlflowClient(store)
+    runs = runs_of(client, "mini")
+    by_kind = {}
+    for r in runs:
+        by_kind.setdefault(r.data.tags.get("vimpo.kind"), []).append(r)
+    (parent,) = by_kind["study"]
+    assert parent.info.status == "FAILED"  # a cell failed
+    train = sorted(by_kind["train"], key=lambda r: r.data.tags["vimpo.axis.variant"])
+    assert [r.data.tags["vimpo.axis.variant"] for r in train] == ["broken", "grpo", "vimpo"]
+    assert [r.info.status for r in train] == ["FAILED", "FINISHED", "FINISHED"]
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in train)
+    assert all(r.data.tags["vimpo.study"] == "mini" for r in train)
+    evals = by_kind["eval"]
+    assert sorted(r.data.tags["mlflow.parentRunId"] for r in evals) == sorted(r.info.run_id for r in train[1:])
+    assert all(r.info.status == "FINISHED" and "eval/arith/accuracy" in r.data.metrics for r in evals)
+
+    # The same command again: finished cells are skipped (no new runs), the failed one is tried again and
+    # reported with a one-line error and exit code 1; 2 workers exercise the process pool.
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store}
+    proc = subprocess.run([sys.executable, "-m", "vimpo_bench", "study", "run", str(path), "--workers", "2", "--json"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["counts"] == {"skipped": 2, "failed": 1}
+    assert summary["parent_run_id"] == parent.info.run_id  # the same parent run, reopened
+    error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and "1 of 3 cell(s) failed" in error_lines[0]
+    assert "Traceback" not in proc.stderr
+    after = runs_of(client, "mini")
+    assert len(after) == len(runs) + 1  # only the retried broken cell added a run
+    assert [p.action for p in plan(study, expand(study), store)] == ["skip", "skip", "run"]
+
+
+def test_dry_run_prints_the_plan_without_creating_a_store(tmp_path):
+    path = write(tmp_path / "grid.yaml", """
+        extends: tiny_demo
+        study: {axes: {algo.name: [vimpo, grpo], run.seed: [0, 1]}}
+        """)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    proc = subprocess.run([sys.executable, "-m", "vimpo_bench", "study", "run", str(path), "--dry-run"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("study grid: 4 cell(s)")
+    assert lines[1].split()[:4] == ["cell", "algo.name", "run.seed", "algo"]
+    assert [line.split()[1] for line in lines[2:6]] == ["vimpo", "vimpo", "grpo", "grpo"]
+    assert all(line.split()[-1] == "run" for line in lines[2:6])
+    assert not (tmp_path / "mlflow.db").exists()
+
+    bad = write(tmp_path / "bad.yaml", "study: {axes: {optim.lr: []}}\n")
+    proc = subprocess.run([sys.executable, "-m", "vimpo_bench", "study", "run", str(bad)],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {bad}: study.axes.optim.lr")
+    assert "Traceback" not in proc.stderr

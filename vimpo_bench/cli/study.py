@@ -1,0 +1,176 @@
+"""`vimpo-bench study run FILE` and `vimpo-bench sweep PARAM... --study FILE`: parse, call the library."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from tqdm import tqdm
+
+from vimpo_bench.cli import app, fail
+
+study_app = typer.Typer(help="Declarative experiment grids (study files in studies/).", no_args_is_help=True)
+app.add_typer(study_app, name="study")
+
+
+def _load(study: str):
+    from vimpo_bench.config import ConfigError
+    from vimpo_bench.study import load_study
+
+    try:
+        return load_study(study)
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+def _table(rows: list[dict]) -> str:
+    if not rows:
+        return "(no cells)"
+    columns = list(rows[0])
+    width = {c: max(len(str(c)), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    lines = ["  ".join(str(c).ljust(width[c]) for c in columns)]
+    lines += ["  ".join(str(r.get(c, "")).ljust(width[c]) for c in columns) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+class _StepBar:
+    """A second tqdm bar for the training steps of the cell or trial running in this process."""
+
+    def __init__(self):
+        self.bar = None
+
+    def __call__(self, phase: str, done: int, total: int, metrics: dict) -> None:
+        if self.bar is None or self.bar.desc != phase or done < self.bar.n:
+            self.close()
+            self.bar = tqdm(total=total, desc=phase, unit="step", position=1, leave=False, dynamic_ncols=True)
+        self.bar.n = done
+        acc = metrics.get("reward/accuracy")
+        if acc is not None:
+            self.bar.set_postfix(acc=f"{acc:.3f}", refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+@study_app.command("run")
+def study_run(
+    file: str = typer.Argument(..., help="Study file, or the name of a packaged study (e.g. vimpo_vs_grpo)."),
+    workers: int = typer.Option(1, "--workers", help="Cells run at once, each in its own process."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (cells, config hashes, actions) only."),
+    as_json: bool = typer.Option(False, "--json", help="Print the outcome as one JSON object last."),
+) -> None:
+    """Train and evaluate every cell of a study's grid, skipping cells already done."""
+    from vimpo_bench.config import ConfigError
+    from vimpo_bench.study import expand, plan, plan_rows, run_study
+
+    study = _load(file)
+    if workers < 1:
+        fail(f"--workers must be >= 1, got {workers}")
+    try:
+        cells = expand(study)
+    except ConfigError as exc:
+        fail(str(exc))
+    if dry_run:
+        from vimpo_bench import tracking
+
+        planned = plan(study, cells, tracking.default_tracking_uri())
+        typer.echo(f"study {study.name}: {len(cells)} cell(s) in experiment {study.experiment!r}"
+                   + (f"; evaluated on {', '.join(study.suites)}" if study.suites else ""))
+        typer.echo(_table(plan_rows(study, planned)))
+        todo = sum(p.action != "skip" for p in planned)
+        typer.echo(f"{todo} to run, {len(planned) - todo} already done")
+        return
+    bar = tqdm(total=len(cells), desc=f"study {study.name}", unit="cell", position=0, dynamic_ncols=True)
+    steps = _StepBar() if workers == 1 else None
+
+    def progress(outcome, done, total):
+        bar.n = done
+        bar.set_postfix_str(f"{outcome.label}: {outcome.status}", refresh=False)
+        bar.refresh()
+
+    try:
+        result = run_study(study, workers=workers, progress=progress, train_progress=steps)
+    finally:
+        if steps:
+            steps.close()
+        bar.close()
+    rows = [{"cell": o.index, "label": o.label, "status": o.status, "run_id": o.run_id or "",
+             **{k: f"{v:.3f}" for k, v in o.metrics.items() if v is not None},
+             "error": o.error or ""} for o in result.outcomes]
+    typer.echo(_table(rows))
+    typer.echo(f"parent run {result.parent_run_id} in experiment {result.experiment!r}")
+    if as_json:
+        typer.echo(json.dumps(result.summary(), default=str))
+    if result.failed:
+        fail(f"{len(result.failed)} of {len(result.outcomes)} cell(s) failed: "
+             + "; ".join(f"{o.label}: {o.error}" for o in result.failed), code=1)
+
+
+@app.command("sweep")
+def sweep_command(
+    params: list[str] = typer.Argument(..., help="Parameters to search: beta, lr, value_coef, clip or a name "
+                                                 "declared under study.sweep.params."),
+    study: str = typer.Option("beta_sweep", "--study", help="Study file or packaged study name."),
+    trials: int = typer.Option(None, "--trials", help="Trials the Optuna study should hold in all "
+                                                      "(default: study.budget.trials)."),
+    storage: str = typer.Option(None, "--storage", help="SQLAlchemy URL of the Optuna storage "
+                                                        "(default sqlite:///optuna.db; postgresql+psycopg://... "
+                                                        "for several machines)."),
+    workers: int = typer.Option(1, "--workers", help="Processes running trials at once on this machine."),
+    as_json: bool = typer.Option(False, "--json", help="Print the best trial as one JSON object last."),
+) -> None:
+    """Search hyperparameters with Optuna; each trial is an MLflow run; rerunning continues the study."""
+    import optuna
+
+    from vimpo_bench.config import ConfigError
+    from vimpo_bench.sweep import make_storage, resolve_params, run_sweep, sweep_spec
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec = _load(study)
+    if trials is not None and trials < 1:
+        fail(f"--trials must be >= 1, got {trials}")
+    if workers < 1:
+        fail(f"--workers must be >= 1, got {workers}")
+    try:  # every input checked before any work starts
+        sweep_spec(spec)
+        resolve_params(spec, params)
+        if storage:
+            make_storage(storage)
+    except (ConfigError, ValueError) as exc:
+        fail(str(exc))
+    bar = tqdm(desc=f"sweep {' '.join(params)}", unit="trial", position=0, dynamic_ncols=True)
+    steps = _StepBar() if workers == 1 else None
+
+    def progress(done, total, best):
+        bar.total, bar.n = total, done
+        if best is not None:
+            bar.set_postfix(best=f"{best:.4f}", refresh=False)
+        bar.refresh()
+
+    try:
+        result = run_sweep(spec, params, trials=trials, storage=storage, workers=workers, progress=progress,
+                           train_progress=steps)
+    except ConfigError as exc:
+        fail(str(exc))
+    finally:
+        if steps:
+            steps.close()
+        bar.close()
+    states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(result.states.items()))
+    typer.echo(f"optuna study {result.optuna_study!r} in {result.storage}: {result.trials} trial(s) ({states}); "
+               f"parent run {result.parent_run_id}")
+    if result.best:
+        typer.echo(f"best: trial {result.best['trial']} value {result.best['value']:.4f} params {result.best['params']} "
+                   f"(run {result.best['mlflow_run_id']})")
+    else:
+        typer.echo("best: no trial completed")
+    if as_json:
+        typer.echo(json.dumps({"study": result.optuna_study, "storage": result.storage,
+                               "parent_run_id": result.parent_run_id, "trials": result.trials,
+                               "states": result.states, **({"best_trial": result.best["trial"],
+                               "best_value": result.best["value"], "best_params": result.best["params"],
+                               "best_run_id": result.best["mlflow_run_id"]} if result.best else
+                               {"best_trial": None})}))

@@ -1,0 +1,490 @@
+"""Studies: one YAML file declares a grid of training runs, how each is evaluated and the budget.
+
+A study file is a config file (it may `extends:` another) plus a `study:` section:
+
+    extends: tiny_demo
+    study:
+      description: VIMPO against GRPO and Dr. GRPO over 5 seeds
+      axes:                       # the grid is the product of the axes
+        algo.name: [vimpo, grpo, dr_grpo]      # a config key and its values
+        run.seed: [0, 1, 2, 3, 4]
+        noise:                                  # a named axis: each value sets several keys
+          - {label: clean, reward.noise: none}
+          - {label: flip0.2, reward.noise: symmetric, reward.p: 0.2}
+      suites: [arith]             # evaluation suites run on each trained policy (`vimpo-bench eval`'s)
+      eval: {limit: 500, max_tokens: 28}     # EvalConfig settings for them
+      budget: {steps: 80, max_cells: 30, minutes: 60, trials: 20}
+      sweep: {...}                # ranges for `vimpo-bench sweep` (see vimpo_bench.sweep)
+
+`run_study` trains and evaluates each cell as MLflow runs under one parent run, tags them with the
+study and each axis value, skips cells already finished with the same config hash, resumes cells
+that were cut short, and reports a failed cell without stopping the others.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import os
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field, fields
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from vimpo_bench.config import Config, ConfigError, _coerce, from_dict, read_study, set_key, study_path
+
+STUDY_FIELDS = ("name", "description", "experiment", "axes", "suites", "eval", "budget", "sweep")
+DONE_TAG = "vimpo.cell_status"
+
+
+@dataclass(frozen=True)
+class Budget:
+    steps: int | None = None
+    """RL steps of every cell and trial (sets optim.steps)."""
+    max_cells: int | None = None
+    """A grid with more cells is refused (a guard against a typo that multiplies the work)."""
+    minutes: float | None = None
+    """Wall-clock budget of one `study run` / `sweep` command: no new cell or trial starts after it."""
+    trials: int | None = None
+    """Default `--trials` of `vimpo-bench sweep`."""
+
+
+@dataclass(frozen=True)
+class AxisValue:
+    label: str
+    overrides: dict[str, Any]
+    """Dotted config key -> value."""
+
+
+@dataclass(frozen=True)
+class Axis:
+    name: str
+    values: tuple[AxisValue, ...]
+
+
+@dataclass
+class Study:
+    name: str
+    path: Path
+    description: str
+    experiment: str
+    base: dict[str, Any]
+    """The config overrides every cell starts from (the file and what it extends, without `study:`)."""
+    axes: list[Axis]
+    suites: list[str]
+    eval: dict[str, Any]
+    budget: Budget
+    sweep: dict[str, Any]
+    """The raw `study.sweep` section; `vimpo_bench.sweep` reads it."""
+
+    def base_config(self, overrides: dict[str, Any] | None = None, where: str = "") -> Config:
+        """The base config with the budget's steps and `overrides` (dotted key -> value), validated."""
+        raw = copy.deepcopy(self.base)
+        if self.budget.steps is not None:
+            set_key(raw, ["optim", "steps"], self.budget.steps, f"{self.path}: study.budget.steps")
+        # algo.name first: switching algorithm resets its options, which later keys may set
+        for key in sorted(overrides or {}, key=lambda k: k != "algo.name"):
+            set_key(raw, key.split("."), overrides[key], f"{self.path}: {where or key}")
+        set_key(raw, ["run", "experiment"], self.experiment, str(self.path))
+        return from_dict(raw, f"{self.path}{': ' + where if where else ''}")
+
+
+@dataclass
+class Cell:
+    index: int
+    labels: dict[str, str]
+    """Axis name -> the label of this cell's value."""
+    config: Config
+
+    @property
+    def label(self) -> str:
+        return ",".join(f"{k}={v}" for k, v in self.labels.items()) or "base"
+
+
+# ------------------------------------------------------------------------------------------ parsing
+
+
+def load_study(spec: str | Path) -> Study:
+    """Read and check a study file (a path or a packaged study's name). Errors name the file and key."""
+    path = study_path(spec)
+    raw = read_study(path)
+    section = raw.pop("study", None) or {}
+    where = f"{path}: study"
+    if not isinstance(section, dict):
+        raise ConfigError(f"{where}: must be a mapping with keys {', '.join(STUDY_FIELDS)}")
+    unknown = sorted(set(section) - set(STUDY_FIELDS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(STUDY_FIELDS)}")
+    name = _coerce(section.get("name", path.stem), str, f"{where}.name")
+    study = Study(
+        name=name,
+        path=path,
+        description=_coerce(section.get("description", ""), str, f"{where}.description"),
+        experiment=_coerce(section.get("experiment", name), str, f"{where}.experiment"),
+        base=raw,
+        axes=parse_axes(section.get("axes") or {}, f"{where}.axes"),
+        suites=parse_suites(section.get("suites") or [], f"{where}.suites"),
+        eval=dict(_coerce(section.get("eval") or {}, dict, f"{where}.eval")),
+        budget=parse_budget(section.get("budget") or {}, f"{where}.budget"),
+        sweep=dict(_coerce(section.get("sweep") or {}, dict, f"{where}.sweep")),
+    )
+    if "'" in study.name:
+        raise ConfigError(f"{where}.name: must not contain a quote, got {study.name!r}")
+    study.base_config()  # the base itself must be valid
+    if study.suites:
+        eval_config(study, study.suites)
+    return study
+
+
+def parse_axes(axes: Any, where: str) -> list[Axis]:
+    if not isinstance(axes, dict):
+        raise ConfigError(f"{where}: a mapping of axis name -> list of values, got {axes!r}")
+    out = []
+    for name, values in axes.items():
+        if values is None:  # `name: null` removes an axis inherited through `extends:`
+            continue
+        here = f"{where}.{name}"
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{here}: a non-empty list of values, got {values!r}")
+        if "." in name:
+            parsed = [AxisValue(_label(v), {name: v}) for v in values]
+        else:
+            parsed = [_named_value(v, f"{here}[{i}]") for i, v in enumerate(values)]
+        labels = [v.label for v in parsed]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"{here}: values must have distinct labels, got {labels}")
+        out.append(Axis(name, tuple(parsed)))
+    return out
+
+
+def _named_value(value: Any, where: str) -> AxisValue:
+    if not isinstance(value, dict) or not value:
+        raise ConfigError(f"{where}: an axis named without a dot takes mappings of config keys, e.g. "
+                          f"{{label: flip0.1, reward.noise: symmetric, reward.p: 0.1}}; got {value!r}")
+    overrides = {k: v for k, v in value.items() if k != "label"}
+    bad = [k for k in overrides if "." not in k]
+    if bad:
+        raise ConfigError(f"{where}: {', '.join(bad)} is not a config key (section.key)")
+    label = value.get("label") or ",".join(f"{k.split('.')[-1]}={_label(v)}" for k, v in overrides.items())
+    return AxisValue(str(label), overrides)
+
+
+def _label(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
+def parse_suites(suites: Any, where: str) -> list[str]:
+    from vimpo_bench import tasks
+
+    items = suites.split(",") if isinstance(suites, str) else suites
+    if not isinstance(items, list):
+        raise ConfigError(f"{where}: a list of suite names, got {suites!r}")
+    if not items:
+        return []
+    try:
+        return tasks.expand_suites([str(s) for s in items])
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def parse_budget(budget: Any, where: str) -> Budget:
+    if not isinstance(budget, dict):
+        raise ConfigError(f"{where}: a mapping with keys steps, max_cells, minutes, trials; got {budget!r}")
+    names = [f.name for f in fields(Budget)]
+    unknown = sorted(set(budget) - set(names))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(names)}")
+    kinds = {"steps": int, "max_cells": int, "minutes": float, "trials": int}
+    values = {k: _coerce(v, kinds[k], f"{where}.{k}") for k, v in budget.items() if v is not None}
+    for key, value in values.items():
+        if value <= 0:
+            raise ConfigError(f"{where}.{key}: must be > 0, got {value}")
+    return Budget(**values)
+
+
+def eval_config(study: Study, suites: list[str]):
+    """The `vimpo-bench eval` settings of the study's suites (`study.eval`), checked."""
+    from vimpo_bench.evaluate import EvalConfig
+
+    where = f"{study.path}: study.eval"
+    valid = [f.name for f in fields(EvalConfig) if f.name != "suites"]
+    unknown = sorted(set(study.eval) - set(valid))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+    try:
+        return EvalConfig(suites=",".join(suites), **study.eval)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+# ------------------------------------------------------------------------------------------- grid
+
+
+def expand(study: Study) -> list[Cell]:
+    """Every cell of the grid (the product of the axes, first axis slowest), each config validated."""
+    combos = list(itertools.product(*(axis.values for axis in study.axes)))
+    if study.budget.max_cells is not None and len(combos) > study.budget.max_cells:
+        raise ConfigError(f"{study.path}: study.axes: {len(combos)} cells exceed study.budget.max_cells "
+                          f"({study.budget.max_cells})")
+    cells, seen = [], {}
+    for index, combo in enumerate(combos):
+        labels = {axis.name: value.label for axis, value in zip(study.axes, combo, strict=True)}
+        overrides: dict[str, Any] = {}
+        for value in combo:
+            overrides.update(value.overrides)
+        where = "study.axes " + (",".join(f"{k}={v}" for k, v in labels.items()) or "(base)")
+        config = study.base_config(overrides, where)
+        config.run.run_name = f"{study.name}/" + ("-".join(labels.values()) or "base")
+        cell = Cell(index, labels, config)
+        digest = config.hash()
+        if digest in seen:
+            raise ConfigError(f"{study.path}: study.axes: cells {seen[digest].label} and {cell.label} have the "
+                              "same config (an axis value changes nothing)")
+        seen[digest] = cell
+        cells.append(cell)
+    return cells
+
+
+def cell_tags(study: Study, cell: Cell) -> dict[str, str]:
+    return {"vimpo.study": study.name, "vimpo.cell": cell.label,
+            **{f"vimpo.axis.{name}": label for name, label in cell.labels.items()}}
+
+
+# ------------------------------------------------------------------------------------------- plan
+
+
+@dataclass
+class PlannedCell:
+    cell: Cell
+    action: str
+    """run (new) | resume (cut short; continues from its checkpoint) | eval (trained; evaluation missing) | skip (done)."""
+    run_id: str | None = None
+
+
+def plan(study: Study, cells: list[Cell], tracking_uri: str | None = None) -> list[PlannedCell]:
+    """What running the study would do for each cell, from the runs already in the MLflow store."""
+    from vimpo_bench import tracking
+    from vimpo_bench.train import find_checkpoint
+
+    existing: dict[str, list[dict]] = {}
+    uri = tracking_uri or tracking.default_tracking_uri()
+    no_store = uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file()
+    found = [] if no_store else tracking.search_runs([study.experiment], f"tags.`vimpo.study` = '{study.name}'", uri)
+    for r in found:  # (a dry run must not create an empty store as a side effect)
+        if r["tags"].get("vimpo.kind", "train") == "train" and "vimpo.config_hash" in r["tags"]:
+            existing.setdefault(r["tags"]["vimpo.config_hash"], []).append(r)
+    out = []
+    for cell in cells:
+        runs = sorted(existing.get(cell.config.hash(), []), key=lambda r: r["start_time"] or 0, reverse=True)
+        done = [r for r in runs if r["status"] == "FINISHED" and r["tags"].get(DONE_TAG) == "done"]
+        trained = [r for r in runs if r["status"] == "FINISHED"]
+        resumable = [r for r in runs if find_checkpoint(Path(cell.config.run.output_dir) / r["run_id"])]
+        if done:
+            out.append(PlannedCell(cell, "skip", done[0]["run_id"]))
+        elif trained and study.suites:
+            out.append(PlannedCell(cell, "eval", trained[0]["run_id"]))
+        elif resumable:
+            out.append(PlannedCell(cell, "resume", resumable[0]["run_id"]))
+        else:
+            out.append(PlannedCell(cell, "run"))
+    return out
+
+
+def plan_rows(study: Study, planned: list[PlannedCell]) -> list[dict[str, Any]]:
+    """The plan as table rows (what `--dry-run` prints)."""
+    return [{"cell": p.cell.index, **p.cell.labels, "algo": p.cell.config.algo["name"],
+             "steps": p.cell.config.optim.steps, "config_hash": p.cell.config.hash(), "action": p.action,
+             "run_id": p.run_id or ""} for p in planned]
+
+
+# -------------------------------------------------------------------------------------------- run
+
+
+@dataclass
+class CellOutcome:
+    index: int
+    label: str
+    status: str
+    """done | skipped | failed | not started (the budget's minutes ran out)."""
+    run_id: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    wall_seconds: float = 0.0
+
+
+@dataclass
+class StudyResult:
+    study: str
+    experiment: str
+    parent_run_id: str
+    outcomes: list[CellOutcome]
+
+    @property
+    def failed(self) -> list[CellOutcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+    def summary(self) -> dict[str, Any]:
+        counts: dict[str, int] = {}
+        for o in self.outcomes:
+            counts[o.status] = counts.get(o.status, 0) + 1
+        return {"study": self.study, "experiment": self.experiment, "parent_run_id": self.parent_run_id,
+                "counts": counts, "cells": [o.__dict__ for o in self.outcomes]}
+
+
+CellProgress = Callable[[CellOutcome, int, int], None]  # (outcome, cells finished, cells in all)
+
+
+def run_study(
+    study: Study,
+    workers: int = 1,
+    tracking_uri: str | None = None,
+    progress: CellProgress | None = None,
+    train_progress=None,
+) -> StudyResult:
+    """Run every cell not yet done (train, then evaluate `study.suites`) under one parent MLflow run.
+
+    `workers` cells run at once in separate processes (torch threads split between them); a failed cell
+    is recorded and the others go on. `train_progress` (one worker only) sees each cell's training steps.
+    """
+    from vimpo_bench import tracking
+
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+    tracking_uri = tracking_uri or tracking.default_tracking_uri()
+    cells = expand(study)
+    planned = plan(study, cells, tracking_uri)
+    parent = open_parent_run(study, len(cells), tracking_uri)
+    deadline = time.monotonic() + 60 * study.budget.minutes if study.budget.minutes else None
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    outcomes: dict[int, CellOutcome] = {}
+
+    def finished(outcome: CellOutcome) -> None:
+        outcomes[outcome.index] = outcome
+        if progress:
+            progress(outcome, len(outcomes), len(planned))
+
+    for p in planned:
+        if p.action == "skip":
+            finished(CellOutcome(p.cell.index, p.cell.label, "skipped", p.run_id))
+    todo = [p for p in planned if p.action != "skip"]
+    try:
+        if workers == 1:
+            for p in todo:
+                if deadline and time.monotonic() > deadline:
+                    finished(CellOutcome(p.cell.index, p.cell.label, "not started"))
+                    continue
+                finished(run_cell(study, p, parent.run_id, tracking_uri, None, train_progress))
+        else:
+            _run_parallel(study, todo, parent.run_id, tracking_uri, workers, threads, deadline, finished)
+    except BaseException:
+        parent.finish("KILLED")
+        raise
+    result = StudyResult(study.name, study.experiment, parent.run_id,
+                         [outcomes[p.cell.index] for p in planned])
+    counts = result.summary()["counts"]
+    parent.log_metrics({f"study/cells_{k.replace(' ', '_')}": v for k, v in counts.items()}, step=0)
+    parent.log_dict(result.summary(), "cells.json")
+    parent.finish("FAILED" if result.failed else "FINISHED")
+    return result
+
+
+def _run_parallel(study, todo, parent_run_id, tracking_uri, workers, threads, deadline, finished) -> None:
+    queue = list(todo)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        running = {}
+        while queue or running:
+            while queue and len(running) < workers:
+                p = queue.pop(0)
+                if deadline and time.monotonic() > deadline:
+                    finished(CellOutcome(p.cell.index, p.cell.label, "not started"))
+                    continue
+                running[pool.submit(run_cell, study, p, parent_run_id, tracking_uri, threads)] = p
+            if not running:
+                continue
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                p = running.pop(future)
+                try:
+                    finished(future.result())
+                except Exception as exc:  # the worker process itself died
+                    finished(CellOutcome(p.cell.index, p.cell.label, "failed", error=_one_line(exc)))
+
+
+def run_cell(study: Study, planned: PlannedCell, parent_run_id: str, tracking_uri: str,
+             threads: int | None = None, train_progress=None) -> CellOutcome:
+    """Train (or resume) one cell, then evaluate it on the study's suites; never raises for a cell's own
+    failure (the outcome says what went wrong; the training run is marked FAILED by `train.run`)."""
+    from vimpo_bench import evaluate, tracking, train
+
+    cell, started = planned.cell, time.monotonic()
+    config = copy.deepcopy(cell.config)
+    if threads and config.run.threads is None:
+        config.run.threads = threads
+    run_id, metrics = planned.run_id, {}
+    try:
+        if planned.action in ("run", "resume"):
+            result = train.run(config, resume_run_id=run_id if planned.action == "resume" else None,
+                               progress=train_progress, tracking_uri=tracking_uri, tags=cell_tags(study, cell),
+                               parent_run_id=parent_run_id, run_started=None)
+            run_id = result.run_id
+            metrics.update({k: v for k, v in result.final.items() if k.startswith("eval/")})
+        if study.suites:
+            policy = Path(config.run.output_dir) / run_id / "checkpoint" / "policy"
+            if not policy.is_dir():
+                raise FileNotFoundError(f"no trained policy at {policy} to evaluate")
+            result = evaluate.run_eval(str(policy), eval_config(study, study.suites), parent_run_id=run_id,
+                                       experiment=study.experiment, tracking_uri=tracking_uri,
+                                       output_dir=Path(config.run.output_dir) / run_id / "eval",
+                                       step=config.optim.steps)
+            for suite, suite_result in result.suites.items():
+                metrics[f"{suite}/accuracy"] = suite_result.metrics.get("accuracy")
+        tracking.MlflowTracker.attach(run_id, tracking_uri).set_tags({DONE_TAG: "done"})
+        return CellOutcome(cell.index, cell.label, "done", run_id, metrics, wall_seconds=time.monotonic() - started)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        if os.environ.get("VIMPO_BENCH_DEBUG"):
+            traceback.print_exc()
+        return CellOutcome(cell.index, cell.label, "failed", run_id, metrics, _one_line(exc),
+                           time.monotonic() - started)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def open_parent_run(study: Study, n_cells: int, tracking_uri: str):
+    """The study's parent run: the latest one of this study in its experiment, reopened, or a new one."""
+    from vimpo_bench import tracking
+    from vimpo_bench.provenance import git_state, package_versions
+
+    found = [r for r in tracking.search_runs([study.experiment], f"tags.`vimpo.study` = '{study.name}'",
+                                             tracking_uri)
+             if r["tags"].get("vimpo.kind") == "study" and not r["tags"].get("vimpo.sweep")]
+    if found:
+        parent = tracking.MlflowTracker.resume(max(found, key=lambda r: r["start_time"] or 0)["run_id"], tracking_uri)
+    else:
+        parent = tracking.MlflowTracker.start(f"study-{study.name}", study.experiment,
+                                              tags={"vimpo.kind": "study", "vimpo.study": study.name,
+                                                    "vimpo.study_file": str(study.path), **git_state(),
+                                                    **package_versions()},
+                                              tracking_uri=tracking_uri)
+    parent.log_params({"study.cells": n_cells, "study.suites": ",".join(study.suites) or "none",
+                       **{f"study.axes.{a.name}": ",".join(v.label for v in a.values) for a in study.axes}})
+    parent.log_dict(describe(study), "study.yaml")
+    return parent
+
+
+def describe(study: Study) -> dict[str, Any]:
+    """The resolved study (base config overrides, axes, suites, eval, budget, sweep), for the record."""
+    return {"name": study.name, "file": str(study.path), "description": study.description,
+            "experiment": study.experiment, "base": study.base,
+            "axes": {a.name: [{"label": v.label, **v.overrides} for v in a.values] for a in study.axes},
+            "suites": study.suites, "eval": study.eval,
+            "budget": {f.name: getattr(study.budget, f.name) for f in fields(Budget)}, "sweep": study.sweep}

@@ -1,0 +1,504 @@
+"""Optuna sweeps over a study's hyperparameters; each trial is a training run nested in MLflow.
+
+The study file declares the ranges (built-in defaults below cover the usual names):
+
+    study:
+      sweep:
+        metric: eval/sampled_accuracy        # held-out metric of the training run's evaluations
+        direction: maximize
+        params:
+          beta: {key: algo.beta, low: 0.005, high: 0.5, log: true}
+          adv:  {key: algo.advantage, choices: [implied, mc]}
+        pruner: {kind: median, n_startup_trials: 2, n_warmup_steps: 0}
+        sampler: {kind: tpe, seed: 0}
+
+Every held-out evaluation during training reports its value to the trial, so the pruner can stop a
+bad trial early. The Optuna study lives in a SQLAlchemy storage (a sqlite file by default; PostgreSQL
+for several machines): running the same command again continues it, and `--trials` counts every
+trial of the study, on any machine. Local workers take a lock around "count, then ask", so one
+command never starts more than `--trials`; commands on different machines can overshoot by at most
+one trial each when they ask at the same moment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from typing import Any
+
+from vimpo_bench.config import ConfigError, _coerce
+from vimpo_bench.study import Study
+
+DEFAULT_STORAGE = "sqlite:///optuna.db"
+METRICS = ("eval/sampled_accuracy", "eval/greedy_accuracy")
+# name -> its config key and range, used unless the study file declares the name itself
+BUILTIN_PARAMS = {
+    "beta": {"key": "algo.beta", "low": 0.005, "high": 0.5, "log": True},
+    "lr": {"key": "optim.lr", "low": 1e-5, "high": 1e-3, "log": True},
+    "value_coef": {"key": "algo.value_coef", "low": 0.5, "high": 20.0, "log": True},
+    "clip": {"key": "algo.eps_high", "low": 0.1, "high": 0.4, "log": False},
+}
+PARAM_FIELDS = ("key", "low", "high", "log", "step", "choices")
+SWEEP_FIELDS = ("metric", "direction", "params", "pruner", "sampler")
+PRUNERS = ("median", "percentile", "threshold", "none")
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    key: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple | None = None
+
+    def suggest(self, trial) -> Any:
+        if self.choices is not None:
+            return trial.suggest_categorical(self.name, list(self.choices))
+        is_int = isinstance(self.low, int) and isinstance(self.high, int) and not self.log and self.step is None
+        if is_int:
+            return trial.suggest_int(self.name, self.low, self.high)
+        return trial.suggest_float(self.name, self.low, self.high, log=self.log, step=self.step)
+
+
+@dataclass
+class SweepSpec:
+    metric: str = "eval/sampled_accuracy"
+    direction: str = "maximize"
+    pruner: dict = field(default_factory=lambda: {"kind": "median"})
+    sampler: dict = field(default_factory=lambda: {"kind": "tpe", "seed": None})
+
+
+# ------------------------------------------------------------------------------------------ parsing
+
+
+def sweep_spec(study: Study) -> SweepSpec:
+    where = f"{study.path}: study.sweep"
+    raw = study.sweep
+    unknown = sorted(set(raw) - set(SWEEP_FIELDS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(SWEEP_FIELDS)}")
+    spec = SweepSpec(
+        metric=_coerce(raw.get("metric", "eval/sampled_accuracy"), str, f"{where}.metric"),
+        direction=_coerce(raw.get("direction", "maximize"), str, f"{where}.direction"),
+        pruner={"kind": "median", **_coerce(raw.get("pruner") or {}, dict, f"{where}.pruner")},
+        sampler={"kind": "tpe", "seed": None, **_coerce(raw.get("sampler") or {}, dict, f"{where}.sampler")},
+    )
+    if spec.metric not in METRICS:
+        raise ConfigError(f"{where}.metric: {spec.metric!r} is not a held-out metric; valid: {', '.join(METRICS)}")
+    if spec.direction not in ("maximize", "minimize"):
+        raise ConfigError(f"{where}.direction: {spec.direction!r} is not one of maximize, minimize")
+    make_pruner(spec, where)
+    make_sampler(spec, 0, where)
+    return spec
+
+
+def resolve_params(study: Study, names: list[str]) -> list[Param]:
+    """The named parameters with their ranges (the study file's, else the built-in ones), checked:
+    the key must be a config key that accepts both ends of the range."""
+    where = f"{study.path}: study.sweep.params"
+    declared = _coerce(study.sweep.get("params") or {}, dict, where)
+    if not names:
+        raise ConfigError("name at least one parameter to sweep, e.g. `vimpo-bench sweep beta`")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"a parameter is named twice: {' '.join(names)}")
+    params = []
+    for name in names:
+        if name in declared:
+            raw, here = declared[name], f"{where}.{name}"
+        elif name in BUILTIN_PARAMS:
+            raw, here = BUILTIN_PARAMS[name], f"built-in parameter {name}"
+        else:
+            known = sorted(set(declared) | set(BUILTIN_PARAMS))
+            raise ConfigError(f"unknown parameter {name!r}: declare it under study.sweep.params in {study.path} "
+                              f"(known: {', '.join(known)})")
+        params.append(_param(name, raw, here))
+    for p in params:  # both ends of each range must make a valid config
+        for value in ([p.low, p.high] if p.choices is None else list(p.choices)):
+            try:
+                study.base_config({p.key: value}, f"sweep parameter {p.name} ({p.key}={value})")
+            except ConfigError as exc:
+                raise ConfigError(str(exc)) from None
+    return params
+
+
+def _param(name: str, raw: Any, where: str) -> Param:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: a mapping {{key, low, high[, log]}} or {{key, choices}}, got {raw!r}")
+    unknown = sorted(set(raw) - set(PARAM_FIELDS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(PARAM_FIELDS)}")
+    key = raw.get("key", name)
+    if not isinstance(key, str) or "." not in key:
+        raise ConfigError(f"{where}.key: a config key such as algo.beta, got {key!r}")
+    if "choices" in raw:
+        choices = raw["choices"]
+        if not isinstance(choices, list) or not choices:
+            raise ConfigError(f"{where}.choices: a non-empty list, got {choices!r}")
+        return Param(name, key, choices=tuple(choices))
+    if "low" not in raw or "high" not in raw:
+        raise ConfigError(f"{where}: needs low and high (or choices)")
+    low, high = (_number(raw[k], f"{where}.{k}") for k in ("low", "high"))
+    log = _coerce(raw.get("log", False), bool, f"{where}.log")
+    if not low < high:
+        raise ConfigError(f"{where}: empty range: low ({low}) must be below high ({high})")
+    if log and low <= 0:
+        raise ConfigError(f"{where}: a log range needs low > 0, got {low}")
+    step = raw.get("step")
+    return Param(name, key, low, high, log, None if step is None else _coerce(step, float, f"{where}.step"))
+
+
+def _number(value: Any, where: str) -> int | float:
+    """An int stays an int (an integer parameter); anything else must read as a float."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return _coerce(value, float, where)
+
+
+def make_pruner(spec: SweepSpec, where: str = "study.sweep"):
+    import optuna
+
+    opts = {k: v for k, v in spec.pruner.items() if k != "kind"}
+    kind = spec.pruner["kind"]
+    classes = {"median": optuna.pruners.MedianPruner, "percentile": optuna.pruners.PercentilePruner,
+               "threshold": optuna.pruners.ThresholdPruner, "none": optuna.pruners.NopPruner}
+    if kind not in classes:
+        raise ConfigError(f"{where}.pruner.kind: {kind!r} is not one of {', '.join(PRUNERS)}")
+    try:
+        return classes[kind](**opts)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}.pruner: {exc}") from None
+
+
+def make_sampler(spec: SweepSpec, worker: int, where: str = "study.sweep"):
+    import optuna
+
+    opts = {k: v for k, v in spec.sampler.items() if k != "kind"}
+    seed = opts.pop("seed", None)
+    if seed is not None:
+        seed = int(seed) + worker  # each worker draws its own sequence
+    classes = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
+    kind = spec.sampler["kind"]
+    if kind not in classes:
+        raise ConfigError(f"{where}.sampler.kind: {kind!r} is not one of {', '.join(classes)}")
+    try:
+        return classes[kind](seed=seed, **opts)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}.sampler: {exc}") from None
+
+
+# ------------------------------------------------------------------------------------------ storage
+
+
+def redact(url: str) -> str:
+    """The URL with its password hidden (for logs and tags)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+def make_storage(url: str):
+    """An Optuna RDB storage for any SQLAlchemy URL; a bad URL or an unreachable server is a ValueError."""
+    import optuna
+    import sqlalchemy.exc
+
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    for attempt in range(3):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            if attempt == 2:  # another process was creating the tables at the same moment: try again
+                raise
+            time.sleep(1 + attempt)
+        except (sqlalchemy.exc.SQLAlchemyError, ModuleNotFoundError, ValueError, ImportError) as exc:
+            lines = str(exc).strip().splitlines()
+            raise ValueError(f"--storage {redact(url)}: {lines[0] if lines else type(exc).__name__}") from None
+    raise AssertionError("unreachable")
+
+
+# ------------------------------------------------------------------------------------------ trials
+
+
+def counted(optuna_study) -> int:
+    """Trials that count toward `--trials`: all but those abandoned by a killed command (FAIL without an
+    `error`), which a rerun replaces."""
+    from optuna.trial import TrialState
+
+    return sum(1 for t in optuna_study.get_trials(deepcopy=False)
+               if not (t.state == TrialState.FAIL and "error" not in t.user_attrs))
+
+
+def _worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def fail_abandoned(optuna_study, tracking_uri: str | None) -> int:
+    """RUNNING trials started on this machine by a process that no longer exists: mark them FAIL (and their
+    MLflow runs KILLED) so that a rerun replaces them. Returns how many."""
+    from optuna.trial import TrialState
+
+    from vimpo_bench import tracking
+
+    host, n = socket.gethostname(), 0
+    for t in optuna_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = t.user_attrs.get("worker", "")
+        if not worker.startswith(host + ":") or _alive(int(worker.rsplit(":", 1)[1])):
+            continue
+        optuna_study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+        if t.user_attrs.get("mlflow_run_id"):
+            handle = tracking.MlflowTracker.attach(t.user_attrs["mlflow_run_id"], tracking_uri)
+            handle.set_tags({"optuna.state": "FAIL"})
+            handle.finish("KILLED")
+        n += 1
+    return n
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class SweepJob:
+    """Everything a worker needs (picklable: worker processes are spawned)."""
+
+    study: Study
+    params: list[Param]
+    spec: SweepSpec
+    trials: int
+    storage: str
+    optuna_name: str
+    parent_run_id: str
+    tracking_uri: str
+    deadline: float | None  # time.time() after which no trial starts
+    threads: int | None = None
+
+
+def run_trial(job: SweepJob, trial, progress=None) -> None:
+    """Train one trial's config, reporting each held-out evaluation; tell Optuna how it ended."""
+    from optuna.trial import TrialState
+
+    from vimpo_bench import tracking
+    from vimpo_bench.train import EarlyStop, run
+
+    values = {p.name: p.suggest(trial) for p in job.params}
+    config = job.study.base_config({p.key: values[p.name] for p in job.params}, f"trial {trial.number}")
+    config.run.run_name = f"{job.optuna_name}#{trial.number}"
+    if job.threads and config.run.threads is None:
+        config.run.threads = job.threads
+    tags = {"vimpo.kind": "sweep", "vimpo.study": job.study.name, "vimpo.sweep": job.optuna_name,
+            "optuna.study": job.optuna_name, "optuna.trial": trial.number, "optuna.state": "RUNNING",
+            **{f"sweep.{k}": v for k, v in values.items()}}
+    reported: dict[int, float] = {}
+    run_id: list[str] = []
+
+    def on_eval(step: int, metrics: dict) -> None:
+        reported[step] = metrics[job.spec.metric]
+        trial.report(reported[step], step)
+        if trial.should_prune():
+            raise EarlyStop(f"pruned at step {step}")
+
+    def started(rid: str) -> None:
+        run_id.append(rid)
+        trial.set_user_attr("mlflow_run_id", rid)
+
+    state, value, error = TrialState.COMPLETE, None, None
+    try:
+        result = run(config, progress=progress, tracking_uri=job.tracking_uri, tags=tags,
+                     parent_run_id=job.parent_run_id, on_eval=on_eval, run_started=started)
+        value = result.final[job.spec.metric]
+    except EarlyStop:
+        state = TrialState.PRUNED
+        value = reported[max(reported)]
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        state, lines = TrialState.FAIL, str(exc).strip().splitlines()
+        error = f"{type(exc).__name__}: {lines[0] if lines else ''}"
+        trial.set_user_attr("error", error)
+    if run_id:
+        handle = tracking.MlflowTracker.attach(run_id[0], job.tracking_uri)
+        handle.set_tags({"optuna.state": state.name, **({"optuna.error": error} if error else {})})
+        if value is not None:
+            handle.log_metrics({"sweep/objective": value}, step=max(reported) if reported else config.optim.steps)
+    # A pruned trial keeps its last reported value in Optuna without being told it again.
+    trial.study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+
+
+def worker(job: SweepJob, worker_index: int, lock=None, progress=None) -> None:
+    """Ask for and run trials until the study holds `job.trials` counted trials or the deadline passes."""
+    import optuna
+
+    spec = job.spec
+    optuna_study = optuna.load_study(study_name=job.optuna_name, storage=make_storage(job.storage),
+                                     sampler=make_sampler(spec, worker_index), pruner=make_pruner(spec))
+    guard = lock if lock is not None else contextlib.nullcontext()
+    while True:
+        if job.deadline and time.time() > job.deadline:
+            return
+        with guard:
+            if counted(optuna_study) >= job.trials:
+                return
+            trial = optuna_study.ask()
+            trial.set_user_attr("worker", _worker_id())
+        run_trial(job, trial, progress)
+
+
+def _worker_process(job: SweepJob, worker_index: int, lock) -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    worker(job, worker_index, lock)
+
+
+@dataclass
+class SweepResult:
+    optuna_study: str
+    storage: str
+    parent_run_id: str
+    trials: int
+    states: dict[str, int]
+    best: dict[str, Any] | None
+
+    def summary(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+SweepProgress = Callable[[int, int, float | None], None]  # (trials ended, trials wanted, best value so far)
+
+
+def run_sweep(
+    study: Study,
+    param_names: list[str],
+    trials: int | None = None,
+    storage: str | None = None,
+    workers: int = 1,
+    tracking_uri: str | None = None,
+    progress: SweepProgress | None = None,
+    train_progress=None,
+) -> SweepResult:
+    """Create or continue the Optuna study `<study>:<params>` and run trials until it holds `trials`."""
+    import optuna
+
+    from vimpo_bench import tracking
+
+    spec = sweep_spec(study)
+    params = resolve_params(study, param_names)
+    trials = trials if trials is not None else study.budget.trials
+    if trials is None or trials < 1:
+        raise ConfigError(f"give --trials N >= 1 (or study.budget.trials in {study.path})")
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+    tracking_uri = tracking_uri or tracking.default_tracking_uri()
+    url = storage or DEFAULT_STORAGE
+    optuna_name = f"{study.name}:{'+'.join(param_names)}"
+    optuna_study = optuna.create_study(storage=make_storage(url), study_name=optuna_name,
+                                       direction=spec.direction, load_if_exists=True)
+    if optuna_study.direction.name.lower() != spec.direction:
+        raise ConfigError(f"{study.path}: study.sweep.direction is {spec.direction} but the stored study "
+                          f"{optuna_name!r} maximizes/minimizes the other way; use another --storage")
+    parent_run_id = _parent_run(study, optuna_study, optuna_name, url, params, spec, tracking_uri)
+    fail_abandoned(optuna_study, tracking_uri)
+    deadline = time.time() + 60 * study.budget.minutes if study.budget.minutes else None
+    job = SweepJob(study, params, spec, trials, url, optuna_name, parent_run_id, tracking_uri, deadline,
+                   threads=max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None)
+
+    def report() -> None:
+        if progress:
+            ended = [t for t in optuna_study.get_trials(deepcopy=False) if t.state.is_finished()]
+            progress(min(len(ended), trials), trials, _best_value(optuna_study))
+
+    report()
+    if workers == 1:
+        worker(job, 0, None, train_progress)
+    else:
+        ctx = get_context("spawn")
+        lock = ctx.Lock()
+        procs = [ctx.Process(target=_worker_process, args=(job, i, lock)) for i in range(workers)]
+        for p in procs:
+            p.start()
+        try:
+            while any(p.is_alive() for p in procs):
+                report()
+                for p in procs:
+                    p.join(timeout=2.0 / workers)
+        except BaseException:
+            for p in procs:
+                p.terminate()
+            raise
+        bad = [p.exitcode for p in procs if p.exitcode]
+        if bad:
+            raise RuntimeError(f"{len(bad)} sweep worker process(es) exited with code(s) {bad}")
+    report()
+    result = summarize(optuna_study, url, parent_run_id, tracking_uri)
+    handle = tracking.MlflowTracker.attach(parent_run_id, tracking_uri)
+    handle.log_dict(result.summary(), "sweep.json")
+    if result.best:
+        handle.log_metrics({"sweep/best_objective": result.best["value"]}, step=result.best["trial"])
+    handle.finish("FINISHED")
+    return result
+
+
+def _best_value(optuna_study) -> float | None:
+    try:
+        return optuna_study.best_value
+    except ValueError:  # no complete trial yet
+        return None
+
+
+def summarize(optuna_study, url: str, parent_run_id: str, tracking_uri: str) -> SweepResult:
+    states: dict[str, int] = {}
+    all_trials = optuna_study.get_trials(deepcopy=False)
+    for t in all_trials:
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+    best = None
+    if _best_value(optuna_study) is not None:
+        b = optuna_study.best_trial
+        best = {"trial": b.number, "value": b.value, "params": dict(b.params),
+                "mlflow_run_id": b.user_attrs.get("mlflow_run_id")}
+    return SweepResult(optuna_study.study_name, redact(url), parent_run_id, len(all_trials), states, best)
+
+
+def _parent_run(study, optuna_study, optuna_name, url, params, spec, tracking_uri) -> str:
+    """The sweep's parent MLflow run, recorded on the Optuna study so every machine nests under it."""
+    from vimpo_bench import tracking
+    from vimpo_bench.provenance import git_state, package_versions
+
+    run_id = optuna_study.user_attrs.get("mlflow_parent_run_id")
+    if run_id:
+        try:
+            tracking.MlflowTracker.resume(run_id, tracking_uri)
+            return run_id
+        except Exception:  # recorded in another MLflow store: start one here
+            pass
+    parent = tracking.MlflowTracker.start(
+        f"sweep-{optuna_name}", study.experiment,
+        tags={"vimpo.kind": "study", "vimpo.study": study.name, "vimpo.sweep": optuna_name,
+              "optuna.storage": redact(url), "vimpo.study_file": str(study.path), **git_state(),
+              **package_versions()},
+        tracking_uri=tracking_uri)
+    parent.log_params({"sweep.metric": spec.metric, "sweep.direction": spec.direction,
+                       "sweep.pruner": spec.pruner.get("kind"),
+                       **{f"sweep.param.{p.name}": _describe(p) for p in params}})
+    optuna_study.set_user_attr("mlflow_parent_run_id", parent.run_id)
+    return parent.run_id
+
+
+def _describe(p: Param) -> str:
+    if p.choices is not None:
+        return f"{p.key} in {list(p.choices)}"
+    return f"{p.key} in [{p.low}, {p.high}]{' log' if p.log else ''}"
