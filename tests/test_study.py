@@ -191,3 +191,34 @@ def test_dry_run_prints_the_plan_without_creating_a_store(tmp_path):
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {bad}: study.axes.optim.lr")
     assert "Traceback" not in proc.stderr
+
+
+def test_a_cut_short_cell_is_resumed_and_the_minutes_budget_holds_back_new_cells(
+        tmp_path, easy_model_cache, easy_study_yaml, monkeypatch):
+    from vimpo_bench.study import cell_tags
+    from vimpo_bench.train import run
+
+    monkeypatch.chdir(tmp_path)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    path = write(tmp_path / "cut.yaml", easy_study_yaml(easy_model_cache, tmp_path / "runs", """
+study:
+  axes: {run.seed: [0]}
+""", steps=3))
+    study = load_study(path)
+    (cell,) = expand(study)
+    cut = run(cell.config, tracking_uri=store, tags=cell_tags(study, cell), stop_after=1)  # as if killed
+    assert cut.steps == 1
+    (planned,) = plan(study, [cell], store)
+    assert (planned.action, planned.run_id) == ("resume", cut.run_id)
+
+    result = run_study(study, tracking_uri=store)
+    (outcome,) = result.outcomes
+    assert (outcome.status, outcome.run_id) == ("done", cut.run_id)  # the same run, continued
+    history = MlflowClient(store).get_metric_history(cut.run_id, "reward/accuracy")
+    assert sorted(m.step for m in history) == [1, 2, 3]
+    assert MlflowClient(store).get_run(cut.run_id).info.status == "FINISHED"
+
+    more = write(tmp_path / "more.yaml", path.read_text().replace("run.seed: [0]", "run.seed: [0, 1, 2]")
+                 .replace("study:", "study:\n  name: cut\n  budget: {minutes: 0.00001}"))
+    result = run_study(load_study(more), tracking_uri=store)
+    assert [o.status for o in result.outcomes] == ["skipped", "not started", "not started"]

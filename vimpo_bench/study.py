@@ -355,11 +355,11 @@ def run_study(
 
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
+    deadline = time.monotonic() + 60 * study.budget.minutes if study.budget.minutes else None
     tracking_uri = tracking_uri or tracking.default_tracking_uri()
     cells = expand(study)
     planned = plan(study, cells, tracking_uri)
     parent = open_parent_run(study, len(cells), tracking_uri)
-    deadline = time.monotonic() + 60 * study.budget.minutes if study.budget.minutes else None
     threads = max(1, (os.cpu_count() or 1) // workers)
     outcomes: dict[int, CellOutcome] = {}
 
