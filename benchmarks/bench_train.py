@@ -55,8 +55,7 @@ def step_cost(steps: int) -> None:
     from vimpo_bench.logprobs import token_logprobs
     from vimpo_bench.models import frozen_copy, load_policy
     from vimpo_bench.rewards import verifier_rewards
-    from vimpo_bench.rollout.base import SamplingParams
-    from vimpo_bench.train import make_generator, ppo_update, render_prompt, step_seed
+    from vimpo_bench.train import make_generator, ppo_update, render_prompt, sampling_params, step_seed
 
     print(f"== step cost, {steps} steps: the same batch through a GRPO and a VIMPO update, order alternating")
     config = load_config("tiny_demo", ["eval.every=0"])
@@ -76,9 +75,8 @@ def step_cost(steps: int) -> None:
         t0 = time.perf_counter()
         pick = torch.Generator().manual_seed(step_seed(0, step, 0))
         problems = [pool[i] for i in torch.randperm(len(pool), generator=pick)[: config.rollout.prompts_per_step]]
-        params = SamplingParams(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=config.rollout.max_new_tokens,
-                                n=config.rollout.group_size)
-        ro = generator.generate([render_prompt(config, task, p, tokenizer) for p in problems], params,
+        ro = generator.generate([render_prompt(config, task, p, tokenizer) for p in problems],
+                                sampling_params(config, n=config.rollout.group_size),
                                 seed=step_seed(0, step, 1))
         t1 = time.perf_counter()
         rewards = verifier_rewards(task, ro.texts, [problems[int(g)] for g in ro.group_ids])

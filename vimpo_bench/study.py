@@ -272,10 +272,10 @@ def plan(study: Study, cells: list[Cell], tracking_uri: str | None = None) -> li
     from vimpo_bench.train import find_checkpoint
 
     existing: dict[str, list[dict]] = {}
-    uri = tracking_uri or tracking.default_tracking_uri()
-    no_store = uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file()
-    found = [] if no_store else tracking.search_runs([study.experiment], f"tags.`vimpo.study` = '{study.name}'", uri)
-    for r in found:  # (a dry run must not create an empty store as a side effect)
+    # (a dry run must not create an empty store as a side effect)
+    found = [] if tracking.missing_sqlite_store(tracking_uri) else tracking.search_runs(
+        [study.experiment], f"tags.`vimpo.study` = '{study.name}'", tracking_uri)
+    for r in found:
         if r["tags"].get("vimpo.kind", "train") == "train" and "vimpo.config_hash" in r["tags"]:
             existing.setdefault(r["tags"]["vimpo.config_hash"], []).append(r)
     out = []
@@ -430,7 +430,7 @@ def run_cell(study: Study, planned: PlannedCell, parent_run_id: str, tracking_ur
         if planned.action in ("run", "resume"):
             result = train.run(config, resume_run_id=run_id if planned.action == "resume" else None,
                                progress=train_progress, tracking_uri=tracking_uri, tags=cell_tags(study, cell),
-                               parent_run_id=parent_run_id, run_started=None)
+                               parent_run_id=parent_run_id)
             run_id = result.run_id
             metrics.update({k: v for k, v in result.final.items() if k.startswith("eval/")})
         if study.suites:

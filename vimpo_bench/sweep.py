@@ -121,10 +121,7 @@ def resolve_params(study: Study, names: list[str]) -> list[Param]:
         params.append(_param(name, raw, here))
     for p in params:  # both ends of each range must make a valid config
         for value in ([p.low, p.high] if p.choices is None else list(p.choices)):
-            try:
-                study.base_config({p.key: value}, f"sweep parameter {p.name} ({p.key}={value})")
-            except ConfigError as exc:
-                raise ConfigError(str(exc)) from None
+            study.base_config({p.key: value}, f"sweep parameter {p.name} ({p.key}={value})")
     return params
 
 
@@ -343,9 +340,8 @@ def worker(job: SweepJob, worker_index: int, lock=None, progress=None) -> None:
     """Ask for and run trials until the study holds `job.trials` counted trials or the deadline passes."""
     import optuna
 
-    spec = job.spec
     optuna_study = optuna.load_study(study_name=job.optuna_name, storage=make_storage(job.storage),
-                                     sampler=make_sampler(spec, worker_index), pruner=make_pruner(spec))
+                                     sampler=make_sampler(job.spec, worker_index), pruner=make_pruner(job.spec))
     guard = lock if lock is not None else contextlib.nullcontext()
     while True:
         if job.deadline and time.time() > job.deadline:

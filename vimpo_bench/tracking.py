@@ -21,6 +21,17 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
 
 
+def missing_sqlite_store(tracking_uri: str | None = None) -> Path | None:
+    """The file of a local sqlite store that does not exist yet, else None. Readers check this first:
+    opening such a store through MLflow would create an empty one as a side effect."""
+    where = tracking_uri or default_tracking_uri()
+    if where.startswith("sqlite:///"):
+        path = Path(where[len("sqlite:///"):])
+        if not path.is_file():
+            return path
+    return None
+
+
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """{"a": {"b": 1}} -> {"a.b": 1}: MLflow params are flat."""
     out: dict[str, Any] = {}

@@ -247,8 +247,7 @@ def rl_step(config, task, train_pool, prompt_text, policy, reference, generator,
         pick = torch.Generator().manual_seed(step_seed(seed, step, 0))
         chosen = torch.randperm(len(train_pool), generator=pick)[: config.rollout.prompts_per_step].tolist()
         problems = [train_pool[i] for i in chosen]
-        params = SamplingParams(temperature=config.rollout.temperature, top_p=config.rollout.top_p, top_k=0,
-                                max_new_tokens=config.rollout.max_new_tokens, n=config.rollout.group_size)
+        params = sampling_params(config, n=config.rollout.group_size)
         rollouts = generator.generate([prompt_text(p) for p in problems], params, seed=step_seed(seed, step, 1))
 
     # -- scoring: verifier reward, then the noise model (the algorithm sees only the noisy one) -----
@@ -358,16 +357,15 @@ def evaluate_heldout(config, generator, task, heldout, prompt_text, step: int, t
     out = {}
     records = []
     if config.eval.greedy:
-        greedy = generator.generate(prompts, SamplingParams(temperature=0.0, top_k=0, n=1,
-                                    max_new_tokens=config.rollout.max_new_tokens), seed=step_seed(config.run.seed, step, 4))
+        greedy = generator.generate(prompts, sampling_params(config, n=1, greedy=True),
+                                    seed=step_seed(config.run.seed, step, 4))
         correct = [task.grade(t, p) for t, p in zip(greedy.texts, heldout, strict=True)]
         out["eval/greedy_accuracy"] = sum(correct) / len(correct)
         records += [{"step": step, "mode": "greedy", "id": p.id, "prompt": prompts[i], "completion": greedy.texts[i],
                      "answer": task.extract(greedy.texts[i]), "gold": p.answer, "correct": correct[i]}
                     for i, p in enumerate(heldout[: config.eval.completions_logged])]
-    params = SamplingParams(temperature=config.rollout.temperature, top_p=config.rollout.top_p, top_k=0,
-                            n=config.eval.samples, max_new_tokens=config.rollout.max_new_tokens)
-    sampled = generator.generate(prompts, params, seed=step_seed(config.run.seed, step, 5))
+    sampled = generator.generate(prompts, sampling_params(config, n=config.eval.samples),
+                                 seed=step_seed(config.run.seed, step, 5))
     graded = [task.grade(t, heldout[int(g)]) for t, g in zip(sampled.texts, sampled.group_ids, strict=True)]
     out["eval/sampled_accuracy"] = sum(graded) / len(graded)
     shown = min(len(sampled.texts), config.eval.completions_logged)
@@ -395,6 +393,14 @@ def log_advantage_profile(tracker: Tracker, batch_info: dict, step: int) -> None
 
 
 # ------------------------------------------------------------------------------------- helpers
+
+
+def sampling_params(config: Config, n: int, greedy: bool = False) -> SamplingParams:
+    """The rollout's sampling settings for n samples per prompt (greedy: temperature 0, one sample)."""
+    if greedy:
+        return SamplingParams(temperature=0.0, top_k=0, n=1, max_new_tokens=config.rollout.max_new_tokens)
+    return SamplingParams(temperature=config.rollout.temperature, top_p=config.rollout.top_p, top_k=0,
+                          max_new_tokens=config.rollout.max_new_tokens, n=n)
 
 
 def make_generator(config: Config, policy, tokenizer):

@@ -125,40 +125,31 @@ def sweep_command(
     """Search hyperparameters with Optuna; each trial is an MLflow run; rerunning continues the study."""
     import optuna
 
-    from vimpo_bench.config import ConfigError
-    from vimpo_bench.sweep import make_storage, resolve_params, run_sweep, sweep_spec
+    from vimpo_bench.sweep import run_sweep
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = _load(study)
-    if trials is not None and trials < 1:
-        fail(f"--trials must be >= 1, got {trials}")
-    if workers < 1:
-        fail(f"--workers must be >= 1, got {workers}")
-    try:  # every input checked before any work starts
-        sweep_spec(spec)
-        resolve_params(spec, params)
-        if storage:
-            make_storage(storage)
-    except (ConfigError, ValueError) as exc:
-        fail(str(exc))
-    bar = tqdm(desc=f"sweep {' '.join(params)}", unit="trial", position=0, dynamic_ncols=True)
+    bars: list[tqdm] = []  # opened at the first report, after run_sweep has checked every input
     steps = _StepBar() if workers == 1 else None
 
     def progress(done, total, best):
-        bar.total, bar.n = total, done
+        if not bars:
+            bars.append(tqdm(desc=f"sweep {' '.join(params)}", unit="trial", position=0, dynamic_ncols=True))
+        bars[0].total, bars[0].n = total, done
         if best is not None:
-            bar.set_postfix(best=f"{best:.4f}", refresh=False)
-        bar.refresh()
+            bars[0].set_postfix(best=f"{best:.4f}", refresh=False)
+        bars[0].refresh()
 
     try:
         result = run_sweep(spec, params, trials=trials, storage=storage, workers=workers, progress=progress,
                            train_progress=steps)
-    except ConfigError as exc:
+    except ValueError as exc:  # a ConfigError, a bad --storage
         fail(str(exc))
     finally:
         if steps:
             steps.close()
-        bar.close()
+        for bar in bars:
+            bar.close()
     states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(result.states.items()))
     typer.echo(f"optuna study {result.optuna_study!r} in {result.storage}: {result.trials} trial(s) ({states}); "
                f"parent run {result.parent_run_id}")

@@ -12,7 +12,6 @@ import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -61,10 +60,9 @@ def select_runs(study=None, experiment=None, run_ids=None, tracking_uri=None) ->
     if len(chosen) != 1:
         raise ValueError("choose the runs with exactly one of --study NAME, --experiment NAME, --runs ID ...")
     where = tracking_uri or tracking.default_tracking_uri()
-    if where.startswith("sqlite:///"):  # reading must not create an empty store as a side effect
-        path = Path(where[len("sqlite:///"):])
-        if not path.is_file():
-            raise ValueError(f"no MLflow store at {path} (give --tracking-uri or set MLFLOW_TRACKING_URI)")
+    missing = tracking.missing_sqlite_store(where)
+    if missing:
+        raise ValueError(f"no MLflow store at {missing} (give --tracking-uri or set MLFLOW_TRACKING_URI)")
     if study:
         if "'" in study:
             raise ValueError(f"study name {study!r} must not contain a quote")

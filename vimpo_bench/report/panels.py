@@ -68,6 +68,20 @@ def overview(p: Panel, data, labels, style):
                       f"{table_html(others, 'overview')}</details>")
 
 
+def arm_bands(fig, cell: int, frame, x: str, style, shown: set, order: str | None = None) -> None:
+    """Into one cell: the mean and interval band of each (arm, condition) in `frame` against column `x`
+    (rows sorted by `order` when given); an arm enters the legend once (`shown` remembers it)."""
+    if frame.empty:
+        fig.note(cell, "not logged")
+    for (arm, cond), g in frame.groupby(["arm", "condition"], sort=False):
+        name = style.name(arm, cond)
+        if order:
+            g = g.sort_values(order)
+        fig.band(g[x], g["mean"], g["ci_low"], g["ci_high"], name, style.color(arm),
+                 style.dashes.get(cond, "solid"), cell=cell, showlegend=name not in shown)
+        shown.add(name)
+
+
 def learning_curves(p: Panel, data, labels, style):
     if labels.empty:
         p.body.append(note("no training runs in this selection, so no learning curves"))
@@ -83,15 +97,7 @@ def learning_curves(p: Panel, data, labels, style):
         fig = Figure(rows=2, cols=3, titles=[t for _, t in CURVE_METRICS], height=640)
         shown = set()
         for j, (key, _) in enumerate(CURVE_METRICS):
-            sub = c[c["key"] == key]
-            if sub.empty:
-                fig.note(j, "not logged")
-            for (arm, cond), g in sub.groupby(["arm", "condition"], sort=False):
-                name = style.name(arm, cond)
-                g = g.sort_values("step")
-                fig.band(g[xcol], g["mean"], g["ci_low"], g["ci_high"], name, style.color(arm),
-                         style.dashes.get(cond, "solid"), cell=j, showlegend=name not in shown)
-                shown.add(name)
+            arm_bands(fig, j, c[c["key"] == key], xcol, style, shown, order="step")
             if j >= 3:
                 fig.axis("x", j, title={"text": xtitle})
         p.body.append(f"<h3>against {esc(xtitle)}</h3>" + fig.html(f"fig-curves-{i}"))
@@ -215,14 +221,7 @@ def moving_ref(p: Panel, data, labels, style):
     fig = Figure(rows=1, cols=3, titles=[t for _, t in REF_METRICS], height=400)
     shown = set()
     for j, (key, _) in enumerate(REF_METRICS):
-        sub = w[w["key"] == key]
-        if sub.empty:
-            fig.note(j, "not logged")
-        for (arm, cond), g in sub.groupby(["arm", "condition"], sort=False):
-            name = style.name(arm, cond)
-            fig.band(g["offset"], g["mean"], g["ci_low"], g["ci_high"], name, style.color(arm),
-                     style.dashes.get(cond, "solid"), cell=j, showlegend=name not in shown)
-            shown.add(name)
+        arm_bands(fig, j, w[w["key"] == key], "offset", style, shown)
         fig.vline(-0.5, cell=j)
         fig.axis("x", j, title={"text": "steps from the pi_ref update"})
     p.body.append(fig.html("fig-ref-0"))
@@ -270,9 +269,7 @@ def diagnostics(p: Panel, data, labels, style):
         return
     p.tables["value_loss"] = vl
     fig = Figure(height=360)
-    for (arm, cond), g in vl.groupby(["arm", "condition"], sort=False):
-        fig.band(g["step"], g["mean"], g["ci_low"], g["ci_high"], style.name(arm, cond), style.color(arm),
-                 style.dashes.get(cond, "solid"))
+    arm_bands(fig, 0, vl, "step", style, set())
     fig.axis("x", title={"text": "step"})
     fig.axis("y", title={"text": "loss/value"})
     p.body.append("<h3>value loss over training</h3>")
