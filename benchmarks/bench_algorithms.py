@@ -27,7 +27,7 @@ def make_batch(B: int, T: int, group_size: int = 8) -> tuple[Batch, torch.Tensor
     batch = Batch(logp=logp, old_logp=logp.detach() + 0.01 * torch.randn(B, T, generator=g),
                   ref_logp=logp.detach() + 0.05 * torch.randn(B, T, generator=g), mask=mask,
                   rewards=(torch.rand(B, generator=g) < 0.5).float(),
-                  group_ids=torch.arange(B) // group_size, truncated=torch.rand(B, generator=g) < 0.05)
+                  group_ids=torch.arange(B) // group_size, include=torch.rand(B, generator=g) >= 0.05)
     return batch, logp
 
 

@@ -1,4 +1,5 @@
-"""Time to build a report of 50 training runs x 500 steps (target: under 10 s for collect + render).
+"""Time to build a report of 50 training runs x 500 steps (target: under 10 s for collect + render), and
+its Markdown page with PNG figures.
 
     .venv/bin/python benchmarks/bench_report.py                       # store in ./bench_store (kept)
     .venv/bin/python benchmarks/bench_report.py --store /tmp/s --runs 50 --steps 500 --api
@@ -61,6 +62,7 @@ def main() -> None:
     from vimpo_bench import tracking
     from vimpo_bench.report import collect, write_report
     from vimpo_bench.report.collect import HISTORY_KEYS, history_frame, select_runs
+    from vimpo_bench.report.markdown import write_markdown
     t_import = time.perf_counter() - t0
 
     t0, c0 = time.perf_counter(), time.process_time()
@@ -80,6 +82,10 @@ def main() -> None:
     files = write_report(data, store / "reports" / "bench.html")
     t_render, c_render = time.perf_counter() - t0, time.process_time() - c0
 
+    t0, c0 = time.perf_counter(), time.process_time()
+    md = write_markdown(data, store / "reports" / "bench.md", "(benchmark)")
+    t_md, c_md = time.perf_counter() - t0, time.process_time() - c0
+
     n_rows = len(data.history)
     print(f"store: {uri}")
     print(f"runs: {len(train_ids)} train, {len(data.runs) - len(train_ids)} other; history rows read: {n_rows:,} "
@@ -90,12 +96,13 @@ def main() -> None:
     print(f"  select runs (warm)                {t_select:6.2f} s")
     print(f"  metric histories, one SQL query   {t_history:6.2f} s")
     print(f"render + write HTML and CSV         {t_render:6.2f} s   cpu {c_render:5.2f} s   "
-          f"({files.html.stat().st_size / 1e6:.1f} MB page, {len(files.tables)} csv)")
+          f"({files.page.stat().st_size / 1e6:.1f} MB page, {len(files.tables)} csv)")
+    print(f"render + write Markdown, PNG and CSV  {t_md:6.2f} s   cpu {c_md:5.2f} s   ({len(md.figures)} png)")
     total = t_collect + t_render
     print(f"TOTAL collect + render              {total:6.2f} s   cpu {c_collect + c_render:5.2f} s   "
           f"target < 10 s: {'OK' if total < 10 else 'MISSED'}")
-    if files.failed_panels:
-        print("failed panels:", files.failed_panels)
+    if files.failed_panels or md.failed_panels:
+        print("failed panels:", files.failed_panels or md.failed_panels)
     if args.api:
         client = tracking._client(uri)
         t0 = time.perf_counter()

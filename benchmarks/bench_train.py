@@ -1,7 +1,7 @@
 """Training benchmarks of the issue's targets (prints numbers):
 
 1. the default demo (tiny_demo: VIMPO on arith) with a cached warm start: wall time per seed and the
-   held-out sampled-accuracy gain over the warm start, mean over seeds (targets: <= 5 min, >= 10 points);
+   validation sampled-accuracy gain over the warm start, mean over seeds (targets: <= 5 min, >= 10 points);
 2. the cost of a VIMPO step against a GRPO step at the same settings, with the step split
    (rollout, scoring, log-probs, update) and tokens per second (target: VIMPO <= 1.05x GRPO).
 
@@ -32,8 +32,8 @@ def demo(seeds: list[int], steps: int) -> None:
         start = time.perf_counter()
         result = train(config)
         wall = time.perf_counter() - start
-        s0, s1 = result.initial["eval/sampled_accuracy"], result.final["eval/sampled_accuracy"]
-        g0, g1 = result.initial["eval/greedy_accuracy"], result.final["eval/greedy_accuracy"]
+        s0, s1 = result.initial["val/sampled_accuracy"], result.final["val/sampled_accuracy"]
+        g0, g1 = result.initial["val/greedy_accuracy"], result.final["val/greedy_accuracy"]
         gains.append(s1 - s0)
         walls.append(wall)
         print(f"  seed {seed}: {wall:6.1f} s  sampled {s0:.3f} -> {s1:.3f}  greedy {g0:.3f} -> {g1:.3f}")
@@ -52,10 +52,16 @@ def step_cost(steps: int) -> None:
 
     from vimpo_bench import tasks
     from vimpo_bench.algorithms import Batch
-    from vimpo_bench.logprobs import token_logprobs
     from vimpo_bench.models import frozen_copy, load_policy
-    from vimpo_bench.rewards import verifier_rewards
-    from vimpo_bench.train import make_generator, ppo_update, render_prompt, sampling_params, step_seed
+    from vimpo_bench.rewards import truncation_rule, verifier_rewards
+    from vimpo_bench.train import (
+        make_generator,
+        ppo_update,
+        render_prompt,
+        sampled_logprobs,
+        sampling_params,
+        step_seed,
+    )
 
     print(f"== step cost, {steps} steps: the same batch through a GRPO and a VIMPO update, order alternating")
     config = load_config("tiny_demo", ["eval.every=0"])
@@ -79,12 +85,12 @@ def step_cost(steps: int) -> None:
                                 sampling_params(config, n=config.rollout.group_size),
                                 seed=step_seed(0, step, 1))
         t1 = time.perf_counter()
-        rewards = verifier_rewards(task, ro.texts, [problems[int(g)] for g in ro.group_ids])
+        graded = verifier_rewards(task, ro.texts, [problems[int(g)] for g in ro.group_ids])
+        rewards, include = truncation_rule(graded, ro.truncated, config.reward.truncated)
         t2 = time.perf_counter()
         with torch.no_grad():
-            args = (ro.prompt_ids, ro.prompt_mask, ro.response_ids, ro.response_mask)
-            old_logp, _ = token_logprobs(policy, *args, with_entropy=True)
-            ref_logp, _ = token_logprobs(reference, *args)
+            old_logp, _ = sampled_logprobs(config, policy, ro, with_entropy=True)
+            ref_logp, _ = sampled_logprobs(config, reference, ro)
         t3 = time.perf_counter()
         order = list(algos) if step % 2 == 0 else list(reversed(algos))
         updated = {}
@@ -94,7 +100,7 @@ def step_cost(steps: int) -> None:
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
             start = time.perf_counter()
             full = Batch(logp=old_logp, old_logp=old_logp, ref_logp=ref_logp, mask=ro.response_mask.float(),
-                         rewards=rewards, group_ids=ro.group_ids, truncated=ro.truncated)
+                         rewards=rewards, group_ids=ro.group_ids, include=include)
             full = full.with_advantages(algos[name].advantages(full))
             ppo_update(config, algos[name], model, optimizer, scheduler, ro, full, step)
             if step:

@@ -53,7 +53,7 @@ def one_torch_thread():
 
 # An easy arith variant (1-digit operands, 3 terms) on which 40 warm-start steps already give some right
 # answers (~9% sampled), so that studies and sweeps on it have a non-zero signal to compare and prune on.
-EASY_TASK = {"digits": 1, "terms": 3, "n_train": 500, "n_test": 100}
+EASY_TASK = {"digits": 1, "terms": 3, "n_train": 500, "n_test": 100, "n_validation": 100}
 EASY_WARM_STEPS = 40
 
 
@@ -77,7 +77,7 @@ def _easy_study_yaml(cache, output_dir, study: str = "", steps: int = 2, eval_ev
     """A study file body: tiny-arith on EASY_TASK from `cache`, a few fast steps, then `study` appended."""
     return f"""
 model: {{name: tiny-arith, cache_dir: "{cache}", warm_start_steps: {EASY_WARM_STEPS}}}
-task: {{name: arith, options: {{digits: 1, terms: 3, n_train: 500, n_test: 100}}}}
+task: {{name: arith, options: {{digits: 1, terms: 3, n_train: 500, n_test: 100, n_validation: 100}}}}
 rollout: {{prompts_per_step: 4, group_size: 4, max_new_tokens: 24}}
 optim: {{steps: {steps}, lr: 1.0e-3, minibatches: 2}}
 eval: {{every: {eval_every}, problems: 40, samples: 4, completions_logged: 4}}

@@ -14,14 +14,16 @@ from vimpo_bench.algorithms.core import aggregate, kl_estimate, ppo_clip_loss
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def batch(B=12, T=6, groups=3, seed=0, scale=0.3, dtype=torch.float32):
+def batch(B=12, T=6, groups=3, seed=0, scale=0.3, dtype=torch.float32, with_include=False):
     g = torch.Generator().manual_seed(seed)
     lengths = torch.randint(1, T + 1, (B,), generator=g)
     mask = (torch.arange(T)[None] < lengths[:, None]).float()
     mk = lambda: (torch.randn(B, T, generator=g) * scale).to(dtype)  # noqa: E731
-    return Batch(logp=mk(), old_logp=mk(), ref_logp=mk(), mask=mask,
-                 rewards=(torch.rand(B, generator=g) < 0.5).float(),
-                 group_ids=torch.arange(B) % groups, truncated=torch.rand(B, generator=g) < 0.2)
+    logp, old_logp, ref_logp = mk(), mk(), mk()
+    rewards = (torch.rand(B, generator=g) < 0.5).float()
+    left_out = torch.rand(B, generator=g) < 0.2  # what the truncation rule `mask` would leave out
+    return Batch(logp=logp, old_logp=old_logp, ref_logp=ref_logp, mask=mask, rewards=rewards,
+                 group_ids=torch.arange(B) % groups, include=~left_out if with_include else None)
 
 
 # ---- hand-computed advantages -------------------------------------------------------------------
@@ -142,9 +144,9 @@ def test_loop_matches_vectorized(seed, name, kind, kwargs):
 def test_vimpo_loop_matches_vectorized(seed):
     b = batch(seed=seed, scale=0.4)
     beta, cv = 0.1, 3.0
-    algo = get("vimpo", beta=beta, value_coef=cv, truncated="zero_reward")
+    algo = get("vimpo", beta=beta, value_coef=cv)
     B, T = b.mask.shape
-    R = [0.0 if b.truncated[i] else float(b.rewards[i]) for i in range(B)]
+    R = [float(b.rewards[i]) for i in range(B)]
     S = [sum(float(b.logp[i, t] - b.ref_logp[i, t]) for t in range(T) if b.mask[i, t]) for i in range(B)]
     S_old = [sum(float(b.old_logp[i, t] - b.ref_logp[i, t]) for t in range(T) if b.mask[i, t]) for i in range(B)]
     gid = b.group_ids.tolist()
@@ -221,15 +223,16 @@ def test_kl_estimators_against_the_exact_kl_of_a_categorical(estimator):
 # ---- invariances ---------------------------------------------------------------------------------
 
 ALL = [(n, {}) for n in names()] + [("vimpo", {"advantage": a}) for a in ("mc", "residual", "outcome")] + [
-    ("vimpo", {"value_baseline": "soft", "beta": 0.5}), ("vimpo", {"truncated": "mask"}), ("vimpo", {"lam": 0.9})]
+    ("vimpo", {"value_baseline": "soft", "beta": 0.5}), ("vimpo", {"lam": 0.9}), ("vimpo", {"value_coef": 2.0})]
 
 
+@pytest.mark.parametrize("with_include", [False, True])
 @pytest.mark.parametrize("name,opts", ALL)
-def test_extra_masked_padding_changes_nothing(name, opts):
-    b = batch(seed=2)
+def test_extra_masked_padding_changes_nothing(name, opts, with_include):
+    b = batch(seed=2, with_include=with_include)
     pad = lambda t, v=0.0: torch.cat([t, torch.full((t.shape[0], 5), v)], 1)  # noqa: E731
     b2 = Batch(logp=pad(b.logp, 7.0), old_logp=pad(b.old_logp, -3.0), ref_logp=pad(b.ref_logp, 2.0),
-               mask=pad(b.mask), rewards=b.rewards, group_ids=b.group_ids, truncated=b.truncated)
+               mask=pad(b.mask), rewards=b.rewards, group_ids=b.group_ids, include=b.include)
     algo = get(name, **opts, **({"norm_len": 6} if name == "dr_grpo" else {}))
     torch.testing.assert_close(algo.advantages(b2)[:, :6], algo.advantages(b))
     assert algo.advantages(b2)[:, 6:].abs().max() == 0
@@ -277,7 +280,7 @@ def test_no_nan_on_hard_batches(name, opts):
         for logp, ref in ((extreme, -extreme), (torch.zeros(B, T), torch.zeros(B, T))):
             lp = logp.clone().requires_grad_(True)
             b = Batch(logp=lp, old_logp=torch.zeros(B, T), ref_logp=ref, mask=mask, rewards=rewards,
-                      group_ids=gid, truncated=torch.tensor([False, True, False, False, True, False]))
+                      group_ids=gid, include=torch.tensor([True, False, True, True, False, True]))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 algo = get(name, **opts)
@@ -305,7 +308,7 @@ def test_a_group_of_one_is_a_clear_error(name):
 def test_unknown_names_and_bad_values_list_what_is_valid():
     with pytest.raises(ValueError, match="valid algorithms: vimpo, grpo, dr_grpo, dapo, rloo"):
         get("ppo")
-    with pytest.raises(ValueError, match="valid options: beta, value_coef"):
+    with pytest.raises(ValueError, match="valid options: beta, value_scale, value_coef"):
         get("vimpo", kl_coef=0.1)
     with pytest.raises(ValueError, match="advantage must be one of"):
         get("vimpo", advantage="gae")
@@ -330,3 +333,65 @@ def test_whitened_advantages_have_unit_batch_std():
     adv = get("vimpo", advantage="mc", advantage_whiten=True).advantages(b)
     from vimpo_bench.algorithms.core import masked_std
     assert masked_std(adv, b.mask).item() == pytest.approx(1.0, rel=1e-4)
+
+
+# ---- the truncation rule `mask`: left-out responses count for nothing, in every algorithm ------------
+
+@pytest.mark.parametrize("name,opts", ALL)
+def test_left_out_responses_change_nothing(name, opts):
+    """Under `Batch.include`, anything about a left-out response (log-probs, reward) leaves the
+    advantages of the others, the loss and its gradient unchanged."""
+    b = batch(seed=4, B=16, groups=4, with_include=True)
+    out = (~b.include).float().unsqueeze(1)
+    poked = Batch(logp=b.logp + 3.0 * out, old_logp=b.old_logp - 2.0 * out, ref_logp=b.ref_logp + out,
+                  mask=b.mask, rewards=torch.where(b.include, b.rewards, 1 - b.rewards), group_ids=b.group_ids,
+                  include=b.include)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        algo = get(name, **opts)
+    kept = b.include.unsqueeze(1) & b.mask.bool()
+    torch.testing.assert_close(algo.advantages(poked)[kept], algo.advantages(b)[kept], atol=1e-6, rtol=1e-5)
+    grads = []
+    for x in (b, poked):
+        lp = x.logp.clone().requires_grad_(True)
+        loss, _ = algo.loss(Batch(**{**x.__dict__, "logp": lp}))
+        loss.backward()
+        grads.append((loss.item(), lp.grad[b.include]))
+    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-5, abs=1e-7)
+    torch.testing.assert_close(grads[0][1], grads[1][1], atol=1e-6, rtol=1e-5)
+
+
+def test_grpo_family_baselines_use_only_included_responses():
+    r = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    gid = torch.zeros(4, dtype=torch.long)
+    keep = torch.tensor([True, True, True, False]).float()
+    from vimpo_bench.algorithms import grpo, rloo
+
+    # included rewards 1, 0, 1: mean 2/3, sample std sqrt(1/3); the left-out row gets 0
+    want = torch.tensor([1 / 3, -2 / 3, 1 / 3, 0.0])
+    torch.testing.assert_close(grpo.advantages(r, gid, "none", weights=keep), want)
+    torch.testing.assert_close(grpo.advantages(r, gid, "std", weights=keep), want / (math.sqrt(1 / 3) + 1e-6))
+    # leave-one-out over the included: 1 - (0+1)/2, 0 - (1+1)/2, 1 - (1+0)/2
+    torch.testing.assert_close(rloo.advantages(r, gid, keep), torch.tensor([0.5, -1.0, 0.5, 0.0]))
+
+
+def test_dapo_constant_groups_use_a_tolerance():
+    """Equal float rewards that are not exactly representable leave a std of ~1e-8 after centring;
+    such a group is constant and DAPO drops it."""
+    from vimpo_bench.algorithms.grpo import non_constant_groups
+
+    r = torch.tensor([0.1, 0.1, 0.1, 0.7, 0.7, 0.7, 0.3, 0.3, 0.3, 0.3, 0.3, 0.2])
+    gid = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3])
+    assert non_constant_groups(r, gid).tolist() == [False] * 9 + [True] * 3
+
+
+def test_vimpo_holds_two_beta_cv_fixed_by_default():
+    for beta in (0.01, 0.05, 0.5):
+        algo = get("vimpo", beta=beta)
+        assert algo.effective_value_scale == pytest.approx(0.5)
+        assert algo.c_v == pytest.approx(0.5 / (2 * beta))
+    fixed = get("vimpo", beta=0.5, value_coef=5.0)  # c_V fixed instead: 2 beta c_V follows beta
+    assert fixed.c_v == 5.0 and fixed.effective_value_scale == pytest.approx(5.0)
+    assert get("vimpo").c_v == pytest.approx(5.0)  # the spec's starting point: beta 0.05, c_V 5
+    with pytest.raises(ValueError, match="value_scale"):
+        get("vimpo", value_scale=None, value_coef=None)

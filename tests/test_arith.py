@@ -17,7 +17,7 @@ def _problem(question: str, answer: str) -> Problem:
 
 
 def test_registry_builds_a_task_that_satisfies_the_protocol():
-    task = tasks.get("arith", digits=1, terms=2, n_train=10, n_test=5)
+    task = tasks.get("arith", digits=1, terms=2, n_train=10, n_test=5, n_validation=5)
     assert isinstance(task, ArithTask) and isinstance(task, Task)
     assert task.name == "arith"
 
@@ -109,7 +109,7 @@ def test_knobs_shape_the_questions():
         seen_ops.update(ops)
         assert task.grade(task.worked_solution(p), p)
     assert seen_ops == {"-", "*"}
-    one_digit = ArithTask(digits=1, terms=2, n_train=50, n_test=10)
+    one_digit = ArithTask(digits=1, terms=2, n_train=50, n_test=10, n_validation=10)
     assert all(0 <= x <= 9 for p in one_digit.problems("train") for x in parse_question(p.question)[0])
 
 
@@ -122,7 +122,8 @@ def test_knobs_shape_the_questions():
         ({"operators": "/"}, "unsupported operator(s) '/'"),
         ({"operators": ""}, "non-empty string"),
         ({"n_test": 0}, "n_test must be >= 1"),
-        ({"digits": 1, "terms": 2, "n_train": 95, "n_test": 10}, "only 100 distinct questions"),
+        ({"digits": 1, "terms": 2, "n_train": 85, "n_test": 10, "n_validation": 10}, "only 100 distinct questions"),
+        ({"n_validation": 0}, "n_validation must be >= 1"),
     ],
 )
 def test_bad_options_fail_with_a_clear_message(options, fragment):
@@ -132,14 +133,14 @@ def test_bad_options_fail_with_a_clear_message(options, fragment):
 
 
 def test_whole_space_can_be_drawn():
-    task = ArithTask(digits=1, terms=2, n_train=90, n_test=10)
-    questions = {p.question for p in task.problems("train") + task.problems("test")}
+    task = ArithTask(digits=1, terms=2, n_train=80, n_test=10, n_validation=10)
+    questions = {p.question for p in task.problems("train") + task.problems("validation") + task.problems("test")}
     assert len(questions) == 100
 
 
 def test_unknown_split(task):
-    with pytest.raises(ValueError, match="valid splits: train, test"):
-        task.problems("validation")
+    with pytest.raises(ValueError, match="valid splits: train, validation, test"):
+        task.problems("dev")
 
 
 def test_data_hash_is_sha256_of_question_answer_lines():

@@ -73,8 +73,10 @@ def test_math500_meta_and_math_train():
     assert [levels.count(level) for level in range(1, 6)] == [43, 90, 105, 128, 134]
     assert {p.meta["subject"] for p in problems} >= {"Algebra", "Geometry", "Precalculus"}
     train = MathTrain(data_dir=DATA)
-    assert len(train.problems("train")) == 7472
-    assert len(MathTrain(data_dir=DATA, min_level=3).problems("train")) == 5561
+    # 500 of the 7,472 training problems are held out as the validation split
+    assert len(train.problems("train")) + len(train.problems("validation")) == 7472
+    leveled = MathTrain(data_dir=DATA, min_level=3)
+    assert len(leveled.problems("train")) + len(leveled.problems("validation")) == 5561
     assert train.problems("test", limit=5) == problems[:5]
     with pytest.raises(ValueError, match="no 'train' split"):
         tasks.get("aime24", data_dir=DATA).problems("train")

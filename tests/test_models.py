@@ -154,9 +154,9 @@ def test_warm_start_skips_evaluation_on_the_loss_plateau(tmp_path):
     )
     record = json.loads((folder / WARM_START_RECORD).read_text())
     assert record["steps_run"] == 4 and record["val_accuracy"] == []
-    assert record["settings"]["n_val"] == 200 and record["settings"]["eval_every"] == 2
-    with pytest.raises(ValueError, match="n_train >= 400"):
-        warm_start_tiny_arith({"n_train": 300, "n_test": 20}, tmp_path, steps=1, target_accuracy=0.5)
+    assert record["settings"]["n_val"] == 500 and record["settings"]["eval_every"] == 2
+    # the stopping check reads the task's validation split: no training problem is held back for it
+    assert record["settings"]["task"]["n_validation"] == 500
 
 
 def test_greedy_accuracy_of_an_untrained_model_is_zero(tiny_policy):

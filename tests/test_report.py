@@ -16,7 +16,7 @@ from vimpo_bench import tracking
 from vimpo_bench.report import analysis as A
 from vimpo_bench.report import build_report, collect, stats
 from vimpo_bench.report.collect import ReportData
-from vimpo_bench.report.panels import PANELS
+from vimpo_bench.report.panels import PANELS, steps_display
 from vimpo_bench.report.synthetic import fresh_store, log_synthetic_study
 from vimpo_bench.tracking import MlflowTracker
 
@@ -110,13 +110,101 @@ def test_a_setting_varied_for_one_algorithm_only_splits_its_arm():
     assert A.arm_order(labels["arm"]) == ["vimpo[algo.beta=0.05]", "vimpo[algo.beta=0.1]", "grpo"]
 
 
+def test_bookkeeping_keys_never_define_arms_even_with_one_seed():
+    """One seed, 2 algorithms x 3 noise rates, and a run name, output folder and thread count per cell: the
+    one-seed study must still give one arm per algorithm (the bug: every cell was its own arm)."""
+    rows = [{"algo.name": a, "run.seed": 1, "reward.p": p, "run.run_name": f"{a}-1-p{p}",
+             "run.output_dir": f"runs/{a}-p{p}", "run.threads": 1 + i, "run.experiment": f"exp-{a}"}
+            for a in ("vimpo", "grpo") for i, p in enumerate((0.0, 0.1, 0.2))]
+    labels = A.label_arms(_data(rows))
+    assert sorted(set(labels["arm"])) == ["grpo", "vimpo"]
+    assert sorted(set(labels["condition"])) == ["reward.p=0.0", "reward.p=0.1", "reward.p=0.2"]
+    assert labels.attrs["condition_keys"] == ["reward.p"] and labels.attrs["variant_keys"] == []
+    # the noise panel's labelling leaves the rate out: one arm per algorithm, no condition
+    noisy = A.label_arms(_data(rows), exclude=A.NOISE_RATE_KEYS)
+    assert sorted(set(noisy["arm"])) == ["grpo", "vimpo"] and set(noisy["condition"]) == {""}
+
+
+def test_bookkeeping_keys_cover_what_config_hash_leaves_out():
+    """Every run.* key whose value does not change Config.hash() is a bookkeeping key of the report."""
+    import dataclasses
+
+    from vimpo_bench.config import Config, RunConfig
+
+    base = Config()
+    ignored = [f"run.{f.name}" for f in dataclasses.fields(RunConfig)
+               if dataclasses.replace(base, run=dataclasses.replace(base.run, **{f.name: "changed"})).hash() == base.hash()]
+    assert ignored and set(ignored) <= set(A.BOOKKEEPING_KEYS), ignored
+
+
+def _curve_case() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Arm a (runs r1, r2) and arm b (r3, r4), val/sampled_accuracy at steps 0, 10, 20; r1 and r3 take 2 s a
+    step, r2 and r4 3 s. Seed-means: a 0.2, 0.5, 0.7; b 0.2, 0.3, 0.4."""
+    values = {"r1": [0.2, 0.6, 0.7], "r2": [0.2, 0.4, 0.7], "r3": [0.2, 0.3, 0.5], "r4": [0.2, 0.3, 0.3]}
+    history = pd.DataFrame([{"run_id": r, "key": A.THRESHOLD_KEY, "step": step, "value": v,
+                             "time_s": step * (2.0 if r in ("r1", "r3") else 3.0)}
+                            for r, vs in values.items() for step, v in zip((0, 10, 20), vs, strict=True)])
+    labels = pd.DataFrame({"arm": ["a", "a", "b", "b"], "condition": "", "seed": ["1", "2", "1", "2"]},
+                          index=pd.Index(["r1", "r2", "r3", "r4"], name="run_id"))
+    return history, labels
+
+
+def test_first_reach_by_hand():
+    frame = pd.DataFrame({"g": ["x", "x", "x", "y", "y"], "step": [20, 0, 10, 0, 5], "time_s": [40, 0, 20, 0, 9],
+                          "value": [0.9, 0.1, 0.6, 0.1, 0.2], "threshold": 0.5})
+    hit = A.first_reach(frame, ["g"], value="value").set_index("g")
+    assert (hit.loc["x", "step"], hit.loc["x", "time_s"]) == (10, 20)  # the first in step order, not in row order
+    assert math.isnan(hit.loc["y", "step"]) and hit.loc["y", "points"] == 2
+
+
+def test_steps_to_threshold_by_hand():
+    history, labels = _curve_case()
+    curve = A.curves(history, labels, [A.THRESHOLD_KEY])
+    assert A.default_threshold(curve).to_dict() == {"": pytest.approx(0.45)}  # (0.2 start + 0.7 best end) / 2
+    t = A.steps_to_threshold(curve, history, labels).set_index("arm")
+    assert t.loc["a", "threshold"] == pytest.approx(0.45)
+    assert (t.loc["a", "step"], t.loc["a", "time_s"]) == (10, 25)  # seed-mean 0.5 at step 10, seeds at 20 s and 30 s
+    assert (t.loc["a", "seeds"], t.loc["a", "seeds_reached"]) == (2, 2)
+    assert (t.loc["a", "median_seed_step"], t.loc["a", "median_seed_time_s"]) == (15, 40)  # r1: 10 (20 s), r2: 20 (60 s)
+    assert math.isnan(t.loc["b", "step"]) and t.loc["b", "final_mean"] == pytest.approx(0.4)
+    # r3 reaches at step 20, r4 never: half the seeds is not a median, so "not reached"
+    assert t.loc["b", "seeds_reached"] == 1 and math.isnan(t.loc["b", "median_seed_step"])
+    given = A.steps_to_threshold(curve, history, labels, threshold=0.35).set_index("arm")
+    assert given.loc["b", "step"] == 20 and given.loc["b", "threshold"] == 0.35
+    flat = history.assign(value=0.2)  # nobody improves: no default threshold, nobody "reaches" the start
+    t_flat = A.steps_to_threshold(A.curves(flat, labels, [A.THRESHOLD_KEY]), flat, labels)
+    assert t_flat["threshold"].isna().all() and t_flat["step"].isna().all() and (t_flat["seeds_reached"] == 0).all()
+    shown = steps_display(t.reset_index())
+    assert list(shown["step (seed-mean)"]) == ["10", "not reached"]
+    assert list(shown["median step (per seed)"]) == ["15", "not reached"] and list(shown["seeds reached"]) == ["2/2", "1/2"]
+
+
+def test_machine_reads_run_tags_else_this_machine():
+    tags = pd.DataFrame({"versions.torch": ["2.13.0", "2.13.0"], "machine.platform": [None, "Linux-x"]})
+    m = A.machine(tags, {"platform": "here", "CPUs": 2, "torch": "9.9"}).set_index("item")
+    assert m.loc["torch", "value"] == "2.13.0" and m.loc["torch", "source"].startswith("run tag versions.torch")
+    assert m.loc["platform", "value"] == "Linux-x" and "1 of 2 runs" in m.loc["platform", "source"]
+    assert (m.loc["CPUs", "value"], m.loc["CPUs", "source"]) == ("2", "the reporting machine")
+
+
+def test_wall_times_sum_and_span():
+    t0 = pd.Timestamp("2026-01-01", tz="UTC")
+    runs = pd.DataFrame({"kind": ["train", "train", "eval"], "study": ["s", "s", "s"], "wall_s": [10.0, 20.0, 99.0],
+                         "start_time": [t0, t0 + pd.Timedelta(seconds=100), t0],
+                         "end_time": [t0 + pd.Timedelta(seconds=10), pd.NaT, t0]})  # the second is still running
+    w = A.wall_times(runs).set_index("study")
+    assert list(w.index) == ["all"] and w.loc["all", "runs"] == 2
+    assert w.loc["all", "wall_s_sum"] == 30 and w.loc["all", "span_s"] == 120
+
+
 # --- whole reports from a real MLflow store -------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """One sqlite store: study "full" (2 algos x 2 seeds x 2 noise rates, eval runs, a sweep, artifacts,
-    a completion with HTML in it) and study "bare" (one algorithm, no eval, sweep or artifacts)."""
+    a completion with HTML in it), study "bare" (one algorithm, no eval, sweep or artifacts) and study
+    "oneseed" (2 algos x 1 seed x 3 noise rates, each cell with its own run name and output folder)."""
     root = tmp_path_factory.mktemp("mlflow")
     uri = fresh_store(root)
     with pytest.MonkeyPatch.context() as mp:
@@ -125,8 +213,10 @@ def store(tmp_path_factory):
                                    evil_text=True)
         bare = log_synthetic_study(uri, study="bare", algos=("grpo",), seeds=(1,), steps=12, with_eval=False,
                                    with_sweep=False, with_artifacts=False)
+        oneseed = log_synthetic_study(uri, study="oneseed", seeds=(1,), noise_ps=(0.0, 0.1, 0.2), steps=6,
+                                      with_sweep=False, with_artifacts=False)
         evalfmt = _log_eval_like_vimpo_bench_eval(uri)
-    return {"uri": uri, "root": root, "full": full, "bare": bare, "evalfmt": evalfmt}
+    return {"uri": uri, "root": root, "full": full, "bare": bare, "oneseed": oneseed, "evalfmt": evalfmt}
 
 
 def _log_eval_like_vimpo_bench_eval(uri: str) -> dict[str, str]:
@@ -137,7 +227,7 @@ def _log_eval_like_vimpo_bench_eval(uri: str) -> dict[str, str]:
                                                        "vimpo.seed": 3, "vimpo.study": "evalfmt"}, tracking_uri=uri)
     train.log_params({"algo": {"name": "vimpo"}, "train": {"seed": 3}})
     for step in range(3):
-        train.log_metrics({"reward/clean_mean": 0.1 * step, "eval/greedy_accuracy": 0.2 + 0.1 * step}, step=step)
+        train.log_metrics({"reward/clean_mean": 0.1 * step, "val/greedy_accuracy": 0.2 + 0.1 * step}, step=step)
     records = "".join(json.dumps({"suite": "math500", "problem_id": f"p{i}", "sample_index": 0, "prompt": f"q{i}",
                                   "completion": f"a{i}", "extracted": str(i), "gold": str(i), "correct": i % 2 == 0})
                       + "\n" for i in range(6))
@@ -181,7 +271,7 @@ def test_runs_selected_by_id_bring_their_eval_children(store):
 
 def test_sql_history_equals_mlflow_public_api(store):
     ids = store["full"]["train"][:2]
-    keys = ["reward/clean_mean", "vimpo/ref_update", "eval/greedy_accuracy"]
+    keys = ["reward/clean_mean", "vimpo/ref_update", "val/greedy_accuracy"]
     fast = sorted(tracking.metric_histories(ids, keys, store["uri"]))
     client = tracking._client(store["uri"])
     slow = sorted(tracking._metric_histories_api(client, ids, keys))
@@ -219,15 +309,15 @@ def test_tables_are_written_as_csv(full_report):
     assert {"overview.csv", "learning_curves.csv", "final_eval.csv", "paired_diff.csv", "noisy_rewards.csv",
             "beta_sweep.csv", "ref_update_windows.csv", "adv_by_position.csv", "drilldown.csv",
             "provenance.csv"} <= names
-    assert all(p.parent == files.html.with_suffix("") for p in files.tables)
-    final = pd.read_csv(files.html.with_suffix("") / "final_eval.csv")
+    assert all(p.parent == files.folder for p in files.tables)
+    final = pd.read_csv(files.folder / "final_eval.csv")
     math500 = final[(final["suite"] == "math500") & (final["metric"] == "accuracy")]
     assert set(math500["arm"]) == {"vimpo", "grpo"} and (math500["n"] == 2).all()
     assert (math500["ci_low"] <= math500["mean"]).all() and (math500["mean"] <= math500["ci_high"]).all()
-    paired = pd.read_csv(files.html.with_suffix("") / "paired_diff.csv")
+    paired = pd.read_csv(files.folder / "paired_diff.csv")
     row = paired[(paired["suite"] == "math500") & paired["condition"].str.contains("reward.p=0.0")].iloc[0]
     assert (row["vimpo"], row["baseline"], row["n_pairs"], str(row["seeds"])) == ("vimpo", "grpo", 2, "1,2")
-    sweep = pd.read_csv(files.html.with_suffix("") / "beta_sweep.csv")
+    sweep = pd.read_csv(files.folder / "beta_sweep.csv")
     assert set(sweep["state"]) == {"COMPLETE", "PRUNED", "FAIL"} and len(sweep) == 8
 
 
@@ -247,7 +337,7 @@ def test_final_eval_paired_difference_by_hand(store):
 
 def test_missing_data_gives_panels_that_say_so(store, tmp_path):
     files = build_report(study="bare", out=tmp_path / "bare.html", tracking_uri=store["uri"])
-    html = files.html.read_text(encoding="utf-8")
+    html = files.page.read_text(encoding="utf-8")
     assert files.failed_panels == []
     for text in ("no beta-sweep trials in these runs", "no pi_ref updates in these runs",
                  "no diagnostics/adv_by_position*.jsonl artifacts", "no graded completions",
@@ -270,7 +360,7 @@ def test_eval_runs_as_vimpo_bench_eval_logs_them(store, tmp_path):
     run = data.runs.set_index("run_id").loc[store["evalfmt"]["train"]]
     assert run["status"] == "RUNNING" and run["wall_s"] >= 0
     files = build_report(study="evalfmt", out=tmp_path / "evalfmt.html", tracking_uri=store["uri"])
-    html = files.html.read_text(encoding="utf-8")
+    html = files.page.read_text(encoding="utf-8")
     assert files.failed_panels == [] and "not finished: RUNNING (1)" in html
     prov = pd.read_csv(tmp_path / "evalfmt" / "provenance.csv")
     assert "data.math500.sha256" in prov.columns
@@ -282,7 +372,7 @@ def test_selections_without_training_runs_render(store, tmp_path, kind):
     data = collect(study="full", tracking_uri=store["uri"])
     run_id = data.of_kind(kind)["run_id"].iloc[0]
     files = build_report(run_ids=[run_id], out=tmp_path / f"{kind}.html", tracking_uri=store["uri"])
-    html = files.html.read_text(encoding="utf-8")
+    html = files.page.read_text(encoding="utf-8")
     assert files.failed_panels == [] and "no training runs" in html
     assert ("fig-sweep-0" in html) == (kind == "study")
 
@@ -323,5 +413,127 @@ def test_cli_report_and_its_errors(store, tmp_path):
 def test_default_output_is_reports_name_html(store, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     files = build_report(study="bare", tracking_uri=store["uri"])
-    assert files.html == tmp_path / "reports" / "bare.html" or files.html.resolve() == (tmp_path / "reports" / "bare.html")
+    assert files.page.resolve() == (tmp_path / "reports" / "bare.html").resolve()
     assert (tmp_path / "reports" / "bare" / "overview.csv").is_file()
+
+
+def test_one_seed_noise_study_gives_one_line_per_algorithm(store, tmp_path):
+    files = build_report(study="oneseed", out=tmp_path / "oneseed.html", tracking_uri=store["uri"])
+    assert files.failed_panels == []
+    noisy = pd.read_csv(files.folder / "noisy_rewards.csv")
+    assert sorted(set(noisy["arm"])) == ["grpo", "vimpo"]
+    assert noisy.groupby("arm")["noise_rate"].apply(sorted).to_dict() == {"grpo": [0, 0.1, 0.2], "vimpo": [0, 0.1, 0.2]}
+    final = pd.read_csv(files.folder / "final_eval.csv")
+    assert sorted(set(final["arm"])) == ["grpo", "vimpo"] and final["condition"].nunique() == 3
+
+
+# --- the Markdown results page --------------------------------------------------------------------
+
+READING = "VIMPO is ahead on math500 at every noise rate; the gap is **not resolved** with 2 seeds."
+
+
+@pytest.fixture(scope="module")
+def markdown_report(store, tmp_path_factory):
+    root = tmp_path_factory.mktemp("md")
+    reading = root / "reading.md"
+    reading.write_text(READING + "\n", encoding="utf-8")
+    files = build_report(study="full", out=root / "full.md", tracking_uri=store["uri"], format="markdown",
+                         reading=reading)
+    return files, files.page.read_text(encoding="utf-8")
+
+
+def _links(md: str) -> list[str]:
+    return re.findall(r"\]\(([^)\s]+)\)", md)
+
+
+def test_markdown_page_links_real_pngs_and_csvs(markdown_report):
+    from urllib.parse import unquote
+
+    from PIL import Image
+
+    files, md = markdown_report
+    assert files.failed_panels == [] and files.page.suffix == ".md"
+    links = _links(md)
+    images = [link for link in links if link.endswith(".png")]
+    csvs = [link for link in links if link.endswith(".csv")]
+    assert len(images) >= 11 and len(csvs) >= 10
+    for link in images:
+        path = files.page.parent / unquote(link)
+        with Image.open(path) as im:
+            assert im.format == "PNG" and im.size[0] > 0 and im.size[1] > 0, link
+    for link in csvs:
+        assert len(pd.read_csv(files.page.parent / unquote(link))) > 0, link
+    assert {p.name for p in files.figures} == {link.rsplit("/", 1)[-1] for link in images}
+    for section in ("## Settings", "## Runs, time and machine", "## Final evaluation", "## Learning curves",
+                    "## Steps (and seconds) to reach a fixed accuracy", "## Noisy rewards", "## beta sweep",
+                    "## Moving pi_ref", "## VIMPO diagnostics", "## Provenance summary", "## Reading"):
+        assert section in md, section
+
+
+def test_markdown_final_eval_numbers_equal_the_csv(markdown_report):
+    files, md = markdown_report
+    final = pd.read_csv(files.folder / "final_eval.csv", keep_default_na=False)
+    section = md.split("## Final evaluation", 1)[1].split("###", 1)[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("| ")]
+    header, body = rows[0], rows[1:]
+    assert header[:3] == ["condition", "suite", "metric"] and header[3:] == ["vimpo", "grpo"]
+    checked = 0
+    for row in body:
+        for arm, cell in zip(header[3:], row[3:], strict=True):
+            m = re.fullmatch(r"(-?[\d.]+) \[(-?[\d.]+), (-?[\d.]+)\] n=(\d+)", cell)
+            assert m, cell
+            want = final[(final["condition"] == row[0]) & (final["suite"] == row[1]) & (final["metric"] == row[2])
+                         & (final["arm"] == arm)].iloc[0]
+            assert [float(x) for x in m.groups()[:3]] == [round(want[c], 3) for c in ("mean", "ci_low", "ci_high")]
+            assert int(m.group(4)) == want["n"]
+            checked += 1
+    assert checked == len(final) == 16  # 2 conditions x 4 suite/metric x 2 arms
+
+
+def test_markdown_has_the_command_settings_and_the_reading(markdown_report, store):
+    files, md = markdown_report
+    assert f"vimpo-bench report --study full --format markdown --tracking-uri {store['uri']}" in md
+    assert READING in md and "<!-- reading:" not in md
+    assert md.rstrip().endswith(READING)
+    settings = md.split("## Settings", 1)[1].split("## Runs", 1)[0]
+    assert "| optim.steps | 24 |" in settings  # shared by all runs
+    assert "| vimpo | reward.noise=none, reward.p=0.0 | 2 |" in settings  # per arm: 2 runs, then the keys
+    assert "run.run_name" not in settings.split("left out:", 1)[0]
+    steps = pd.read_csv(files.folder / "steps_to_threshold.csv")
+    assert set(steps["arm"]) == {"vimpo", "grpo"} and (steps["seeds"] == 2).all()
+    assert "torch | 2.13.0 | run tag versions.torch" in md
+
+
+def test_cli_markdown_without_reading_leaves_a_placeholder_and_says_what_is_missing(store, tmp_path):
+    from typer.testing import CliRunner
+
+    import vimpo_bench.cli.report  # noqa: F401  (registers the command)
+    from vimpo_bench.cli import app
+
+    out = tmp_path / "bare.md"
+    res = CliRunner().invoke(app, ["report", "--study", "bare", "--format", "markdown", "--out", str(out),
+                                   "--tracking-uri", store["uri"], "--threshold", "0.3"])
+    assert res.exit_code == 0, res.output
+    md = out.read_text(encoding="utf-8")
+    assert md.rstrip().endswith("## Reading\n\n<!-- reading: written by a person from the numbers above -->")
+    assert "--threshold 0.3" in md and "Threshold: given (--threshold 0.3)" in md
+    for line in ("No beta-sweep trials in these runs", "No pi_ref updates in these runs",
+                 "No paired difference", "No diagnostics/adv_by_position"):
+        assert line.lower() in md.lower(), line
+    assert all((tmp_path / "bare" / p).is_file() for p in ("overview.csv", "learning_curves.csv"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--format", "pdf"], "error: unknown format 'pdf': choose one of html, markdown"),
+    (["--reading", "nowhere.md"], "error: a reading file goes into Markdown pages only: add --format markdown"),
+    (["--format", "markdown", "--reading", "nowhere.md"], "error: reading file not found: nowhere.md"),
+])
+def test_cli_bad_format_or_reading_is_one_line(store, args, message):
+    from typer.testing import CliRunner
+
+    import vimpo_bench.cli.report  # noqa: F401  (registers the command)
+    from vimpo_bench.cli import app
+
+    res = CliRunner().invoke(app, ["report", "--study", "bare", "--tracking-uri", store["uri"], *args])
+    assert res.exit_code != 0
+    assert [line for line in res.output.splitlines() if line.strip()] == [message]

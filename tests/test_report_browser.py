@@ -53,7 +53,7 @@ def report(tmp_path_factory):
         _log_real_runs(uri)
         files = build_report(study=STUDY, out=root / "reports" / "check.html", tracking_uri=uri)
     assert files.failed_panels == []
-    return files.html
+    return files.page
 
 
 @pytest.fixture(scope="module")

@@ -148,7 +148,7 @@ study:
         assert t.user_attrs["mlflow_run_id"] == r.info.run_id
     assert by_trial[2].info.status == "KILLED"  # pruned: training stopped after its first evaluation
     assert by_trial[2].data.metrics["sweep/objective"] == 0.0
-    history = MlflowClient(store).get_metric_history(by_trial[2].info.run_id, "eval/sampled_accuracy")
+    history = MlflowClient(store).get_metric_history(by_trial[2].info.run_id, "val/sampled_accuracy")
     assert max(m.step for m in history) == 1
     assert by_trial[1].info.status == "FINISHED"
     assert by_trial[1].data.metrics["sweep/objective"] == trials[1].value

@@ -66,9 +66,9 @@ def test_every_algorithm_trains_and_is_recorded(algo, warm_model_dir, tmp_path, 
     assert rec.data.params["algo.name"] == algo
     assert rec.data.tags["vimpo.kind"] == "train" and rec.data.tags["git_commit"]
     assert rec.data.tags["versions.torch"].startswith("2.")
-    for name in ("reward/clean_mean", "reward/noisy_mean", "loss/total", "policy/kl_k3", "policy/entropy",
+    for name in ("reward/clean_mean", "reward/trained_mean", "loss/total", "policy/kl_k3", "policy/entropy",
                  "policy/clip_frac", "rollout/response_len", "perf/rollout_s", "perf/tokens_per_s",
-                 "eval/sampled_accuracy", "eval/greedy_accuracy"):
+                 "val/sampled_accuracy", "val/greedy_accuracy"):
         history = client.get_metric_history(result.run_id, name)
         assert history, name
     steps = [m.step for m in client.get_metric_history(result.run_id, "loss/total")]
@@ -78,6 +78,11 @@ def test_every_algorithm_trains_and_is_recorded(algo, warm_model_dir, tmp_path, 
         assert client.get_metric_history(result.run_id, "vimpo/abs_residual")
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"config.yaml", "samples", "diagnostics"} <= artifacts
+    # in-training evaluation reads the validation split, never test
+    sample_file = client.download_artifacts(result.run_id, "samples/step_000002.jsonl", str(tmp_path))
+    ids = {json.loads(line)["id"] for line in open(sample_file)}
+    assert ids and all(i.startswith("arith-validation-") for i in ids)
+    assert rec.data.tags["data.validation_sha256"] != rec.data.tags["data.test_sha256"]
 
 
 def test_noise_and_moving_reference_are_logged(warm_model_dir, tmp_path, store, monkeypatch):
@@ -92,6 +97,10 @@ def test_noise_and_moving_reference_are_logged(warm_model_dir, tmp_path, store, 
     assert client.get_metric_history(result.run_id, "vimpo/value_loss_post_ref_update")
     betas = sorted((m.step, m.value) for m in client.get_metric_history(result.run_id, "vimpo/beta"))
     assert betas[0][1] == pytest.approx(0.05) and betas[-1][1] == pytest.approx(0.01)
+    # 2 beta c_V is held at 0.5 while beta anneals: c_V grows as beta shrinks
+    scales = [m.value for m in client.get_metric_history(result.run_id, "vimpo/value_scale")]
+    coefs = sorted((m.step, m.value) for m in client.get_metric_history(result.run_id, "vimpo/value_coef"))
+    assert scales == pytest.approx([0.5] * len(scales)) and coefs[-1][1] == pytest.approx(0.5 / (2 * 0.01))
 
 
 def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(warm_model_dir, tmp_path, store, monkeypatch):
@@ -104,7 +113,7 @@ def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(warm_model_dir, t
     resumed = run(config, resume_run_id=cut.run_id, tracking_uri=store)
     assert resumed.run_id == cut.run_id and resumed.steps == 4
     client = MlflowClient(store)
-    for name in ("loss/total", "reward/noisy_mean", "policy/kl_k3", "eval/sampled_accuracy"):
+    for name in ("loss/total", "reward/trained_mean", "policy/kl_k3", "val/sampled_accuracy"):
         a = {m.step: m.value for m in client.get_metric_history(whole.run_id, name)}
         b = {m.step: m.value for m in client.get_metric_history(cut.run_id, name)}
         assert set(a) == set(b), name

@@ -128,7 +128,6 @@ def random_batch(B=12, T=7, groups=3, seed=0, scale=0.3):
         mask=mask,
         rewards=(torch.rand(B, generator=g) < 0.5).float(),
         group_ids=torch.arange(B) % groups,
-        truncated=torch.rand(B, generator=g) < 0.2,
     )
 
 
@@ -189,23 +188,19 @@ def test_outcome_advantage_is_reward_minus_root_value():
 
 def test_vimpo_loss_combines_actor_and_value_terms():
     b = random_batch(seed=6)
-    algo = get("vimpo", beta=0.1, value_coef=2.0, truncated="zero_reward")
+    algo = get("vimpo", beta=0.1, value_coef=2.0)
     loss, stats = algo.loss(b)
     assert loss.item() == pytest.approx(stats["loss/actor"] + 2.0 * stats["loss/value"], rel=1e-5)
-    # truncated responses count with R = 0 under zero_reward
-    r0 = torch.where(b.truncated, torch.zeros_like(b.rewards), b.rewards)
-    lv, _ = vimpo.value_loss(b.logp - b.ref_logp, b.mask, r0, b.group_ids, 0.1)
+    lv, _ = vimpo.value_loss(b.logp - b.ref_logp, b.mask, b.rewards, b.group_ids, 0.1)
     assert stats["loss/value"] == pytest.approx(lv.item(), rel=1e-6)
+    assert stats["vimpo/value_coef"] == 2.0 and stats["vimpo/value_scale"] == pytest.approx(0.4)
 
 
-def test_truncated_mask_leaves_responses_out_of_both_losses():
+def test_left_out_responses_are_out_of_both_losses_and_vhat():
+    """`Batch.include` (the truncation rule `mask`): L_V and Vhat are the ones of the kept responses."""
     b = random_batch(seed=7)
-    algo = get("vimpo", truncated="mask")
-    loss, _ = algo.loss(b)
-    # changing anything about truncated responses changes nothing
-    poke = b.truncated.unsqueeze(1).float()
-    b2 = Batch(logp=b.logp + 3 * poke, old_logp=b.old_logp - poke, ref_logp=b.ref_logp, mask=b.mask,
-               rewards=torch.where(b.truncated, 1 - b.rewards, b.rewards), group_ids=b.group_ids,
-               truncated=b.truncated)
-    loss2, _ = algo.loss(b2)
-    assert loss2.item() == pytest.approx(loss.item(), abs=1e-6)
+    keep = torch.rand(b.rewards.shape, generator=torch.Generator().manual_seed(1)) > 0.25
+    algo = get("vimpo", beta=0.1)
+    _, stats = algo.loss(Batch(**{**b.__dict__, "include": keep}))
+    lv, parts = vimpo.value_loss(b.logp[keep] - b.ref_logp[keep], b.mask[keep], b.rewards[keep], b.group_ids[keep], 0.1)
+    assert stats["loss/value"] == pytest.approx(lv.item(), rel=1e-6)

@@ -106,6 +106,9 @@ class RewardConfig:
     """Probability that a wrong answer is rewarded (asymmetric)."""
     fn: float = 0.0
     """Probability that a right answer is denied (asymmetric)."""
+    truncated: str = "zero_reward"
+    """Rule for responses cut at max_new_tokens, the same for every algorithm, applied before the noise:
+    zero_reward (terminal with R = 0) | mask (left out of the losses and group baselines)."""
 
 
 @dataclass
@@ -171,6 +174,12 @@ SECTIONS = {
 }
 # Keys a study file may carry that training itself does not read (studies and sweeps read them).
 STUDY_KEYS = ("study", "extends")
+# Dotted config keys that never change a result (names, output places, thread counts, how much is saved):
+# left out of `Config.hash()`, and never an arm or a condition in a report.
+BOOKKEEPING_KEYS = (
+    "run.experiment", "run.run_name", "run.output_dir", "run.log_checkpoint", "run.threads", "run.checkpoint_every",
+    "model.cache_dir", "eval.completions_logged",
+)
 
 
 @dataclass
@@ -178,7 +187,8 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     algo: dict = field(default_factory=lambda: {"name": "vimpo"})
-    """`name` plus the algorithm's options (see docs/algorithms.md); missing options take its defaults."""
+    """`name` plus the algorithm's options (see docs/algorithms.md); missing options take its defaults
+    (filled in when the Config is built, in code as from a study file)."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
@@ -187,14 +197,20 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
+    def __post_init__(self) -> None:
+        # The algorithm's defaults, whether the Config comes from a file or is built in code: a missing
+        # `beta` must not silently become 0 (GRPO would lose its KL term, VIMPO would refuse to start).
+        self.algo = _algo_section(self.algo, "config")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def hash(self) -> str:
         """Short stable hash of everything that changes the result (not names or output places)."""
         d = self.to_dict()
-        for key in ("experiment", "run_name", "output_dir", "log_checkpoint", "threads", "checkpoint_every"):
-            d["run"].pop(key, None)
+        for dotted in BOOKKEEPING_KEYS:
+            section, key = dotted.split(".")
+            d[section].pop(key, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     def make_algorithm(self, beta: float | None = None):
@@ -335,6 +351,8 @@ def _algo_section(value: Any, source: str) -> dict[str, Any]:
     for key, default in defaults.items():
         resolved[key] = value.get(key, default)
     unknown = sorted(set(value) - set(defaults) - {"name"})
+    if "truncated" in unknown:
+        raise ConfigError(f"{source}: algo.truncated is now reward.truncated: one truncation rule for every algorithm")
     if unknown:
         raise ConfigError(f"{source}: unknown algo option(s) {', '.join(unknown)} for {name!r}; valid: {', '.join(defaults)}")
     for key, default in defaults.items():
@@ -442,6 +460,7 @@ def validate(c: Config, source: str) -> None:
     for key in ("p", "fp", "fn"):
         if not 0 <= getattr(c.reward, key) <= 1:
             raise ConfigError(f"{source}: reward.{key}: a probability in [0, 1], got {getattr(c.reward, key)}")
+    _one_of(c.reward.truncated, ("zero_reward", "mask"), f"{source}: reward.truncated")
     _one_of(c.ref.schedule, ("frozen", "hard", "ema"), f"{source}: ref.schedule")
     _positive(c.ref.every, f"{source}: ref.every")
     if not 0 < c.ref.alpha <= 1:

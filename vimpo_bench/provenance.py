@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
+import platform
 import subprocess
 from pathlib import Path
 
@@ -30,3 +32,16 @@ def package_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             out[f"versions.{name}"] = "absent"
     return out
+
+
+def machine_state() -> dict[str, str]:
+    """The machine a run ran on (results pages say where numbers come from; wall times depend on it)."""
+    import torch
+
+    return {
+        "machine.platform": platform.platform(),
+        "machine.processor": platform.processor() or platform.machine(),
+        "machine.cpu_count": str(os.cpu_count()),
+        "machine.torch_threads": str(torch.get_num_threads()),
+        "machine.accelerator": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+    }

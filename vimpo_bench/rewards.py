@@ -3,6 +3,12 @@
 - `symmetric(p)`: flip a binary reward with probability p;
 - `asymmetric(fp, fn)`: a wrong answer is rewarded with probability fp, a right one denied with
   probability fn.
+
+Truncated responses (no EOS within the length limit) follow ONE rule for every algorithm, applied when
+the batch is scored and before any noise (`truncation_rule`): the grader alone can pass a cut response
+(a repeated final answer with no EOS), and noise must not flip a reward the rule has already decided.
+- `zero_reward` (default): terminal with R = 0;
+- `mask`: left out of the losses and the group baselines (`Batch.include`).
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import torch
 
 NOISE_MODELS = ("none", "symmetric", "asymmetric")
+TRUNCATION_RULES = ("zero_reward", "mask")
 
 
 def verifier_rewards(task, completions: list[str], problems: list) -> torch.Tensor:
@@ -32,3 +39,18 @@ def noisy_rewards(
     else:
         raise ValueError(f"unknown reward noise {noise!r}; valid: {', '.join(NOISE_MODELS)}")
     return torch.where(flip, 1.0 - clean, clean)
+
+
+def truncation_rule(
+    clean: torch.Tensor, truncated: torch.Tensor, rule: str
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Apply the truncation rule to verifier rewards. clean [B] float, truncated [B] bool.
+
+    Returns (rewards [B], include [B] bool or None): `zero_reward` sets R = 0 where truncated and
+    includes everything (None); `mask` keeps R and returns include = not truncated.
+    """
+    if rule == "zero_reward":
+        return torch.where(truncated, torch.zeros_like(clean), clean), None
+    if rule == "mask":
+        return clean.clone(), ~truncated
+    raise ValueError(f"unknown truncation rule {rule!r}; valid: {', '.join(TRUNCATION_RULES)}")

@@ -432,7 +432,7 @@ def run_cell(study: Study, planned: PlannedCell, parent_run_id: str, tracking_ur
                                progress=train_progress, tracking_uri=tracking_uri, tags=cell_tags(study, cell),
                                parent_run_id=parent_run_id)
             run_id = result.run_id
-            metrics.update({k: v for k, v in result.final.items() if k.startswith("eval/")})
+            metrics.update({k: v for k, v in result.final.items() if k.startswith("val/")})
         if study.suites:
             policy = Path(config.run.output_dir) / run_id / "checkpoint" / "policy"
             if not policy.is_dir():

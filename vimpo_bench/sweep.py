@@ -4,7 +4,7 @@ The study file declares the ranges (built-in defaults below cover the usual name
 
     study:
       sweep:
-        metric: eval/sampled_accuracy        # held-out metric of the training run's evaluations
+        metric: val/sampled_accuracy         # the training run's evaluations on the VALIDATION split
         direction: maximize
         params:
           beta: {key: algo.beta, low: 0.005, high: 0.5, log: true}
@@ -35,13 +35,16 @@ from vimpo_bench.config import ConfigError, _coerce
 from vimpo_bench.study import Study
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
-METRICS = ("eval/sampled_accuracy", "eval/greedy_accuracy")
+# Sweeps tune on the validation split, never on the test problems a study then reports.
+METRICS = ("val/sampled_accuracy", "val/greedy_accuracy")
 # name -> its config key and range, used unless the study file declares the name itself
 BUILTIN_PARAMS = {
     "beta": {"key": "algo.beta", "low": 0.005, "high": 0.5, "log": True},
     "lr": {"key": "optim.lr", "low": 1e-5, "high": 1e-3, "log": True},
+    "value_scale": {"key": "algo.value_scale", "low": 0.05, "high": 5.0, "log": True},
     "value_coef": {"key": "algo.value_coef", "low": 0.5, "high": 20.0, "log": True},
-    "clip": {"key": "algo.eps_high", "low": 0.1, "high": 0.4, "log": False},
+    # the clip range is symmetric here: both bounds move together (DAPO's clip-higher is its own option)
+    "clip": {"key": ["algo.eps_low", "algo.eps_high"], "low": 0.1, "high": 0.4, "log": False},
 }
 PARAM_FIELDS = ("key", "low", "high", "log", "step", "choices")
 SWEEP_FIELDS = ("metric", "direction", "params", "pruner", "sampler")
@@ -51,7 +54,8 @@ PRUNERS = ("median", "percentile", "threshold", "none")
 @dataclass(frozen=True)
 class Param:
     name: str
-    key: str
+    keys: tuple[str, ...]
+    """The config keys the suggested value is written to (several move together, e.g. both clip bounds)."""
     low: float | None = None
     high: float | None = None
     log: bool = False
@@ -66,10 +70,19 @@ class Param:
             return trial.suggest_int(self.name, self.low, self.high)
         return trial.suggest_float(self.name, self.low, self.high, log=self.log, step=self.step)
 
+    def assign(self, value: Any) -> dict[str, Any]:
+        """Dotted config key -> value for each of the parameter's keys."""
+        return {key: value for key in self.keys}
+
+    @property
+    def key(self) -> str:
+        """The keys as shown to a user: `algo.eps_low=algo.eps_high` when several move together."""
+        return "=".join(self.keys)
+
 
 @dataclass
 class SweepSpec:
-    metric: str = "eval/sampled_accuracy"
+    metric: str = "val/sampled_accuracy"
     direction: str = "maximize"
     pruner: dict = field(default_factory=lambda: {"kind": "median"})
     sampler: dict = field(default_factory=lambda: {"kind": "tpe", "seed": None})
@@ -85,7 +98,7 @@ def sweep_spec(study: Study) -> SweepSpec:
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(SWEEP_FIELDS)}")
     spec = SweepSpec(
-        metric=_coerce(raw.get("metric", "eval/sampled_accuracy"), str, f"{where}.metric"),
+        metric=_coerce(raw.get("metric", "val/sampled_accuracy"), str, f"{where}.metric"),
         direction=_coerce(raw.get("direction", "maximize"), str, f"{where}.direction"),
         pruner={"kind": "median", **_coerce(raw.get("pruner") or {}, dict, f"{where}.pruner")},
         sampler={"kind": "tpe", "seed": None, **_coerce(raw.get("sampler") or {}, dict, f"{where}.sampler")},
@@ -121,7 +134,7 @@ def resolve_params(study: Study, names: list[str]) -> list[Param]:
         params.append(_param(name, raw, here))
     for p in params:  # both ends of each range must make a valid config
         for value in ([p.low, p.high] if p.choices is None else list(p.choices)):
-            study.base_config({p.key: value}, f"sweep parameter {p.name} ({p.key}={value})")
+            study.base_config(p.assign(value), f"sweep parameter {p.name} ({p.key}={value})")
     return params
 
 
@@ -132,13 +145,14 @@ def _param(name: str, raw: Any, where: str) -> Param:
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(PARAM_FIELDS)}")
     key = raw.get("key", name)
-    if not isinstance(key, str) or "." not in key:
-        raise ConfigError(f"{where}.key: a config key such as algo.beta, got {key!r}")
+    keys = tuple(key) if isinstance(key, list) else (key,)
+    if not keys or not all(isinstance(k, str) and "." in k for k in keys):
+        raise ConfigError(f"{where}.key: a config key such as algo.beta (or a list of them), got {key!r}")
     if "choices" in raw:
         choices = raw["choices"]
         if not isinstance(choices, list) or not choices:
             raise ConfigError(f"{where}.choices: a non-empty list, got {choices!r}")
-        return Param(name, key, choices=tuple(choices))
+        return Param(name, keys, choices=tuple(choices))
     if "low" not in raw or "high" not in raw:
         raise ConfigError(f"{where}: needs low and high (or choices)")
     low, high = (_number(raw[k], f"{where}.{k}") for k in ("low", "high"))
@@ -148,7 +162,7 @@ def _param(name: str, raw: Any, where: str) -> Param:
     if log and low <= 0:
         raise ConfigError(f"{where}: a log range needs low > 0, got {low}")
     step = raw.get("step")
-    return Param(name, key, low, high, log, None if step is None else _coerce(step, float, f"{where}.step"))
+    return Param(name, keys, low, high, log, None if step is None else _coerce(step, float, f"{where}.step"))
 
 
 def _number(value: Any, where: str) -> int | float:
@@ -293,7 +307,8 @@ def run_trial(job: SweepJob, trial, progress=None) -> None:
     from vimpo_bench.train import EarlyStop, run
 
     values = {p.name: p.suggest(trial) for p in job.params}
-    config = job.study.base_config({p.key: values[p.name] for p in job.params}, f"trial {trial.number}")
+    assigned = {key: value for p in job.params for key, value in p.assign(values[p.name]).items()}
+    config = job.study.base_config(assigned, f"trial {trial.number}")
     config.run.run_name = f"{job.optuna_name}#{trial.number}"
     if job.threads and config.run.threads is None:
         config.run.threads = job.threads

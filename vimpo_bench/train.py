@@ -7,6 +7,7 @@ a tracker (default: one that records nothing) so that it can be used from a note
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -28,9 +29,9 @@ from vimpo_bench.algorithms.vimpo import value_loss
 from vimpo_bench.config import Config, from_dict
 from vimpo_bench.logprobs import token_logprobs
 from vimpo_bench.models import frozen_copy, load_policy
-from vimpo_bench.provenance import git_state, package_versions
+from vimpo_bench.provenance import git_state, machine_state, package_versions
 from vimpo_bench.reference import beta_at, is_ref_update_step, lr_factor, update_reference
-from vimpo_bench.rewards import noisy_rewards, verifier_rewards
+from vimpo_bench.rewards import noisy_rewards, truncation_rule, verifier_rewards
 from vimpo_bench.rollout.base import Rollouts, SamplingParams
 from vimpo_bench.tracking import MlflowTracker, NullTracker, Tracker
 
@@ -57,17 +58,18 @@ class TrainResult:
         return {
             "run_id": self.run_id,
             "steps": self.steps,
-            "initial_greedy_accuracy": self.initial.get("eval/greedy_accuracy"),
-            "initial_sampled_accuracy": self.initial.get("eval/sampled_accuracy"),
-            "final_greedy_accuracy": self.final.get("eval/greedy_accuracy"),
-            "final_sampled_accuracy": self.final.get("eval/sampled_accuracy"),
+            "split": "validation",
+            "initial_greedy_accuracy": self.initial.get("val/greedy_accuracy"),
+            "initial_sampled_accuracy": self.initial.get("val/sampled_accuracy"),
+            "final_greedy_accuracy": self.final.get("val/greedy_accuracy"),
+            "final_sampled_accuracy": self.final.get("val/sampled_accuracy"),
             "wall_seconds": round(self.wall_seconds, 2),
             "checkpoint": self.checkpoint,
         }
 
 
 Progress = Callable[[str, int, int, dict], None]  # (phase, done, total, latest metrics)
-OnEval = Callable[[int, dict], None]  # (step, held-out metrics) after each evaluation past step 0; may raise EarlyStop
+OnEval = Callable[[int, dict], None]  # (step, validation metrics) after each evaluation past step 0; may raise EarlyStop
 
 
 def step_seed(seed: int, step: int, stream: int) -> int:
@@ -137,9 +139,11 @@ def record_run(tracker: Tracker, config: Config, task, tags: dict | None = None)
         "vimpo.config_hash": config.hash(),
         "grader_version": grading_version(config.task.name),
         "data.train_sha256": task.data_hash("train"),
+        "data.validation_sha256": task.data_hash("validation"),
         "data.test_sha256": task.data_hash("test"),
         **git_state(),
         **package_versions(),
+        **machine_state(),
         **(tags or {}),
     })
     tracker.log_dict(config.to_dict(), "config.yaml")
@@ -158,7 +162,8 @@ def train(
     on_eval: OnEval | None = None,
 ) -> TrainResult:
     """Run the RL loop. `stop_after` ends the call after that many steps (checkpointed), as a kill would.
-    `on_eval(step, metrics)` sees each held-out evaluation after step 0 (a sweep reports and prunes there)."""
+    `on_eval(step, metrics)` sees each validation evaluation after step 0 (a sweep reports and prunes there).
+    In-training evaluation uses the task's validation split; the test split is for `vimpo-bench eval`."""
     tracker = tracker or NullTracker()
     started = time.perf_counter()
     if config.run.threads:
@@ -169,7 +174,7 @@ def train(
     # -- setup: task, policy, frozen reference, generator, optimizer ---------------------------
     task = task_registry.get(config.task.name, **config.task.options)
     train_pool = task.problems("train")
-    heldout = task.problems("test", limit=config.eval.problems)
+    heldout = task.problems("validation", limit=config.eval.problems)
     warm = {"steps": config.model.warm_start_steps, "batch_size": config.model.warm_start_batch_size,
             "lr": config.model.warm_start_lr, "seed": config.run.seed}
     if progress:
@@ -220,8 +225,8 @@ def train(
                             done, initial, tokenizer)
         if progress:
             progress("train", done, config.optim.steps, metrics)
-        if on_eval and "eval/sampled_accuracy" in metrics:
-            on_eval(done, {k: v for k, v in metrics.items() if k.startswith("eval/")})
+        if on_eval and "val/sampled_accuracy" in metrics:
+            on_eval(done, {k: v for k, v in metrics.items() if k.startswith("val/")})
 
     final_dir = checkpoint_dir(config, tracker)
     if end_step == config.optim.steps and config.run.log_checkpoint and tracker.run_id:
@@ -235,7 +240,7 @@ def rl_step(config, task, train_pool, prompt_text, policy, reference, generator,
     """One RL step in labelled phases; returns its metrics (and the batch under `_batch`)."""
     seed = config.run.seed
     timer = PhaseTimer()
-    beta = beta_at(config.beta_schedule.kind, config.algo.get("beta", 0.0), config.beta_schedule.final, step,
+    beta = beta_at(config.beta_schedule.kind, config.algo["beta"], config.beta_schedule.final, step,
                    config.optim.steps)
     algo = config.make_algorithm(beta=beta)
     if "norm_len" in config.algo and config.algo["norm_len"] is None:
@@ -250,26 +255,21 @@ def rl_step(config, task, train_pool, prompt_text, policy, reference, generator,
         params = sampling_params(config, n=config.rollout.group_size)
         rollouts = generator.generate([prompt_text(p) for p in problems], params, seed=step_seed(seed, step, 1))
 
-    # -- scoring: verifier reward, then the noise model (the algorithm sees only the noisy one) -----
+    # -- scoring: verifier, then the truncation rule, then the noise model -------------------------
+    # One rule for every algorithm, before the noise: the algorithm sees only `rewards`.
     with timer("scoring"):
-        per_row = [problems[int(g)] for g in rollouts.group_ids]
-        clean = verifier_rewards(task, rollouts.texts, per_row)
-        noise_rng = torch.Generator().manual_seed(step_seed(seed, step, 2))
-        rewards = noisy_rewards(clean, config.reward.noise, noise_rng, config.reward.p, config.reward.fp,
-                                config.reward.fn)
+        graded, clean, rewards, include = score(config, task, problems, rollouts, step)
 
     # -- log-probs of the sampled tokens under pi_old (= the policy now) and pi_ref; no gradient ---
-    with timer("logprob"), torch.no_grad():
-        mb = config.optim.logprob_microbatch
-        old_logp, entropy = token_logprobs(policy, rollouts.prompt_ids, rollouts.prompt_mask, rollouts.response_ids,
-                                           rollouts.response_mask, with_entropy=True, microbatch_size=mb)
-        ref_logp, _ = token_logprobs(reference, rollouts.prompt_ids, rollouts.prompt_mask, rollouts.response_ids,
-                                     rollouts.response_mask, microbatch_size=mb)
+    # At the sampling temperature (ratios and KL refer to the distribution that sampled), dropout off.
+    with timer("logprob"), torch.no_grad(), eval_mode(policy):
+        old_logp, entropy = sampled_logprobs(config, policy, rollouts, with_entropy=True)
+        ref_logp, _ = sampled_logprobs(config, reference, rollouts)
 
     # -- advantages: once over the whole batch (group statistics need every member) ---------------
     mask = rollouts.response_mask.float()
     full = Batch(logp=old_logp, old_logp=old_logp, ref_logp=ref_logp, mask=mask, rewards=rewards,
-                 group_ids=rollouts.group_ids, truncated=rollouts.truncated)
+                 group_ids=rollouts.group_ids, include=include)
     full = full.with_advantages(algo.advantages(full))
 
     # -- update: PPO epochs over minibatches of whole groups, gradient accumulation, clipping ------
@@ -277,11 +277,13 @@ def rl_step(config, task, train_pool, prompt_text, policy, reference, generator,
         stats = ppo_update(config, algo, policy, optimizer, scheduler, rollouts, full, step)
 
     response_tokens = mask.sum().item()
+    kept = torch.ones_like(clean, dtype=torch.bool) if include is None else include
     metrics = {
-        "reward/noisy_mean": rewards.mean().item(),
-        "reward/clean_mean": clean.mean().item(),
-        "reward/accuracy": clean.mean().item(),
+        "reward/trained_mean": rewards[kept].mean().item() if kept.any() else float("nan"),
+        "reward/clean_mean": clean[kept].mean().item() if kept.any() else float("nan"),
         "reward/flip_rate": (rewards != clean).float().mean().item(),
+        "reward/truncated_passed_rate": (graded.bool() & rollouts.truncated).float().mean().item(),
+        "reward/kept_fraction": kept.float().mean().item(),
         **stats,
         "vimpo/beta": beta,
         "policy/entropy": masked_mean(entropy, mask).item(),
@@ -291,8 +293,26 @@ def rl_step(config, task, train_pool, prompt_text, policy, reference, generator,
         **timer.metrics(),
     }
     metrics["perf/tokens_per_s"] = (rollouts.prompt_mask.sum().item() + response_tokens) / metrics["perf/step_s"]
+    if config.algo["name"] == "vimpo":
+        metrics["vimpo/value_coef"], metrics["vimpo/value_scale"] = algo.c_v, algo.effective_value_scale
     metrics["_batch"] = {"full": full, "rollouts": rollouts, "clean": clean, "algo": algo}
     return metrics
+
+
+def score(config: Config, task, problems: list, rollouts: Rollouts, step: int):
+    """Rewards of a step's responses, the same for every algorithm: the grader, then the truncation rule
+    (`reward.truncated`), then the noise model (seeded by run seed and step).
+
+    Returns (graded, clean, rewards, include): graded [B] the grader's verdict; clean [B] after the
+    truncation rule; rewards [B] after the noise (what the algorithm trains on); include [B] bool or
+    None (the rule `mask` leaves truncated responses out)."""
+    per_row = [problems[int(g)] for g in rollouts.group_ids]
+    graded = verifier_rewards(task, rollouts.texts, per_row)
+    clean, include = truncation_rule(graded, rollouts.truncated, config.reward.truncated)
+    noise_rng = torch.Generator().manual_seed(step_seed(config.run.seed, step, 2))
+    rewards = noisy_rewards(clean, config.reward.noise, noise_rng, config.reward.p, config.reward.fp,
+                            config.reward.fn)
+    return graded, clean, rewards, include
 
 
 def ppo_update(config, algo, policy, optimizer, scheduler, rollouts: Rollouts, full: Batch, step: int) -> dict:
@@ -307,7 +327,8 @@ def ppo_update(config, algo, policy, optimizer, scheduler, rollouts: Rollouts, f
             for micro_groups in torch.tensor_split(minibatch_groups, config.optim.grad_accum):
                 rows = torch.isin(full.group_ids, micro_groups).nonzero().squeeze(1)
                 logp, _ = token_logprobs(policy, rollouts.prompt_ids[rows], rollouts.prompt_mask[rows],
-                                         rollouts.response_ids[rows], rollouts.response_mask[rows])
+                                         rollouts.response_ids[rows], rollouts.response_mask[rows],
+                                         temperature=config.rollout.temperature)
                 micro = dataclasses.replace(full.select(rows), logp=logp)
                 loss, stats = algo.loss(micro)
                 if not torch.isfinite(loss):
@@ -328,31 +349,54 @@ def ppo_update(config, algo, policy, optimizer, scheduler, rollouts: Rollouts, f
 
 
 def move_reference(config, policy, reference, batch_info) -> dict:
-    """Move pi_ref and log the value loss and mean terminal residual on this batch before and after."""
+    """Move pi_ref; for VIMPO also log its value loss and mean terminal residual on this batch just before
+    and after (each move redefines V's zero point), with the run's own baseline and truncation rule."""
     full, rollouts, algo = batch_info["full"], batch_info["rollouts"], batch_info["algo"]
     out = {"vimpo/ref_update": 1.0}
-    beta = getattr(algo, "beta", 0.0) or 0.0
-    with torch.no_grad():
-        args = (rollouts.prompt_ids, rollouts.prompt_mask, rollouts.response_ids, rollouts.response_mask)
-        policy_logp, _ = token_logprobs(policy, *args)
-        if beta > 0:
-            pre, parts = value_loss(policy_logp - full.ref_logp, full.mask, full.rewards, full.group_ids, beta)
-            out["vimpo/value_loss_pre_ref_update"] = pre.item()
-            out["vimpo/residual_pre_ref_update"] = parts["delta"].mean().item()
+    if config.algo["name"] != "vimpo":
         update_reference(reference, policy, config.ref.schedule, config.ref.alpha)
-        if beta > 0:
-            new_ref_logp, _ = token_logprobs(reference, *args)
-            post, parts = value_loss(policy_logp - new_ref_logp, full.mask, full.rewards, full.group_ids, beta)
-            out["vimpo/value_loss_post_ref_update"] = post.item()
-            out["vimpo/residual_post_ref_update"] = parts["delta"].mean().item()
+        return out
+
+    def value_loss_against(ref_logp: torch.Tensor) -> tuple[float, float]:
+        loss, parts = value_loss(policy_logp - ref_logp, full.mask, full.rewards, full.group_ids, algo.beta,
+                                 algo.value_baseline, full.include)
+        kept = full.weights if full.weights is not None else torch.ones_like(parts["delta"])
+        return loss.item(), masked_mean(parts["delta"], kept).item()
+
+    with torch.no_grad(), eval_mode(policy):
+        policy_logp, _ = sampled_logprobs(config, policy, rollouts)
+        pre = value_loss_against(full.ref_logp)
+        update_reference(reference, policy, config.ref.schedule, config.ref.alpha)
+        post = value_loss_against(sampled_logprobs(config, reference, rollouts)[0])
+    out["vimpo/value_loss_pre_ref_update"], out["vimpo/residual_pre_ref_update"] = pre
+    out["vimpo/value_loss_post_ref_update"], out["vimpo/residual_post_ref_update"] = post
     return out
+
+
+def sampled_logprobs(config: Config, model, rollouts: Rollouts, with_entropy: bool = False):
+    """Per-token log-probs (and entropy) of the rollouts at the sampling temperature; the caller sets
+    no_grad and the model's mode."""
+    return token_logprobs(model, rollouts.prompt_ids, rollouts.prompt_mask, rollouts.response_ids,
+                          rollouts.response_mask, with_entropy=with_entropy,
+                          microbatch_size=config.optim.logprob_microbatch, temperature=config.rollout.temperature)
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """Dropout off inside (old and reference log-probs are no-gradient measurements), mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 # ----------------------------------------------------------------------------------- evaluation
 
 
 def evaluate_heldout(config, generator, task, heldout, prompt_text, step: int, tracker: Tracker) -> dict:
-    """Held-out accuracy: greedy (one sample) and sampled (eval.samples at the rollout temperature)."""
+    """Validation accuracy: greedy (one sample) and sampled (eval.samples at the rollout temperature)."""
     prompts = [prompt_text(p) for p in heldout]
     out = {}
     records = []
@@ -360,14 +404,14 @@ def evaluate_heldout(config, generator, task, heldout, prompt_text, step: int, t
         greedy = generator.generate(prompts, sampling_params(config, n=1, greedy=True),
                                     seed=step_seed(config.run.seed, step, 4))
         correct = [task.grade(t, p) for t, p in zip(greedy.texts, heldout, strict=True)]
-        out["eval/greedy_accuracy"] = sum(correct) / len(correct)
+        out["val/greedy_accuracy"] = sum(correct) / len(correct)
         records += [{"step": step, "mode": "greedy", "id": p.id, "prompt": prompts[i], "completion": greedy.texts[i],
                      "answer": task.extract(greedy.texts[i]), "gold": p.answer, "correct": correct[i]}
                     for i, p in enumerate(heldout[: config.eval.completions_logged])]
     sampled = generator.generate(prompts, sampling_params(config, n=config.eval.samples),
                                  seed=step_seed(config.run.seed, step, 5))
     graded = [task.grade(t, heldout[int(g)]) for t, g in zip(sampled.texts, sampled.group_ids, strict=True)]
-    out["eval/sampled_accuracy"] = sum(graded) / len(graded)
+    out["val/sampled_accuracy"] = sum(graded) / len(graded)
     shown = min(len(sampled.texts), config.eval.completions_logged)
     records += [{"step": step, "mode": "sampled", "id": heldout[int(sampled.group_ids[i])].id,
                  "completion": sampled.texts[i], "answer": task.extract(sampled.texts[i]),

@@ -17,7 +17,9 @@ class Batch:
     mask       [B, T]  1 on response tokens, 0 on padding
     rewards    [B]     outcome reward of each response (the one the algorithm trains on)
     group_ids  [B]     int; responses to the same prompt share an id
-    truncated  [B]     bool; True when the response hit the length limit without EOS
+    include    [B]     optional bool: responses the losses and group baselines use (None = all). The
+                       trainer's truncation rule `mask` leaves truncated responses out this way; the
+                       rule `zero_reward` keeps them with R = 0 (set when the batch is scored)
     advantages [B, T]  optional precomputed advantages (computed once over the whole batch, then
                        carried into minibatches); None -> the algorithm computes them
     """
@@ -28,7 +30,7 @@ class Batch:
     mask: torch.Tensor
     rewards: torch.Tensor
     group_ids: torch.Tensor
-    truncated: torch.Tensor | None = None
+    include: torch.Tensor | None = None
     advantages: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
@@ -41,17 +43,20 @@ class Batch:
         for name in ("rewards", "group_ids"):
             if getattr(self, name).shape != (shape[0],):
                 raise ValueError(f"{name} must be [B] = [{shape[0]}], got {tuple(getattr(self, name).shape)}")
-        if self.truncated is not None and self.truncated.shape != (shape[0],):
-            raise ValueError(f"truncated must be [B] = [{shape[0]}], got {tuple(self.truncated.shape)}")
+        if self.include is not None and self.include.shape != (shape[0],):
+            raise ValueError(f"include must be [B] = [{shape[0]}], got {tuple(self.include.shape)}")
         if self.advantages is not None and self.advantages.shape != shape:
             raise ValueError(f"advantages must be [B, T] = {tuple(shape)}, got {tuple(self.advantages.shape)}")
 
     @property
-    def is_truncated(self) -> torch.Tensor:
-        """[B] bool, all False when the batch carries no truncation flags."""
-        if self.truncated is None:
-            return torch.zeros(self.logp.shape[0], dtype=torch.bool, device=self.logp.device)
-        return self.truncated.bool()
+    def weights(self) -> torch.Tensor | None:
+        """[B] float 0/1 weights of `include` for the group statistics, or None (every response counts)."""
+        return None if self.include is None else self.include.float()
+
+    def response_mask(self) -> torch.Tensor:
+        """[B, T] float: `mask` with the left-out responses' tokens zeroed (what the losses aggregate)."""
+        mask = self.mask.float()
+        return mask if self.include is None else mask * self.include.float().unsqueeze(1)
 
     def with_advantages(self, advantages: torch.Tensor) -> Batch:
         return replace(self, advantages=advantages)
@@ -66,6 +71,6 @@ class Batch:
             mask=self.mask[rows],
             rewards=self.rewards[rows],
             group_ids=self.group_ids[rows],
-            truncated=pick(self.truncated),
+            include=pick(self.include),
             advantages=pick(self.advantages),
         )

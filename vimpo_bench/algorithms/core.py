@@ -64,14 +64,15 @@ def group_mean(values: torch.Tensor, group_ids: torch.Tensor, weights: torch.Ten
     return group_sum(values, group_ids, weights) / group_count(group_ids, weights).clamp(min=1.0)
 
 
-def group_std(values: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+def group_std(values: torch.Tensor, group_ids: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """For each response, the sample (n-1) standard deviation of `values` over its group. [B] -> [B].
 
-    Sample std as TRL's GRPO uses (torch.std). Groups of one have no std: callers must reject them.
+    Sample std as TRL's GRPO uses (torch.std). Members with weight 0 are left out (n counts the rest).
+    Groups of one have no std: callers must reject them (or, with weights, give them no advantage).
     """
-    mean = group_mean(values, group_ids)
-    sq = group_sum((f32(values) - mean) ** 2, group_ids)
-    return (sq / (group_count(group_ids) - 1.0).clamp(min=1.0)).sqrt()
+    mean = group_mean(values, group_ids, weights)
+    sq = group_sum((f32(values) - mean) ** 2, group_ids, weights)
+    return (sq / (group_count(group_ids, weights) - 1.0).clamp(min=1.0)).sqrt()
 
 
 def require_group_size(group_ids: torch.Tensor, minimum: int, why: str) -> None:

@@ -43,23 +43,37 @@ from vimpo_bench.algorithms.core import (
 SCALES = ("std", "none")
 
 
-def advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale: str = "std", eps: float = 1e-6) -> torch.Tensor:
+# Group reward spreads at or below this count as constant: float rewards that are equal in value can
+# leave a std of ~1e-8 after the mean is subtracted, and such a group carries no signal either.
+CONSTANT_GROUP_TOL = 1e-6
+
+
+def advantages(
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    scale: str = "std",
+    eps: float = 1e-6,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Group-relative outcome advantages. rewards, group_ids: [B] -> [B] float32.
 
     scale="std": (R - group mean) / (group sample std + eps) (GRPO); "none": R - group mean (Dr. GRPO).
-    All-equal groups give exactly 0.
+    All-equal groups give exactly 0. `weights` [B] 0/1 leave responses out of the group statistics
+    (the truncation rule `mask`); left-out responses get advantage 0.
     """
-    centred = f32(rewards) - group_mean(rewards, group_ids)
-    if scale == "none":
-        return centred
+    centred = f32(rewards) - group_mean(rewards, group_ids, weights)
     if scale == "std":
-        return centred / (group_std(rewards, group_ids) + eps)
-    raise ValueError(f"unknown scale {scale!r}; valid: {', '.join(SCALES)}")
+        centred = centred / (group_std(rewards, group_ids, weights) + eps)
+    elif scale != "none":
+        raise ValueError(f"unknown scale {scale!r}; valid: {', '.join(SCALES)}")
+    return centred if weights is None else centred * f32(weights)
 
 
-def non_constant_groups(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
-    """[B] bool: True for responses whose group has at least two different rewards."""
-    return group_std(rewards, group_ids) > 0
+def non_constant_groups(
+    rewards: torch.Tensor, group_ids: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """[B] bool: True for responses whose group's rewards differ (spread above CONSTANT_GROUP_TOL)."""
+    return group_std(rewards, group_ids, weights) > CONSTANT_GROUP_TOL
 
 
 @dataclass(frozen=True)
@@ -88,19 +102,22 @@ class Grpo:
         check(self.scale in SCALES, f"scale must be one of {SCALES}, got {self.scale!r}")
         check_ppo(self)
 
-    def sequence_advantages(self, rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
-        """One advantage per response [B]."""
+    def sequence_advantages(
+        self, rewards: torch.Tensor, group_ids: torch.Tensor, weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """One advantage per response [B] (`weights`: see `advantages`)."""
         require_group_size(group_ids, 2, f"{self.name}'s group baseline")
-        return advantages(rewards, group_ids, self.scale)
+        return advantages(rewards, group_ids, self.scale, weights=weights)
 
     def advantages(self, batch: Batch) -> torch.Tensor:
         """The response's advantage on each of its tokens [B, T]."""
-        return self.sequence_advantages(batch.rewards, batch.group_ids).unsqueeze(1) * f32(batch.mask)
+        return self.sequence_advantages(batch.rewards, batch.group_ids, batch.weights).unsqueeze(1) * f32(batch.mask)
 
     def loss_mask(self, batch: Batch) -> torch.Tensor:
-        mask = f32(batch.mask)
+        """Tokens the loss aggregates: left-out responses and (DAPO) constant groups are zeroed."""
+        mask = batch.response_mask()
         if self.drop_constant_groups:
-            mask = mask * non_constant_groups(batch.rewards, batch.group_ids).float().unsqueeze(1)
+            mask = mask * non_constant_groups(batch.rewards, batch.group_ids, batch.weights).float().unsqueeze(1)
         return mask
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:

@@ -20,12 +20,18 @@ from vimpo_bench.algorithms.core import f32, group_count, group_sum, require_gro
 from vimpo_bench.algorithms.grpo import Grpo
 
 
-def advantages(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
-    """Leave-one-out advantages. rewards, group_ids: [B] -> [B] float32 (groups need >= 2 members)."""
+def advantages(rewards: torch.Tensor, group_ids: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Leave-one-out advantages. rewards, group_ids: [B] -> [B] float32 (groups need >= 2 members).
+
+    `weights` [B] 0/1 leave responses out (the truncation rule `mask`): they get 0 and are nobody's
+    baseline; a response with no included partner has no baseline and gets 0 too.
+    """
     require_group_size(group_ids, 2, "RLOO's leave-one-out baseline")
     r = f32(rewards)
-    others = (group_sum(r, group_ids) - r) / (group_count(group_ids) - 1.0)
-    return r - others
+    w = torch.ones_like(r) if weights is None else f32(weights)
+    partners = group_count(group_ids, w) - w
+    others = (group_sum(r, group_ids, w) - w * r) / partners.clamp(min=1.0)
+    return torch.where(partners > 0, r - others, torch.zeros_like(r)) * w
 
 
 @dataclass(frozen=True)
@@ -42,5 +48,7 @@ class Rloo(Grpo):
         if self.scale != "none":
             raise ValueError("rloo has no 'scale' option: its leave-one-out advantage is never divided by a std")
 
-    def sequence_advantages(self, rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
-        return advantages(rewards, group_ids)
+    def sequence_advantages(
+        self, rewards: torch.Tensor, group_ids: torch.Tensor, weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return advantages(rewards, group_ids, weights)

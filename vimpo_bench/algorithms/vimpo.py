@@ -48,7 +48,6 @@ from vimpo_bench.algorithms.core import (
 
 BASELINES = ("mean", "soft")
 ADVANTAGE_KINDS = ("implied", "mc", "residual", "outcome")
-TRUNCATION_RULES = ("zero_reward", "mask")
 
 
 def sequence_logratio(logratio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -200,19 +199,25 @@ def advantages(
 class Vimpo:
     """VIMPO with every option of the specification (defaults as stated there).
 
-    beta: KL coefficient (> 0). value_coef: c_V (keep 2 beta c_V near 0.5). value_baseline: mean | soft.
-    advantage: implied | mc | residual | outcome. lam: discount of the implied advantage (0 < lam <= 1).
-    truncated: zero_reward (truncated responses are terminal with R = 0) | mask (left out of both losses).
+    beta: KL coefficient (> 0).
+    value_scale: 2 beta c_V, the size of the value-loss step (its gradient is a REINFORCE step scaled by
+      it); held fixed when beta moves (schedules, sweeps), so c_V = value_scale / (2 beta). Default 0.5
+      (= beta 0.05 with c_V 5).
+    value_coef: c_V fixed instead (value_scale then follows beta); None = derive it from value_scale.
+    value_baseline: mean | soft. advantage: implied | mc | residual | outcome.
+    lam: discount of the implied advantage (0 < lam <= 1).
     advantage_whiten: divide advantages by their batch std (never for `implied`: it amplifies noise).
+    Truncated responses: the trainer's `reward.truncated` rule, applied when the batch is scored for
+    every algorithm alike (zero_reward: R = 0; mask: `Batch.include` leaves them out of both losses).
     eps_low, eps_high: PPO clip range; dual_clip: c > 1 or None. agg: loss aggregation.
     """
 
     beta: float = 0.05
-    value_coef: float = 5.0
+    value_scale: float | None = 0.5
+    value_coef: float | None = None
     value_baseline: str = "mean"
     advantage: str = "implied"
     lam: float = 1.0
-    truncated: str = "zero_reward"
     advantage_whiten: bool = False
     eps_low: float = 0.2
     eps_high: float = 0.2
@@ -224,11 +229,13 @@ class Vimpo:
 
     def __post_init__(self) -> None:
         check(self.beta > 0, f"beta must be > 0, got {self.beta}")
-        check(self.value_coef >= 0, f"value_coef must be >= 0, got {self.value_coef}")
+        check(self.value_coef is not None or self.value_scale is not None,
+              "set value_scale (2 beta c_V, held fixed as beta moves) or value_coef (c_V fixed)")
+        check(self.value_coef is None or self.value_coef >= 0, f"value_coef must be >= 0, got {self.value_coef}")
+        check(self.value_scale is None or self.value_scale >= 0, f"value_scale must be >= 0, got {self.value_scale}")
         check(self.value_baseline in BASELINES, f"value_baseline must be one of {BASELINES}, got {self.value_baseline!r}")
         check(self.advantage in ADVANTAGE_KINDS, f"advantage must be one of {ADVANTAGE_KINDS}, got {self.advantage!r}")
         check(0 < self.lam <= 1, f"lam must be in (0, 1], got {self.lam}")
-        check(self.truncated in TRUNCATION_RULES, f"truncated must be one of {TRUNCATION_RULES}, got {self.truncated!r}")
         check_ppo(self)
         if self.value_baseline == "soft" and self.beta < 0.2:
             warnings.warn(
@@ -243,22 +250,24 @@ class Vimpo:
                 stacklevel=3,
             )
 
-    def _rewards_and_include(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
-        truncated = batch.is_truncated
-        if self.truncated == "zero_reward":
-            # A truncated response did not finish: terminal with R = 0, as the verifier fails it.
-            return torch.where(truncated, torch.zeros_like(f32(batch.rewards)), f32(batch.rewards)), None
-        return f32(batch.rewards), ~truncated
+    @property
+    def c_v(self) -> float:
+        """The value-loss coefficient in use: value_coef when fixed, else value_scale / (2 beta)."""
+        return self.value_coef if self.value_coef is not None else self.value_scale / (2.0 * self.beta)
+
+    @property
+    def effective_value_scale(self) -> float:
+        """2 beta c_V: the step size of the value loss's REINFORCE gradient."""
+        return 2.0 * self.beta * self.c_v
 
     def advantages(self, batch: Batch) -> torch.Tensor:
         """Actor advantages [B, T] from old and reference log-probs."""
         if self.value_baseline == "mean" or self.advantage != "implied":
             require_group_size(batch.group_ids, 2, f"VIMPO's '{self.value_baseline}' root value")
-        rewards, include = self._rewards_and_include(batch)
         old_logratio = f32(batch.old_logp) - f32(batch.ref_logp)
         adv = advantages(
-            old_logratio, batch.mask, rewards, batch.group_ids, self.beta, self.advantage, self.lam,
-            self.value_baseline, include,
+            old_logratio, batch.mask, batch.rewards, batch.group_ids, self.beta, self.advantage, self.lam,
+            self.value_baseline, batch.include,
         )
         if self.advantage_whiten:
             adv = whiten_batch(adv, batch.mask)
@@ -267,16 +276,17 @@ class Vimpo:
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """L_actor + c_V L_V and its diagnostics (float stats named as in docs/metrics.md)."""
         require_group_size(batch.group_ids, 2, f"VIMPO's '{self.value_baseline}' root value")
-        rewards, include = self._rewards_and_include(batch)
+        include = batch.include
         adv = batch.advantages if batch.advantages is not None else self.advantages(batch)
-        actor_mask = f32(batch.mask) if include is None else f32(batch.mask) * include.float().unsqueeze(1)
+        actor_mask = batch.response_mask()
         per_token, clipped, ratio = ppo_clip_loss(
             batch.logp, batch.old_logp, adv, self.eps_low, self.eps_high, self.dual_clip
         )
         actor = aggregate(per_token, actor_mask, self.agg, self.norm_len)
         logratio = f32(batch.logp) - f32(batch.ref_logp)
-        lv, parts = value_loss(logratio, batch.mask, rewards, batch.group_ids, self.beta, self.value_baseline, include)
-        total = actor + self.value_coef * lv
+        lv, parts = value_loss(logratio, batch.mask, batch.rewards, batch.group_ids, self.beta, self.value_baseline,
+                               include)
+        total = actor + self.c_v * lv
         w = torch.ones_like(parts["delta"]) if include is None else include.float()
         stats = {
             "loss/total": total.item(),
@@ -286,6 +296,8 @@ class Vimpo:
             "vimpo/residual_mean": masked_mean(parts["delta"], w).item(),
             "vimpo/beta_logratio_sum": masked_mean(self.beta * parts["seq_logratio"], w).item(),
             "vimpo/vhat_mean": _mean_per_group(parts["vhat"], batch.group_ids),
+            "vimpo/value_coef": self.c_v,
+            "vimpo/value_scale": self.effective_value_scale,
             **policy_stats(batch.logp, batch.ref_logp, actor_mask, adv, clipped, ratio),
         }
         return total, stats

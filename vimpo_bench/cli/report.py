@@ -13,12 +13,18 @@ def report_command(
     study: str = typer.Option(None, "--study", help="Runs tagged vimpo.study=NAME, in any experiment."),
     experiment: str = typer.Option(None, "--experiment", help="Every active run of this MLflow experiment."),
     runs: bool = typer.Option(False, "--runs", help="Report the run ids given as arguments (and runs nested under them)."),
-    out: str = typer.Option(None, "--out", help="HTML file to write (default reports/NAME.html); its tables go to "
-                            "a folder of the same name without .html."),
+    out: str = typer.Option(None, "--out", help="Page to write (default reports/NAME.html, or .md); its tables (and "
+                            "figures) go to a folder of the same name without the suffix."),
     tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI, "
                                      "else ./mlflow.db)."),
+    format: str = typer.Option("html", "--format", help="html (one self-contained page) or markdown (a results page "
+                               "with PNG figures that reads on a code host)."),
+    threshold: float = typer.Option(None, "--threshold", help="Validation accuracy of the steps-to-threshold table "
+                                    "(default: midway between the arms' start and the best arm's end)."),
+    reading: str = typer.Option(None, "--reading", help="Markdown file put in the page's closing Reading section "
+                                "(--format markdown)."),
 ) -> None:
-    """One self-contained HTML page comparing runs, with 95% intervals, and its tables as CSV."""
+    """A page comparing runs, with 95% intervals: self-contained HTML, or Markdown + PNG; tables as CSV."""
     from vimpo_bench.report import build_report
 
     ids = [i.strip() for arg in (run_ids or []) for i in arg.split(",") if i.strip()]
@@ -28,11 +34,12 @@ def report_command(
         fail("--runs needs at least one run id")
     try:
         files = build_report(study=study, experiment=experiment, run_ids=ids or None, out=out,
-                             tracking_uri=tracking_uri)
+                             tracking_uri=tracking_uri, format=format, threshold=threshold, reading=reading)
     except ValueError as exc:
         fail(str(exc))
-    typer.echo(f"report: {files.html}")
-    typer.echo(f"tables: {files.html.with_suffix('')}/ ({len(files.tables)} csv)")
+    typer.echo(f"report: {files.page}")
+    typer.echo(f"tables: {files.folder}/ ({len(files.tables)} csv" + (f", {len(files.figures)} png)" if files.figures
+                                                                       else ")"))
     for problem in files.failed_panels:
         typer.echo(f"warning: panel {problem}", err=True)
     if files.failed_panels:

@@ -44,7 +44,7 @@ class _StepBar:
             self.close()
             self.bar = tqdm(total=total, desc=phase, unit="step", position=1, leave=False, dynamic_ncols=True)
         self.bar.n = done
-        acc = metrics.get("reward/accuracy")
+        acc = metrics.get("reward/clean_mean")
         if acc is not None:
             self.bar.set_postfix(acc=f"{acc:.3f}", refresh=False)
         self.bar.refresh()

@@ -23,8 +23,8 @@ class _Bars:
             bar = self.bars[phase] = tqdm(total=total, desc=phase, unit="step", dynamic_ncols=True)
         bar.n = done
         if phase == "train":
-            shown = {"reward": metrics.get("reward/noisy_mean"), "acc": metrics.get("reward/accuracy"),
-                     "heldout": metrics.get("eval/sampled_accuracy")}
+            shown = {"reward": metrics.get("reward/trained_mean"), "acc": metrics.get("reward/clean_mean"),
+                     "val": metrics.get("val/sampled_accuracy")}
             bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items() if v is not None}, refresh=False)
         else:
             bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.items()}, refresh=False)
@@ -66,7 +66,7 @@ def train_command(
         typer.echo(json.dumps(summary))
     else:
         typer.echo(
-            f"run {summary['run_id']}: {summary['steps']} steps in {summary['wall_seconds']:.0f} s; held-out accuracy "
+            f"run {summary['run_id']}: {summary['steps']} steps in {summary['wall_seconds']:.0f} s; validation accuracy "
             f"greedy {_pct(summary['initial_greedy_accuracy'])} -> {_pct(summary['final_greedy_accuracy'])}, "
             f"sampled {_pct(summary['initial_sampled_accuracy'])} -> {_pct(summary['final_sampled_accuracy'])}"
         )

@@ -1,25 +1,50 @@
-"""`vimpo-bench report`: MLflow runs -> pandas (collect) -> one self-contained HTML page + CSV (render).
+"""`vimpo-bench report`: MLflow runs -> pandas (collect) -> one self-contained HTML page, or a Markdown
+results page with PNG figures, plus the tables as CSV (render, markdown).
 
     from vimpo_bench.report import build_report
     files = build_report(study="vimpo_vs_grpo")        # reports/vimpo_vs_grpo.html, reports/vimpo_vs_grpo/*.csv
+    files = build_report(study="vimpo_vs_grpo", format="markdown")   # reports/vimpo_vs_grpo.md, .../*.png, *.csv
 
 See docs/report.md for the panels, the statistics and the files written.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
 from pathlib import Path
 
 from vimpo_bench.report.collect import ReportData, collect
 from vimpo_bench.report.render import ReportFiles, render, write_report
 
-__all__ = ["ReportData", "ReportFiles", "build_report", "collect", "render", "write_report"]
+__all__ = ["FORMATS", "ReportData", "ReportFiles", "build_report", "collect", "render", "write_report"]
+
+FORMATS = {"html": ".html", "markdown": ".md"}
 
 
-def default_out(title: str) -> Path:
-    """reports/<title>.html, the title made file-name safe."""
-    return Path("reports") / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', title).strip('_') or 'report'}.html"
+def default_out(title: str, format: str = "html") -> Path:
+    """reports/<title>.html (or .md), the title made file-name safe."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", title).strip("_") or "report"
+    return Path("reports") / f"{name}{FORMATS[format]}"
+
+
+def regenerate_command(study=None, experiment=None, run_ids=None, tracking_uri=None, out=None,
+                       threshold=None, reading=None) -> str:
+    """The `vimpo-bench report ... --format markdown` command line that writes the same page again."""
+    if study:
+        args = ["--study", study]
+    elif experiment:
+        args = ["--experiment", experiment]
+    else:
+        args = ["--runs", *run_ids]
+    # The default store is named as the user would type it, not as this machine's absolute path.
+    args += ["--format", "markdown", "--tracking-uri",
+             tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"]
+    for flag, value in (("--out", out), ("--threshold", threshold), ("--reading", reading)):
+        if value is not None:
+            args += [flag, str(value)]
+    return "vimpo-bench report " + shlex.join(args)
 
 
 def build_report(
@@ -28,8 +53,28 @@ def build_report(
     run_ids: list[str] | None = None,
     out: str | Path | None = None,
     tracking_uri: str | None = None,
+    format: str = "html",
+    threshold: float | None = None,
+    reading: str | Path | None = None,
 ) -> ReportFiles:
-    """Collect the selected runs (exactly one of study, experiment, run_ids) and write the report.
-    Raises ValueError (one line) when the selection is ambiguous or matches no run."""
+    """Collect the selected runs (exactly one of study, experiment, run_ids) and write the report: an HTML
+    page (format "html") or a Markdown page with PNG figures (format "markdown", whose closing "Reading"
+    section is the Markdown file `reading` when given). `threshold`: the validation accuracy of the
+    steps-to-threshold table (default: midway between the arms' start and the best arm's end).
+    Returns the files written. Raises ValueError (one line) for a bad format, a missing reading file, an
+    ambiguous selection or one that matches no run."""
+    if format not in FORMATS:
+        raise ValueError(f"unknown format {format!r}: choose one of {', '.join(FORMATS)}")
+    if reading is not None and format != "markdown":
+        raise ValueError("a reading file goes into Markdown pages only: add --format markdown")
+    if reading is not None and not Path(reading).is_file():
+        raise ValueError(f"reading file not found: {reading}")
     data = collect(study=study, experiment=experiment, run_ids=run_ids, tracking_uri=tracking_uri)
-    return write_report(data, out or default_out(data.title))
+    page = Path(out) if out else default_out(data.title, format)
+    if format == "html":
+        return write_report(data, page, threshold)
+    from vimpo_bench.report.markdown import write_markdown  # matplotlib: imported only when drawing PNGs
+
+    command = regenerate_command(study, experiment, run_ids, tracking_uri, out, threshold, reading)
+    text = Path(reading).read_text(encoding="utf-8") if reading is not None else None
+    return write_markdown(data, page, command, text, threshold)

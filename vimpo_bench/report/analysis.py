@@ -4,7 +4,9 @@ Vocabulary. An *arm* is one algorithm as run (its name, plus the settings that v
 "vimpo[algo.beta=0.05]"); a *condition* is a setting varied for every arm alike (e.g. a noise rate):
 arms are compared within a condition, seed by seed. A config key that is fixed once algorithm and seed
 are fixed (the GRPO beta vs the VIMPO beta) is neither, and nor is one whose every value belongs to a
-single seed (an output folder named after the run) when the runs have several seeds.
+single seed (an output folder named after the run) when the runs have several seeds. Bookkeeping
+keys (BOOKKEEPING_KEYS: names, output places, thread counts) never change a result, so they are never
+either, whatever the number of seeds.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import re
 import numpy as np
 import pandas as pd
 
-from vimpo_bench.report.collect import ReportData
+from vimpo_bench.config import BOOKKEEPING_KEYS
+from vimpo_bench.report.collect import TRAIN_SUITE, ReportData
 from vimpo_bench.report.stats import natural_sorted, paired_difference, summarize
 
 ALGO_KEY = "algo.name"
@@ -23,7 +26,10 @@ NOISE_KIND_KEY = "reward.noise"  # none | symmetric (rate reward.p) | asymmetric
 NOISE_RATE_KEYS = ("reward.p", "reward.noise_p")
 ASYMMETRIC_KEYS = ("reward.fp", "reward.fn")
 UNSET = "<unset>"
-TRAIN_SUITE = "train-heldout"  # the training run's own held-out eval (eval/greedy_accuracy, ...)
+VAL_METRICS = ("greedy_accuracy", "sampled_accuracy")  # logged by training runs as val/<metric>
+THRESHOLD_KEY = "val/sampled_accuracy"  # the curve "steps to reach a fixed accuracy" reads
+# Config keys that never change a result (names, output places, threads, checkpointing, logging): never an
+# arm or a condition. The run.* ones are those vimpo_bench.config.Config.hash() leaves out (a test checks).
 # Eval-run metrics that measure the model (bookkeeping such as n_problems or grader_timeouts is left out).
 HEADLINE = re.compile(r"^(accuracy|(pass|maj|avg)_at_\d+|pass@\d+|.*_accuracy)$")
 
@@ -36,6 +42,13 @@ def arm_order(arms) -> list[str]:
     """VIMPO arms first, then the baselines, each in natural order."""
     arms = natural_sorted(set(arms))
     return [a for a in arms if is_vimpo(a)] + [a for a in arms if not is_vimpo(a)]
+
+
+def by_condition_and_arm(df: pd.DataFrame, then: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Rows of `df` ordered by condition, then arm (VIMPO first, see arm_order), then the columns `then`."""
+    rank = {a: i for i, a in enumerate(arm_order(df["arm"]))}
+    ordered = df.assign(_rank=df["arm"].map(rank)).sort_values(["condition", "_rank", *then], kind="stable")
+    return ordered.drop(columns="_rank")
 
 
 def differing_keys(params: pd.DataFrame) -> list[str]:
@@ -53,7 +66,7 @@ def label_arms(data: ReportData, exclude: tuple[str, ...] = ()) -> pd.DataFrame:
         return out.assign(arm=pd.Series(dtype=str), condition=pd.Series(dtype=str))
     p = data.params.reindex(train.index).astype(object)
     p = p.where(p.notna(), UNSET)
-    skip = set(SEED_KEYS) | {ALGO_KEY} | set(exclude)
+    skip = set(SEED_KEYS) | {ALGO_KEY} | set(BOOKKEEPING_KEYS) | set(exclude)
     cond_keys, variant_keys = [], []
     replicated = out.groupby("algo")["seed"].nunique().max() > 1
     for key in differing_keys(p):
@@ -111,6 +124,57 @@ def overview(data: ReportData, labels: pd.DataFrame) -> tuple[pd.DataFrame, pd.D
     return train.reset_index(drop=True), others.reset_index(drop=True)
 
 
+def settings(data: ReportData, labels: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(config keys with one value in every training run: key, value; per arm and condition: runs and the
+    values of each key that differs between training runs, bookkeeping keys left out)."""
+    p = data.params.reindex(labels.index).dropna(axis=1, how="all").astype(object)
+    p = p.where(p.notna(), UNSET)
+    differ = differing_keys(p)
+    shared = pd.DataFrame({"key": [k for k in sorted(p.columns) if k not in differ]})
+    shared["value"] = [p[k].iloc[0] for k in shared["key"]]
+    keys = [k for k in differ if k not in BOOKKEEPING_KEYS]
+    rows = []
+    for (arm, cond), g in p.join(labels[["arm", "condition"]]).groupby(["arm", "condition"], sort=False):
+        rows.append({"arm": arm, "condition": cond, "runs": len(g)}
+                    | {k: ", ".join(map(str, natural_sorted(set(g[k])))) for k in keys})
+    return shared, by_condition_and_arm(pd.DataFrame(rows, columns=["arm", "condition", "runs", *keys]))
+
+
+def wall_times(runs: pd.DataFrame) -> pd.DataFrame:
+    """Training runs' wall time, over all of them ("all") and per study when there are several: the sum of
+    their wall seconds and the span from the first start to the last end (a running run ends at its last
+    metric)."""
+    t = runs[runs["kind"] == "train"]
+    t = t.assign(end=t["end_time"].fillna(t["start_time"] + pd.to_timedelta(t["wall_s"], unit="s")))
+    groups = [("all", t)]
+    if t["study"].nunique() > 1:
+        groups += [(study or "(no study)", g) for study, g in t.groupby("study", sort=True)]
+    rows = [{"study": name, "runs": len(g), "wall_s_sum": g["wall_s"].sum(), "first_start": g["start_time"].min(),
+             "last_end": g["end"].max(), "span_s": (g["end"].max() - g["start_time"].min()).total_seconds()}
+            for name, g in groups if len(g)]
+    return pd.DataFrame(rows, columns=["study", "runs", "wall_s_sum", "first_start", "last_end", "span_s"])
+
+
+# Tags that describe the machine a training run ran on, first found wins (versions.* come from provenance).
+MACHINE_TAGS = {"platform": ("machine.platform", "platform"), "CPUs": ("machine.cpu_count", "machine.cpus", "cpu_count"),
+                "torch": ("versions.torch",)}
+
+
+def machine(tags: pd.DataFrame, here: dict[str, object]) -> pd.DataFrame:
+    """What ran the training runs (`tags`: their tags): platform, CPU count, torch version, each from the runs'
+    tags when they carry it, else the value in `here` (the reporting machine), with where it came from."""
+    rows = []
+    for item, names in MACHINE_TAGS.items():
+        col = next((c for c in names if c in tags and tags[c].notna().any()), None)
+        if col:
+            values = natural_sorted(tags[col].dropna().astype(str).unique())
+            rows.append({"item": item, "value": ", ".join(values),
+                         "source": f"run tag {col} ({int(tags[col].notna().sum())} of {len(tags)} runs)"})
+        else:
+            rows.append({"item": item, "value": str(here.get(item, "unknown")), "source": "the reporting machine"})
+    return pd.DataFrame(rows, columns=["item", "value", "source"])
+
+
 # --- Learning curves ------------------------------------------------------------------------------
 
 
@@ -126,13 +190,65 @@ def curves(history: pd.DataFrame, labels: pd.DataFrame, keys) -> pd.DataFrame:
     return out.merge(times, on=by, how="left")
 
 
+def first_reach(frame: pd.DataFrame, by: list[str], value: str = "mean") -> pd.DataFrame:
+    """Per group of `by`: the step and time_s of the first row (in step order) whose `value` is at least the
+    row's `threshold`, NaN when no row is; every group of `frame` appears once.
+    `frame` holds the columns by, step, time_s, threshold and `value`."""
+    f = frame.sort_values("step", kind="stable")
+    groups = f.groupby(by, sort=False).size().rename("points").to_frame()
+    hit = f[f[value] >= f["threshold"]].groupby(by, sort=False).head(1).set_index(by)[["step", "time_s"]]
+    return groups.join(hit).reset_index()
+
+
+def default_threshold(curve: pd.DataFrame) -> pd.Series:
+    """Per condition of a seed-mean curve (arm, condition, step, mean): midway between the arms' common
+    starting value (their first points, averaged over arms) and the best arm's final value; NaN where no
+    arm ended above that start (any threshold would be arbitrary: none is reached)."""
+    ends = curve.sort_values("step", kind="stable").groupby(["condition", "arm"])["mean"].agg(["first", "last"])
+    by_cond = ends.groupby(level="condition")
+    start, best = by_cond["first"].mean(), by_cond["last"].max()
+    return ((start + best) / 2).where(best > start)
+
+
+STEPS_COLUMNS = ["condition", "arm", "threshold", "step", "time_s", "final_mean", "seeds", "seeds_reached",
+                 "median_seed_step", "median_seed_time_s"]
+
+
+def steps_to_threshold(curve: pd.DataFrame, history: pd.DataFrame, labels: pd.DataFrame,
+                       threshold: float | None = None, key: str = THRESHOLD_KEY) -> pd.DataFrame:
+    """Per arm and condition: the first step at which the seed-mean of `key` (rows of the learning-curves
+    table `curve`) reaches the threshold, and the mean wall seconds of the seeds at that step; the median over
+    seeds of each seed's own first step and seconds, where a seed that never reaches counts as later than
+    any (so the median is NaN, "not reached", unless more than half reached). `threshold` None: per
+    condition, `default_threshold`."""
+    c = curve[curve["key"] == key]
+    if c.empty:
+        return pd.DataFrame(columns=STEPS_COLUMNS)
+    thr = default_threshold(c) if threshold is None else pd.Series(float(threshold), index=c["condition"].unique())
+    mean_hit = first_reach(c.assign(threshold=c["condition"].map(thr)), ["arm", "condition"])
+    final = c.sort_values("step", kind="stable").groupby(["arm", "condition"])["mean"].last().rename("final_mean")
+    h = history[history["key"] == key].merge(labels[["arm", "condition"]], left_on="run_id", right_index=True)
+    seeds = first_reach(h.assign(threshold=h["condition"].map(thr)), ["arm", "condition", "run_id"], value="value")
+
+    def median_or_nan(x: pd.Series) -> float:
+        m = float(np.median(x.fillna(np.inf)))
+        return m if np.isfinite(m) else np.nan
+
+    per_seed = seeds.groupby(["arm", "condition"]).agg(
+        seeds=("run_id", "size"), seeds_reached=("step", "count"),
+        median_seed_step=("step", median_or_nan), median_seed_time_s=("time_s", median_or_nan))
+    out = mean_hit.drop(columns="points").join(final, on=["arm", "condition"]).join(per_seed, on=["arm", "condition"])
+    out["threshold"] = out["condition"].map(thr)
+    return by_condition_and_arm(out)[STEPS_COLUMNS].reset_index(drop=True)
+
+
 # --- Final evaluation -----------------------------------------------------------------------------
 
 
 def final_eval_long(data: ReportData, labels: pd.DataFrame) -> pd.DataFrame:
     """One row per (training run, suite, metric): the final value with the run's own interval if logged.
     Suites come from eval runs (eval/<suite>/<metric>; the latest eval run per training run wins) and
-    from the training run's own held-out eval (suite "train-heldout")."""
+    from the training run's own evaluation on the validation split (suite "validation", val/<metric>)."""
     cols = ["condition", "arm", "algo", "seed", "train_run_id", "suite", "metric", "value", "run_ci_low", "run_ci_high"]
     rows = []
     ev_labels = run_labels(data, labels)
@@ -148,8 +264,8 @@ def final_eval_long(data: ReportData, labels: pd.DataFrame) -> pd.DataFrame:
                          value, final.get(f"{name}_ci_low", np.nan), final.get(f"{name}_ci_high", np.nan)])
     for run_id, lab in labels.iterrows():
         final = data.final.loc[run_id] if run_id in data.final.index else pd.Series(dtype=float)
-        for metric in ("greedy_accuracy", "sampled_accuracy"):
-            value = final.get(f"eval/{metric}", np.nan)
+        for metric in VAL_METRICS:
+            value = final.get(f"val/{metric}", np.nan)
             if pd.notna(value):
                 rows.append([lab["condition"], lab["arm"], lab["algo"], lab["seed"], run_id, TRAIN_SUITE, metric,
                              value, np.nan, np.nan])
@@ -222,14 +338,14 @@ def noise_rates(data: ReportData) -> pd.Series:
 
 def final_accuracy(data: ReportData, labels: pd.DataFrame) -> tuple[pd.Series, str]:
     """One final accuracy per training run and what it is: the most common eval suite's accuracy when
-    eval runs logged one, else the run's held-out greedy accuracy, else its final training accuracy."""
+    eval runs logged one, else the run's validation greedy accuracy, else its final clean training reward."""
     long = final_eval_long(data, labels)
     ev = long[(long["suite"] != TRAIN_SUITE) & (long["metric"] == "accuracy")]
     if len(ev):
         suite = ev["suite"].value_counts().index[0]
         ev = ev[ev["suite"] == suite]
         return ev.set_index("train_run_id")["value"], f"{suite} accuracy (eval runs)"
-    for key, label in (("eval/greedy_accuracy", "held-out greedy accuracy"), ("reward/accuracy", "training accuracy")):
+    for key, label in (("val/greedy_accuracy", "validation greedy accuracy"), ("reward/clean_mean", "clean training reward")):
         if key in data.final:
             values = data.final.reindex(labels.index)[key].dropna()
             if len(values):
@@ -392,3 +508,11 @@ def provenance(data: ReportData) -> tuple[pd.DataFrame, list[str]]:
         if table[col].isna().any() and col in ("git_commit", "grader_version"):
             notes.append(f"{int(table[col].isna().sum())} run(s) lack the {col} tag")
     return table, notes
+
+
+def provenance_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per provenance column of `provenance(...)[0]`: up to six of its values, how many distinct, how many runs."""
+    cols = [c for c in table.columns if c not in ("run_id", "run_name", "kind", "algo", "seed")]
+    return pd.DataFrame([{"tag": c, "values": ", ".join(map(str, table[c].dropna().unique()[:6])),
+                          "distinct": table[c].nunique(), "runs with it": int(table[c].notna().sum())} for c in cols],
+                        columns=["tag", "values", "distinct", "runs with it"])

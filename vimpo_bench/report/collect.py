@@ -20,14 +20,14 @@ from vimpo_bench import tracking
 
 # Metric histories the panels plot (training runs only); everything else comes from latest values.
 HISTORY_KEYS = (
-    "reward/clean_mean", "reward/noisy_mean", "reward/accuracy", "eval/greedy_accuracy",
-    "eval/sampled_accuracy", "policy/kl_k1", "policy/kl_k3", "policy/entropy", "rollout/response_len",
+    "reward/clean_mean", "reward/trained_mean", "val/greedy_accuracy", "val/sampled_accuracy", "policy/kl_k1", "policy/kl_k3", "policy/entropy", "rollout/response_len",
     "loss/value", "vimpo/abs_residual", "vimpo/residual_mean", "vimpo/beta", "vimpo/ref_update",
     "vimpo/value_loss_pre_ref_update", "vimpo/value_loss_post_ref_update",
     "vimpo/residual_pre_ref_update", "vimpo/residual_post_ref_update",
 )
 ADV_ARTIFACT = "diagnostics/adv_by_position.jsonl"  # or one diagnostics/adv_by_position_step_XXXXXX.jsonl per eval
 EVAL_SAMPLES_ARTIFACT = "samples.jsonl"  # and records/<suite>.jsonl, as `vimpo-bench eval` logs them
+TRAIN_SUITE = "validation"  # the suite name of a training run's own evaluations (val/<metric>, samples/)
 RUN_COLUMNS = ["run_id", "run_name", "experiment", "kind", "algo", "seed", "study", "status",
                "start_time", "end_time", "start_ms", "wall_s", "parent_run_id", "artifact_uri"]
 
@@ -145,7 +145,7 @@ def _jsonl(text: str | None) -> list[dict]:
 
 
 def _train_samples(run_id: str, tracking_uri, artifact_uri) -> list[dict]:
-    """The graded completions of the run's last in-training evaluation (samples/step_XXXXXX.jsonl).
+    """The graded completions of the run's last evaluation on the validation split (samples/step_XXXXXX.jsonl).
     Records carry {id, prompt, completion, answer (extracted), gold, correct} as the trainer writes
     them, or {question, completion, answer (gold), correct} as docs/metrics.md words it."""
     listed = tracking.list_artifacts(run_id, "samples", tracking_uri, artifact_uri)
@@ -163,7 +163,7 @@ def _train_samples(run_id: str, tracking_uri, artifact_uri) -> list[dict]:
                     "prompt": prompt, "completion": rec.get("completion", ""),
                     "extracted": rec.get("extracted", rec.get("answer", "") if has_gold else ""),
                     "gold": rec.get("gold", "") if has_gold else rec.get("answer", ""),
-                    "correct": bool(rec.get("correct", False)), "suite": "train-heldout"})
+                    "correct": bool(rec.get("correct", False)), "suite": TRAIN_SUITE})
     return out
 
 

@@ -10,15 +10,15 @@ import pandas as pd
 
 from vimpo_bench.report import analysis as A
 from vimpo_bench.report.figures import Figure
-from vimpo_bench.report.render import Panel, esc, note, table_html
+from vimpo_bench.report.render import Panel, esc, table_html
 from vimpo_bench.report.stats import format_interval
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
 DASHES = ["solid", "dash", "dot", "dashdot", "longdash", "longdashdot"]
 CURVE_METRICS = [
-    ("reward/clean_mean", "clean reward"), ("reward/noisy_mean", "noisy reward (trained on)"),
-    ("eval/greedy_accuracy", "held-out accuracy (greedy)"), ("policy/kl_k3", "KL(π‖π_ref), k3"),
-    ("policy/entropy", "entropy"), ("rollout/response_len", "response length (tokens)"),
+    ("reward/clean_mean", "clean reward"), ("reward/trained_mean", "reward trained on (after noise)"),
+    ("val/greedy_accuracy", "validation accuracy (greedy)"), ("val/sampled_accuracy", "validation accuracy (sampled)"),
+    ("policy/kl_k3", "KL(π‖π_ref), k3"), ("policy/entropy", "entropy"), ("rollout/response_len", "response length (tokens)"),
 ]
 REF_METRICS = [("loss/value", "value loss L_V"), ("vimpo/abs_residual", "mean |terminal residual|"),
                ("policy/kl_k3", "KL k3")]
@@ -55,13 +55,13 @@ def overview(p: Panel, data, labels, style):
     p.tables["overview"] = pd.concat([train, others], ignore_index=True)
     unfinished = data.runs[data.runs["status"] != "FINISHED"]["status"].value_counts()
     if len(unfinished):
-        p.body.append(note("not finished: " + ", ".join(f"{k} ({v})" for k, v in unfinished.items()), "warn"))
+        p.say("not finished: " + ", ".join(f"{k} ({v})" for k, v in unfinished.items()), "warn")
     if train.empty:
-        p.body.append(note("no training runs (vimpo.kind=train) in this selection"))
+        p.say("no training runs (vimpo.kind=train) in this selection")
     else:
         keys = [c for c in train.columns if "." in c]
-        p.body.append(note(f"{len(train)} training run(s); config keys that differ between them: "
-                           + (", ".join(keys) if keys else "none"), "info"))
+        p.say(f"{len(train)} training run(s); config keys that differ between them: "
+              + (", ".join(keys) if keys else "none"), "info")
         p.body.append(table_html(train, "overview"))
     if len(others):
         p.body.append(f"<details><summary>{len(others)} other run(s): eval, sweep, study</summary>"
@@ -82,32 +82,74 @@ def arm_bands(fig, cell: int, frame, x: str, style, shown: set, order: str | Non
         shown.add(name)
 
 
-def learning_curves(p: Panel, data, labels, style):
+def steps_display(steps: pd.DataFrame) -> pd.DataFrame:
+    """The steps-to-threshold table as shown: "not reached" where an arm (or most of its seeds) never got there."""
+    def cell(v, fmt):
+        return "not reached" if pd.isna(v) else format(v, fmt)
+
+    shown = pd.DataFrame({
+        "arm": steps["arm"], "threshold": steps["threshold"].map(lambda v: "none" if pd.isna(v) else f"{v:.3f}"),
+        "step (seed-mean)": steps["step"].map(lambda v: cell(v, ".0f")),
+        "seconds (seed-mean)": steps["time_s"].map(lambda v: cell(v, ".0f")),
+        "final seed-mean": steps["final_mean"].map(lambda v: f"{v:.3f}"),
+        "seeds reached": [f"{r}/{n}" for r, n in zip(steps["seeds_reached"], steps["seeds"], strict=True)],
+        "median step (per seed)": steps["median_seed_step"].map(lambda v: cell(v, ".0f")),
+        "median seconds (per seed)": steps["median_seed_time_s"].map(lambda v: cell(v, ".0f")),
+    })
+    if steps["condition"].ne("").any():
+        shown.insert(0, "condition", steps["condition"])
+    return shown
+
+
+STEPS_NOTE = (f"first step at which the mean over seeds of {A.THRESHOLD_KEY} reaches the threshold, and the seeds' "
+              "mean wall seconds at that step; per seed: the median over seeds of each seed's own first step and seconds, "
+              "a seed that never reaches counting as later than any (so \"not reached\" unless more than half did)")
+
+
+def learning_curves(p: Panel, data, labels, style, threshold: float | None = None):
     if labels.empty:
-        p.body.append(note("no training runs in this selection, so no learning curves"))
+        p.say("no training runs in this selection, so no learning curves")
         return
     c = A.curves(data.history, labels, [k for k, _ in CURVE_METRICS])
     p.tables["learning_curves"] = c
     if c.empty:
-        p.body.append(note("the training runs logged none of " + ", ".join(k for k, _ in CURVE_METRICS)))
+        p.say("the training runs logged none of " + ", ".join(k for k, _ in CURVE_METRICS))
         return
     if int(c["n"].max()) < 2:
-        p.body.append(note("one seed per arm: lines without bands (a band needs two or more seeds)", "warn"))
+        p.say("one seed per arm: lines without bands (a band needs two or more seeds)", "warn")
     for i, (xcol, xtitle) in enumerate((("step", "step"), ("time_s", "wall time since run start (s)"))):
-        fig = Figure(rows=2, cols=3, titles=[t for _, t in CURVE_METRICS], height=640)
+        fig = Figure(rows=2, cols=4, titles=[t for _, t in CURVE_METRICS], height=640)
         shown = set()
         for j, (key, _) in enumerate(CURVE_METRICS):
             arm_bands(fig, j, c[c["key"] == key], xcol, style, shown, order="step")
             if j >= 3:
                 fig.axis("x", j, title={"text": xtitle})
+        for j in range(len(CURVE_METRICS), 8):  # the grid's spare cell
+            fig.axis("x", j, visible=False)
+            fig.axis("y", j, visible=False)
         p.body.append(f"<h3>against {esc(xtitle)}</h3>" + fig.html(f"fig-curves-{i}"))
+    p.body.append("<h3>steps to reach a fixed validation accuracy</h3>")
+    steps = A.steps_to_threshold(c, data.history, labels, threshold)
+    if steps.empty:
+        p.say(f"no {A.THRESHOLD_KEY} logged: no steps to a threshold")
+        return
+    p.tables["steps_to_threshold"] = steps
+    flat = sorted(set(steps.loc[steps["threshold"].isna(), "condition"]))
+    if flat:
+        p.meta["steps_warning"] = ("no arm ended above the arms' common starting value"
+                                   + (f" at {'; '.join(flat)}" if flat != [""] else "")
+                                   + ": no default threshold (give --threshold)")
+        p.say(p.meta["steps_warning"], "warn")
+    p.body.append(table_html(steps_display(steps), "steps_to_threshold"))
+    how = "given" if threshold is not None else "midway between the arms' common start and the best arm's final value"
+    p.say(f"threshold {how}; " + STEPS_NOTE, "info")
 
 
 def final_eval(p: Panel, data, labels, style):
     long = A.final_eval_long(data, labels)
     if long.empty:
-        p.body.append(note("no evaluation results: no eval runs (vimpo.kind=eval) and no eval/greedy_accuracy "
-                           "in the training runs"))
+        p.say("no evaluation results: no eval runs (vimpo.kind=eval) and no val/greedy_accuracy "
+              "in the training runs")
         return
     summary = A.final_eval_summary(long)
     paired = A.paired_table(long)
@@ -118,9 +160,9 @@ def final_eval(p: Panel, data, labels, style):
     wide = summary.pivot_table(index=index, columns="arm", values="cell", aggfunc="first").reset_index()
     wide = wide[index + [a for a in A.arm_order(summary["arm"]) if a in wide.columns]]
     p.body.append(table_html(wide, "final_eval"))
-    p.body.append(note("mean over seeds [95% t interval] n=seeds; † one seed: the interval is the eval run's own "
-                       "(over problems), not over seeds. Suite train-heldout is the training run's own final "
-                       "held-out eval.", "info"))
+    p.say("mean over seeds [95% t interval] n=seeds; † one seed: the interval is the eval run's own "
+          "(over problems), not over seeds. Suite validation is the training run's own final "
+          "evaluation on the validation split; the other suites are test sets.", "info")
     fig = Figure(height=380)
     summary = summary.assign(x=summary["suite"] + "/" + summary["metric"])
     symbols = ["circle", "square", "diamond", "triangle-up", "cross", "x"]
@@ -133,11 +175,11 @@ def final_eval(p: Panel, data, labels, style):
     fig.axis("y", title={"text": "final value"})
     p.body.append(fig.html("fig-final-0"))
     p.body.append("<h3>VIMPO minus each baseline, paired by seed</h3>")
-    p.body.append(note("each row is its own 95% interval, with no correction for the number of rows: with many "
-                       "suites and conditions, expect about one row in twenty to exclude 0 by chance", "info"))
+    p.say("each row is its own 95% interval, with no correction for the number of rows: with many "
+          "suites and conditions, expect about one row in twenty to exclude 0 by chance", "info")
     if paired.empty:
-        p.body.append(note("no paired difference: the runs need a VIMPO arm and a baseline arm evaluated on the same "
-                           "suite"))
+        p.say("no paired difference: the runs need a VIMPO arm and a baseline arm evaluated on the same "
+              "suite")
     else:
         shown = paired.assign(difference=[format_interval(m, lo, hi, n) for m, lo, hi, n in
                                           paired[["mean_diff", "ci_low", "ci_high", "n_pairs"]].itertuples(index=False)])
@@ -151,15 +193,16 @@ def noisy_rewards(p: Panel, data, labels, style):
     all_rates = A.noise_rates(data)
     rates = all_rates.dropna().unique()
     if len(rates) == 0:
-        p.body.append(note("no training run logged a noise rate (" + " or ".join(A.NOISE_RATE_KEYS) + ")"))
+        p.say("no training run logged a noise rate (" + " or ".join(A.NOISE_RATE_KEYS) + ")")
         return
     if len(rates) < 2:
-        p.body.append(note(f"all training runs used one noise rate (p={rates[0]:g}); this panel needs runs at two or more"))
+        p.say(f"all training runs used one noise rate (p={rates[0]:g}); this panel needs runs at two or more")
         return
     if table.empty:
-        p.body.append(note("no final accuracy for the noisy runs (no eval runs, eval/greedy_accuracy or reward/accuracy)"))
+        p.say("no final accuracy for the noisy runs (no eval runs, val/greedy_accuracy or reward/clean_mean)")
         return
     p.tables["noisy_rewards"] = table
+    p.meta["y_label"] = what
     fig = Figure(height=420)
     multi = table["condition"].nunique() > 1
     for (arm, cond), g in table.groupby(["arm", "condition"], sort=False):
@@ -169,23 +212,23 @@ def noisy_rewards(p: Panel, data, labels, style):
     fig.axis("x", title={"text": "reward noise rate"})
     fig.axis("y", title={"text": what})
     p.body.append(fig.html("fig-noisy-0"))
-    p.body.append(note(f"y: {what}; mean over seeds, bars = 95% t interval", "info"))
+    p.say(f"y: {what}; mean over seeds, bars = 95% t interval", "info")
     if all_rates.attrs.get("asymmetric"):
-        p.body.append(note(f"{all_rates.attrs['asymmetric']} run(s) with asymmetric noise are plotted at (fp + fn) / 2",
-                           "warn"))
+        p.say(f"{all_rates.attrs['asymmetric']} run(s) with asymmetric noise are plotted at (fp + fn) / 2",
+              "warn")
 
 
 def beta_sweep(p: Panel, data, labels, style):
     t = A.sweep_table(data)
     if t.empty:
-        p.body.append(note("no beta-sweep trials in these runs (runs tagged vimpo.kind=sweep)"))
+        p.say("no beta-sweep trials in these runs (runs tagged vimpo.kind=sweep)")
         return
     p.tables["beta_sweep"] = t
     plotted = t.dropna(subset=["beta", "objective"])
     if t["beta"].isna().all():
-        p.body.append(note("the sweep trials logged no algo.beta param"))
+        p.say("the sweep trials logged no algo.beta param")
     elif plotted.empty:
-        p.body.append(note("no sweep trial logged sweep/objective"))
+        p.say("no sweep trial logged sweep/objective")
     else:
         fig = Figure(height=420)
         marks = {"COMPLETE": ("circle", "#1f77b4"), "PRUNED": ("x", "#d62728"), "RUNNING": ("diamond", "#7f7f7f")}
@@ -199,20 +242,20 @@ def beta_sweep(p: Panel, data, labels, style):
             best = done.loc[done["objective"].idxmax()]
             fig.add({"x": [best["beta"]], "y": [best["objective"]], "mode": "markers", "name": "best complete",
                      "marker": {"symbol": "star", "size": 16, "color": "#ff7f0e"}})
-            p.body.append(note(f"best complete trial: beta={best['beta']:.4g}, objective={best['objective']:.4g}", "info"))
+            p.say(f"best complete trial: beta={best['beta']:.4g}, objective={best['objective']:.4g}", "info")
         log = plotted["beta"].min() > 0 and plotted["beta"].max() / plotted["beta"].min() > 20
         fig.axis("x", title={"text": "beta"}, type="log" if log else "linear")
         fig.axis("y", title={"text": "sweep/objective"})
         p.body.append(fig.html("fig-sweep-0"))
     states = t["state"].value_counts()
-    p.body.append(note("trials: " + ", ".join(f"{k.lower()} {v}" for k, v in states.items())
-                       + ("; pruned trials show their last reported value" if "PRUNED" in states else ""), "info"))
+    p.say("trials: " + ", ".join(f"{k.lower()} {v}" for k, v in states.items())
+          + ("; pruned trials show their last reported value" if "PRUNED" in states else ""), "info")
 
 
 def moving_ref(p: Panel, data, labels, style):
     events = A.ref_update_steps(data.history)
     if events.empty:
-        p.body.append(note("no pi_ref updates in these runs (vimpo/ref_update is never 1): nothing to align"))
+        p.say("no pi_ref updates in these runs (vimpo/ref_update is never 1): nothing to align")
         return
     gaps = events.sort_values(["run_id", "update_step"]).groupby("run_id")["update_step"].diff().dropna()
     window = int(min(5, max(1, gaps.median() // 2))) if len(gaps) else 5
@@ -225,9 +268,9 @@ def moving_ref(p: Panel, data, labels, style):
         fig.vline(-0.5, cell=j)
         fig.axis("x", j, title={"text": "steps from the pi_ref update"})
     p.body.append(fig.html("fig-ref-0"))
-    p.body.append(note(f"{len(events)} update(s) in {events['run_id'].nunique()} run(s); window ±{window} steps "
-                       "(offset 0 = first step with the new reference); mean over a run's updates, then over seeds",
-                       "info"))
+    p.say(f"{len(events)} update(s) in {events['run_id'].nunique()} run(s); window ±{window} steps "
+          "(offset 0 = first step with the new reference); mean over a run's updates, then over seeds",
+          "info")
     beta = A.curves(data.history, labels, ["vimpo/beta", "loss/value"])
     fig = Figure(height=380, secondary_y=True)
     for (arm, cond, key), g in beta.groupby(["arm", "condition", "key"], sort=False):
@@ -243,7 +286,7 @@ def moving_ref(p: Panel, data, labels, style):
     fig.layout["yaxis99"]["title"] = {"text": "value loss"}
     p.body.append("<h3>beta annealing and value loss, pi_ref updates marked</h3>")
     if not (beta["key"] == "vimpo/beta").any():
-        p.body.append(note("no vimpo/beta logged: beta schedule not shown"))
+        p.say("no vimpo/beta logged: beta schedule not shown")
     p.body.append(fig.html("fig-ref-1"))
     if len(p.tables["ref_updates"]):
         p.body.append(table_html(p.tables["ref_updates"], "ref_updates"))
@@ -252,7 +295,7 @@ def moving_ref(p: Panel, data, labels, style):
 def diagnostics(p: Panel, data, labels, style):
     adv = A.adv_by_position(data.adv, labels)
     if adv.empty:
-        p.body.append(note("no diagnostics/adv_by_position*.jsonl artifacts in these runs"))
+        p.say("no diagnostics/adv_by_position*.jsonl artifacts in these runs")
     else:
         p.tables["adv_by_position"] = adv
         fig = Figure(height=380)
@@ -265,7 +308,7 @@ def diagnostics(p: Panel, data, labels, style):
         p.body.append(fig.html("fig-diag-0"))
     vl = A.curves(data.history, labels, ["loss/value"])
     if vl.empty:
-        p.body.append(note("no loss/value logged (VIMPO runs log it)"))
+        p.say("no loss/value logged (VIMPO runs log it)")
         return
     p.tables["value_loss"] = vl
     fig = Figure(height=360)
@@ -287,21 +330,21 @@ def _problem(r) -> str:
 def drilldown(p: Panel, data, labels, style):
     rows, counts, source = A.drilldown(data, labels)
     if not source:
-        p.body.append(note("no graded completions: no samples.jsonl in eval runs and no samples/step_*.jsonl in "
-                           "training runs"))
+        p.say("no graded completions: no samples.jsonl in eval runs and no samples/step_*.jsonl in "
+              "training runs")
         return
     where = ("eval runs' samples.jsonl" if source == "eval"
              else "the training runs' last in-training evaluation (no eval runs with samples)")
-    p.body.append(note(f"from {where}; an arm solves a problem when at least half its samples over all seeds are "
-                       "right", "info"))
+    p.say(f"from {where}; an arm solves a problem when at least half its samples over all seeds are "
+          "right", "info")
     p.tables["drilldown_counts"] = counts
     if counts.empty:
-        p.body.append(note("only one arm has graded completions: nothing to compare"))
+        p.say("only one arm has graded completions: nothing to compare")
         return
     multi = counts["condition"].nunique() > 1
     p.body.append(table_html(counts if multi else counts.drop(columns="condition"), "drilldown_counts"))
     if rows.empty:
-        p.body.append(note("no problem is solved by one arm and not by the other"))
+        p.say("no problem is solved by one arm and not by the other")
         return
     p.tables["drilldown"] = rows
     for (solver, other, cond), g in rows.groupby(["solves", "does_not", "condition"], sort=False):
@@ -313,13 +356,12 @@ def drilldown(p: Panel, data, labels, style):
 def provenance(p: Panel, data, labels, style):
     table, notes = A.provenance(data)
     if table.empty:
-        p.body.append(note("no provenance tags (git_commit, versions.*, grader_version) on these runs"))
+        p.say("no provenance tags (git_commit, versions.*, grader_version) on these runs")
         return
     p.tables["provenance"] = table
-    p.body.extend(note(n, "warn") for n in notes)
-    cols = [c for c in table.columns if c not in ("run_id", "run_name", "kind", "algo", "seed")]
-    summary = pd.DataFrame([{"tag": c, "values": ", ".join(map(str, table[c].dropna().unique()[:6])),
-                             "distinct": table[c].nunique(), "runs with it": int(table[c].notna().sum())} for c in cols])
+    for n in notes:
+        p.say(n, "warn")
+    p.meta["summary"] = summary = A.provenance_summary(table)
     p.body.append(table_html(summary))
     p.body.append(f"<details><summary>per run</summary>{table_html(table, 'provenance')}</details>")
 
@@ -342,15 +384,20 @@ PANELS = [
 ]
 
 
-def build_panels(data) -> list[Panel]:
+def build_panels(data, threshold: float | None = None) -> tuple[list[Panel], pd.DataFrame, Style]:
+    """The panels (HTML body, tables, notes) of `data`, the arm labels and the style they were drawn with.
+    `threshold`: the validation accuracy of the steps-to-threshold table (None: its default)."""
     labels = A.label_arms(data)
     style = Style(labels)
     out = []
     for pid, title, question, fill in PANELS:
         panel = Panel(pid, title, question)
         try:
-            fill(panel, data, labels, style)
+            if fill is learning_curves:
+                fill(panel, data, labels, style, threshold)
+            else:
+                fill(panel, data, labels, style)
         except Exception as exc:  # one broken panel must not hide the other eight
             panel.error = f"{type(exc).__name__}: {exc}"
         out.append(panel)
-    return out
+    return out, labels, style

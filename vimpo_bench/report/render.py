@@ -20,14 +20,23 @@ MAX_TABLE_ROWS = 200
 @dataclass
 class Panel:
     """One section of the page. `body` is trusted HTML built by the helpers below (all text escaped);
-    `tables` go to CSV as NAME/<key>.csv; `error` is set when building the panel itself failed."""
+    `tables` go to CSV as NAME/<key>.csv; `notes` are the (kind, text) messages also in `body`; `meta`
+    holds what else a renderer other than HTML needs (axis labels, frames not written as CSV); `error`
+    is set when building the panel itself failed."""
 
     id: str
     title: str
     question: str
     body: list[str] = field(default_factory=list)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    notes: list[tuple[str, str]] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
     error: str | None = None
+
+    def say(self, text: str, kind: str = "missing") -> None:
+        """Add a visible message (see `note`) to the body and to `notes`."""
+        self.notes.append((kind, text))
+        self.body.append(note(text, kind))
 
 
 def esc(text: object) -> str:
@@ -106,34 +115,44 @@ def page(title: str, subtitle: str, panels: list[Panel], plotly_js: str) -> str:
     )
 
 
-def render(data) -> tuple[str, list[Panel]]:
+def run_counts(runs: pd.DataFrame) -> str:
+    """"8 train, 8 eval" for the kinds present."""
+    n = runs["kind"].value_counts()
+    return ", ".join(f"{n.get(k, 0)} {k}" for k in ("train", "eval", "sweep", "study", "other") if n.get(k, 0))
+
+
+def generated_at() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def render(data, threshold: float | None = None) -> tuple[str, list[Panel]]:
     """The page for `data` (a collect.ReportData) and its panels (with their tables)."""
     from plotly.offline import get_plotlyjs
 
     from vimpo_bench.report.panels import build_panels
 
-    panels = build_panels(data)
-    n = data.runs["kind"].value_counts()
-    counts = ", ".join(f"{n.get(k, 0)} {k}" for k in ("train", "eval", "sweep", "study") if n.get(k, 0))
-    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    subtitle = f"vimpo-bench report of {data.selection}: {counts} run(s); generated {generated}"
+    panels, _, _ = build_panels(data, threshold)
+    subtitle = f"vimpo-bench report of {data.selection}: {run_counts(data.runs)} run(s); generated {generated_at()}"
     return page(f"vimpo-bench report: {data.title}", subtitle, panels, get_plotlyjs()), panels
 
 
 @dataclass
 class ReportFiles:
-    html: Path
+    """What a report wrote: the page (NAME.html or NAME.md), its CSV tables and PNG figures (Markdown
+    only) in the folder NAME/, and "panel id: error" for each panel that could not be built."""
+
+    page: Path
     tables: list[Path]
     failed_panels: list[str]
+    figures: list[Path] = field(default_factory=list)
+
+    @property
+    def folder(self) -> Path:
+        return self.page.with_suffix("")
 
 
-def write_report(data, out: str | Path) -> ReportFiles:
-    """Write OUT (the page) and OUT-without-suffix/<table>.csv; returns the paths."""
-    out = Path(out)
-    html_text, panels = render(data)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(html_text, encoding="utf-8")
-    folder = out.with_suffix("")
+def write_tables(panels: list[Panel], folder: Path) -> list[Path]:
+    """folder/<table>.csv for every table with rows; returns the paths."""
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for p in panels:
@@ -142,4 +161,17 @@ def write_report(data, out: str | Path) -> ReportFiles:
                 path = folder / f"{name}.csv"
                 df.to_csv(path, index=False)
                 written.append(path)
-    return ReportFiles(out, written, [f"{p.id}: {p.error}" for p in panels if p.error])
+    return written
+
+
+def failures(panels: list[Panel]) -> list[str]:
+    return [f"{p.id}: {p.error}" for p in panels if p.error]
+
+
+def write_report(data, out: str | Path, threshold: float | None = None) -> ReportFiles:
+    """Write OUT (the page) and OUT-without-suffix/<table>.csv; returns the paths."""
+    out = Path(out)
+    html_text, panels = render(data, threshold)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(html_text, encoding="utf-8")
+    return ReportFiles(out, write_tables(panels, out.with_suffix("")), failures(panels))

@@ -46,7 +46,8 @@ def _config(algo: str, seed: int, noise_p: float, steps: int, ref_every: int, be
     # The sections and names of vimpo_bench.config (a few of its keys).
     return {
         "algo": {"name": algo, "beta": beta, "eps_low": 0.2, "eps_high": 0.2},
-        "run": {"seed": seed, "experiment": "vimpo-bench", "run_name": f"{algo}-{seed}-p{noise_p}"},
+        "run": {"seed": seed, "experiment": "vimpo-bench", "run_name": f"{algo}-{seed}-p{noise_p}",
+                "output_dir": f"runs/{algo}-{seed}-p{noise_p}", "threads": 1},
         "optim": {"steps": steps, "lr": 1e-4},
         "rollout": {"prompts_per_step": 16, "group_size": 8},
         "reward": {"noise": "symmetric" if noise_p > 0 else "none", "p": noise_p, "fp": 0.0, "fn": 0.0},
@@ -69,7 +70,7 @@ def _tags(kind: str, algo: str, seed: int, study: str) -> dict:
 
 
 def _history(algo, seed, noise_p, steps, ref_every, beta0, start_ms):
-    """(key, value, timestamp_ms, step) rows for one training run, and its final held-out accuracy."""
+    """(key, value, timestamp_ms, step) rows for one training run, and its final clean reward."""
     rng = _rng("hist", algo, seed, noise_p)
     vimpo = algo == "vimpo"
     speed = 1.5 if vimpo else 1.0
@@ -86,8 +87,7 @@ def _history(algo, seed, noise_p, steps, ref_every, beta0, start_ms):
         kl = 0.002 * since + abs(rng.normal(0, 0.001))
         step_s = (1.2 if vimpo else 1.0) * (1 + abs(rng.normal(0, 0.1)))
         m = {
-            "reward/clean_mean": acc, "reward/accuracy": acc,
-            "reward/noisy_mean": acc * (1 - noise_p) + (1 - acc) * noise_p,
+            "reward/clean_mean": acc, "reward/trained_mean": acc * (1 - noise_p) + (1 - acc) * noise_p,
             "reward/flip_rate": max(0.0, noise_p + rng.normal(0, 0.01)) if noise_p else 0.0,
             "loss/total": -0.01 * acc + value_loss, "loss/actor": -0.01 * acc + rng.normal(0, 0.002),
             "policy/kl_k1": kl * 1.1, "policy/kl_k3": kl, "policy/entropy": 1.5 - 0.6 * progress,
@@ -115,8 +115,8 @@ def _history(algo, seed, noise_p, steps, ref_every, beta0, start_ms):
         else:
             m["loss/kl_penalty"] = beta0 * kl
         if step % 10 == 0 or step == steps - 1:
-            m["eval/greedy_accuracy"] = float(np.clip(acc + rng.normal(0, 0.02), 0, 1))
-            m["eval/sampled_accuracy"] = float(np.clip(acc - 0.05 + rng.normal(0, 0.02), 0, 1))
+            m["val/greedy_accuracy"] = float(np.clip(acc + rng.normal(0, 0.02), 0, 1))
+            m["val/sampled_accuracy"] = float(np.clip(acc - 0.05 + rng.normal(0, 0.02), 0, 1))
         t_ms += step_s * 1000
         rows.extend((k, float(v), int(t_ms), step) for k, v in m.items())
     return rows, acc

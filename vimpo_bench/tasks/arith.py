@@ -18,8 +18,10 @@ always suffice for a character-level model (EOS included). The marker `#` also r
 answers ("#### 102") correctly.
 
 Problems are drawn without replacement from the space of all distinct questions: the test split
-first, then the train split, from one seeded stream. So the splits never share a question, and the
-test split does not depend on `n_train`.
+first, then the validation split (carved from what would otherwise be training questions), then the
+train split, from one seeded stream. So no two splits share a question, and neither test nor
+validation depends on `n_train`. Validation is for in-training evaluation, warm-start stopping and
+sweeps; test is for the final numbers.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from vimpo_bench.tasks.base import Problem
 OPERATORS = "+-*"
 ANSWER_MARKER = "#"
 STEP_SEPARATOR = ","
-SPLITS = ("train", "test")
+SPLITS = ("train", "validation", "test")
 
 _MAX_DIGITS = 9
 _MAX_TERMS = 10
@@ -137,8 +139,8 @@ class ArithTask:
     """Generated arithmetic problems (registry name "arith").
 
     Knobs: `digits` per operand (1-digit operands are 0..9, d >= 2 digits are 10^(d-1)..10^d - 1),
-    `terms` operands per question, `operators` a subset of "+-*". `n_train` / `n_test` problems per
-    split, drawn deterministically from `seed`.
+    `terms` operands per question, `operators` a subset of "+-*". `n_train` / `n_validation` / `n_test`
+    problems per split, drawn deterministically from `seed`.
     """
 
     name = "arith"
@@ -151,20 +153,23 @@ class ArithTask:
         n_train: int = 20000,
         n_test: int = 200,
         seed: int = 0,
+        n_validation: int = 500,
     ):
         self.digits = _check_int("digits", digits, 1, _MAX_DIGITS)
         self.terms = _check_int("terms", terms, 2, _MAX_TERMS)
         self.operators = normalize_operators(operators)
         self.n_train = _check_int("n_train", n_train, 1)
         self.n_test = _check_int("n_test", n_test, 1)
+        self.n_validation = _check_int("n_validation", n_validation, 1)
         self.seed = _check_int("seed", seed, 0)
         low, high = self._operand_range()
         self._n_values = high - low + 1
         space = self._n_values**self.terms * len(self.operators) ** (self.terms - 1)
-        if self.n_train + self.n_test > space:
+        if self.n_train + self.n_validation + self.n_test > space:
             raise ValueError(
                 f"arith: only {space} distinct questions exist for digits={self.digits}, terms={self.terms}, "
-                f"operators={self.operators!r}; n_train + n_test = {self.n_train + self.n_test} is too many"
+                f"operators={self.operators!r}; n_train + n_validation + n_test = "
+                f"{self.n_train + self.n_validation + self.n_test} is too many"
             )
         self._space = space
 
@@ -177,6 +182,7 @@ class ArithTask:
             "operators": self.operators,
             "n_train": self.n_train,
             "n_test": self.n_test,
+            "n_validation": self.n_validation,
             "seed": self.seed,
         }
 
@@ -204,7 +210,7 @@ class ArithTask:
         rng = random.Random(self.seed)
         seen: set[int] = set()
         out: dict[str, list[Problem]] = {}
-        for split, count in (("test", self.n_test), ("train", self.n_train)):
+        for split, count in (("test", self.n_test), ("validation", self.n_validation), ("train", self.n_train)):
             problems = []
             while len(problems) < count:
                 index = rng.randrange(self._space)
@@ -223,7 +229,7 @@ class ArithTask:
         return out
 
     def problems(self, split: str, limit: int | None = None) -> list[Problem]:
-        """The problems of `split` ("train" or "test") in a fixed order; the first `limit` if given."""
+        """The problems of `split` ("train", "validation" or "test") in a fixed order; the first `limit` if given."""
         if split not in SPLITS:
             raise ValueError(f"arith: unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
         problems = self._splits[split]

@@ -274,27 +274,48 @@ class OlympiadBench(MathBenchmark):
 
 class MathTrain(MathBenchmark):
     """MATH train (7,472 problems with answers) for RL training; its "test" split is MATH-500,
-    which shares no problem with it."""
+    which shares no problem with it. The "validation" split is `n_validation` problems held out of the
+    training file (the lowest sha256 of their ids: a fixed choice that does not depend on row order);
+    "train" is the rest, so sweeps and in-training evaluation never see a test problem."""
 
     name = folder = "math_train"
     splits = {"train": "train.jsonl"}
     expected_rows = {"train": 7472, "test": 500}
 
-    def __init__(self, data_dir: str | os.PathLike | None = None, min_level: int | None = None):
+    def __init__(self, data_dir: str | os.PathLike | None = None, min_level: int | None = None,
+                 n_validation: int = 500):
         super().__init__(data_dir)
         self.min_level = min_level
+        if isinstance(n_validation, bool) or not isinstance(n_validation, int) or not 0 < n_validation < 7472:
+            raise ValueError(f"math_train: n_validation must be an integer in [1, 7471], got {n_validation!r}")
+        self.n_validation = n_validation
         self._test = Math500(data_dir)
 
     def source(self, split: str = "train") -> str:
-        return self._test.source() if split == "test" else super().source(split)
+        if split == "test":
+            return self._test.source()
+        return super().source("train") + ("" if split == "train" else f" (held-out {split})")
+
+    def _partition(self, split: str) -> list[Problem]:
+        if split not in ("train", "validation"):
+            raise ValueError(f"{self.name}: no {split!r} split; valid splits: train, validation, test")
+        every = self._load("train")[0]
+        ranked = sorted(every, key=lambda p: hashlib.sha256(p.id.encode()).hexdigest())
+        held = {p.id for p in ranked[: self.n_validation]}
+        return [p for p in every if (p.id in held) == (split == "validation")]
 
     def problems(self, split: str = "train", limit: int | None = None) -> list[Problem]:
         if split == "test":
             return self._test.problems("test", limit)
-        problems = self._load(split)[0]
+        problems = self._partition(split)
         if self.min_level is not None:  # the usual "levels 3-5" subset: min_level=3 (5,561 rows)
             problems = [p for p in problems if (p.meta.get("level") or 0) >= self.min_level]
         return list(problems if limit is None else problems[:limit])
 
     def data_hash(self, split: str = "train") -> str:
-        return self._test.data_hash() if split == "test" else super().data_hash(split)
+        if split == "test":
+            return self._test.data_hash()
+        digest = hashlib.sha256(super().data_hash("train").encode())
+        for problem in self._partition(split):  # the file's hash plus which rows this split holds
+            digest.update(f"{problem.id}\n".encode())
+        return digest.hexdigest()

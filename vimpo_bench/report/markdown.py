@@ -1,0 +1,321 @@
+"""The report as a Markdown results page that reads on a code host without a browser: NAME.md, and the
+folder NAME/ beside it with one PNG per figure and the CSV tables.
+
+Built from the same panels as the HTML page (`panels.build_panels`: the same tables, notes and styles);
+the figures are matplotlib drawings of those tables (`plots`). See docs/report.md for the sections.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import re
+from pathlib import Path
+from urllib.parse import quote
+
+import pandas as pd
+
+from vimpo_bench.report import analysis as A
+from vimpo_bench.report import plots
+from vimpo_bench.report.panels import CURVE_METRICS, REF_METRICS, STEPS_NOTE, build_panels, steps_display
+from vimpo_bench.report.render import Panel, ReportFiles, failures, generated_at, run_counts, write_tables
+from vimpo_bench.report.stats import format_interval
+
+MAX_ROWS = 60
+READING_PLACEHOLDER = "<!-- reading: written by a person from the numbers above -->"
+
+
+def md_text(value: object) -> str:
+    """Text safe inside a Markdown table cell: one line, no column bars, no HTML."""
+    text = "" if value is None else str(value)
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace("\n", " ")
+
+
+def sentence(text: str) -> str:
+    """A panel's note as a Markdown sentence: capitalized, escaped, with a full stop."""
+    return md_text(text[:1].upper() + text[1:]).rstrip(".") + "."
+
+
+def md_cell(value: object) -> str:
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return md_text(value)
+
+
+def md_table(df: pd.DataFrame, csv: str | None = None, max_rows: int = MAX_ROWS) -> list[str]:
+    """A pipe table of `df`; a long one is cut, pointing to the CSV with every row."""
+    if df.empty:
+        return ["(no rows)"]
+    lines = ["| " + " | ".join(md_text(c) for c in df.columns) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(md_cell(v) for v in row) + " |"
+              for row in df.head(max_rows).itertuples(index=False, name=None)]
+    if len(df) > max_rows:
+        lines += ["", f"First {max_rows} of {len(df)} rows" + (f"; all in {csv}." if csv else ".")]
+    return lines
+
+
+def seconds(s: float) -> str:
+    """"5400 s (1.5 h)"."""
+    if pd.isna(s):
+        return "—"
+    if s >= 3600:
+        return f"{s:.0f} s ({s / 3600:.1f} h)"
+    return f"{s:.0f} s ({s / 60:.1f} min)" if s >= 60 else f"{s:.1f} s"
+
+
+def reporting_machine() -> dict[str, object]:
+    """This machine's platform, CPU count and torch version (read from package metadata, not imported)."""
+    try:
+        torch = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        torch = "not installed"
+    return {"platform": platform.platform(), "CPUs": os.cpu_count(), "torch": torch}
+
+
+class Page:
+    """The lines of the page, and the figures and tables it links (relative to the page's folder)."""
+
+    def __init__(self, folder: Path, tables: list[Path]):
+        self.folder = folder
+        self.csv = {p.stem for p in tables}
+        self.lines: list[str] = []
+        self.figures: list[Path] = []
+
+    def add(self, *lines: str) -> None:
+        self.lines.extend(lines)
+
+    def section(self, title: str) -> None:
+        self.add("", f"## {title}", "")
+
+    def link(self, name: str) -> str:
+        return quote(f"{self.folder.name}/{name}")
+
+    def table(self, df: pd.DataFrame, csv: str | None = None) -> None:
+        self.add(*md_table(df, f"{csv}.csv" if csv else None), "")
+
+    def tables_line(self, *names: str) -> None:
+        """A line linking the CSVs of these tables that were written."""
+        links = [f"[{n}.csv]({self.link(n + '.csv')})" for n in names if n in self.csv]
+        if links:
+            self.add("Tables: " + ", ".join(links) + ".", "")
+
+    def image(self, draw, name: str, alt: str, *args) -> None:
+        """Draw a figure with `draw(*args, path)` into the folder and link it."""
+        path = draw(*args, self.folder / f"{name}.png")
+        self.figures.append(path)
+        self.add(f"![{md_text(alt)}]({self.link(path.name)})", "")
+
+
+def missing(page: Page, panel: Panel, fallback: str) -> bool:
+    """Say in one line why a section is empty (the panel's error, else its first note); True when it is."""
+    if panel.error:
+        page.add(f"This section could not be built: {md_text(panel.error)}")
+        return True
+    if any(len(t) for t in panel.tables.values()):
+        return False
+    said = [text for kind, text in panel.notes if kind == "missing"]
+    page.add(sentence(said[0] if said else fallback))
+    return True
+
+
+# --- sections -------------------------------------------------------------------------------------
+
+
+def settings(page: Page, data, labels) -> None:
+    page.section("Settings")
+    if labels.empty:
+        page.add("No training runs, so no settings.")
+        return
+    shared, per_arm = A.settings(data, labels)
+    page.add(f"Config keys with one value in all {len(labels)} training runs:", "")
+    page.table(shared)
+    keys = [c for c in per_arm.columns if c not in ("arm", "condition", "runs")]
+    page.add("Keys that differ between training runs, per arm" + (" and condition" if per_arm["condition"].ne("").any()
+                                                                  else "")
+             + f" (bookkeeping keys, which never change a result, left out: {', '.join(A.BOOKKEEPING_KEYS)}):", "")
+    if keys:
+        page.table(per_arm if per_arm["condition"].ne("").any() else per_arm.drop(columns="condition"))
+    else:
+        page.add("None.", "")
+
+
+def runs_and_machine(page: Page, data) -> None:
+    page.section("Runs, time and machine")
+    page.add(f"{run_counts(data.runs) or 'no'} run(s).", "")
+    walls = A.wall_times(data.runs)
+    if len(walls):
+        shown = pd.DataFrame({
+            "training runs of": walls["study"], "runs": walls["runs"],
+            "sum of wall times": walls["wall_s_sum"].map(seconds),
+            "first start → last end": walls["span_s"].map(seconds),
+            "from": walls["first_start"].dt.strftime("%Y-%m-%d %H:%M UTC"),
+            "to": walls["last_end"].dt.strftime("%Y-%m-%d %H:%M UTC"),
+        })
+        page.table(shown)
+    train_ids = data.of_kind("train")["run_id"]
+    page.add("Machine (from the training runs' tags where they carry it, else the machine that wrote this page):", "")
+    page.table(A.machine(data.tags.reindex(train_ids), reporting_machine()))
+
+
+def final_eval(page: Page, panel: Panel, style) -> None:
+    page.section("Final evaluation")
+    if missing(page, panel, "no evaluation results"):
+        return
+    summary, paired = panel.tables["final_eval"], panel.tables["paired_diff"]
+    cells = summary.assign(cell=[format_interval(m, lo, hi, n) + (" †" if k.startswith("within") else "")
+                                 for m, lo, hi, n, k in summary[["mean", "ci_low", "ci_high", "n", "interval"]]
+                                 .itertuples(index=False)])
+    index = ["condition", "suite", "metric"] if cells["condition"].ne("").any() else ["suite", "metric"]
+    arms = A.arm_order(cells["arm"])
+    wide = cells.pivot_table(index=index, columns="arm", values="cell", aggfunc="first").reset_index()
+    page.add("Mean over seeds [95% t interval] n=seeds, per suite and arm. † one seed: the interval is the eval "
+             f"run's own (over problems), not over seeds. Suite `{A.TRAIN_SUITE}` is the training run's own last "
+             "evaluation on the validation split; the others are test sets.", "")
+    page.table(wide[index + [a for a in arms if a in wide.columns]], "final_eval")
+    page.image(plots.final_eval, "final_eval", "final evaluation: mean and 95% interval per arm", summary, arms, style)
+    page.add("### VIMPO minus each baseline, paired by seed", "")
+    if paired.empty:
+        page.add("No paired difference: the runs need a VIMPO arm and a baseline arm evaluated on the same suite.", "")
+    else:
+        shown = paired.assign(difference=[format_interval(m, lo, hi, n) for m, lo, hi, n in
+                                          paired[["mean_diff", "ci_low", "ci_high", "n_pairs"]].itertuples(index=False)])
+        cols = (["condition"] if paired["condition"].ne("").any() else []) + [
+            "suite", "metric", "vimpo", "baseline", "difference", "seeds", "verdict"]
+        page.table(shown[cols], "paired_diff")
+        page.add("Each row is its own 95% interval, with no correction for the number of rows: expect about one row "
+                 "in twenty to exclude 0 by chance.", "")
+    page.tables_line("final_eval", "paired_diff", "final_eval_runs")
+
+
+def learning_curves(page: Page, panel: Panel, style) -> None:
+    page.section("Learning curves")
+    if missing(page, panel, "no training runs, so no learning curves"):
+        return
+    c = panel.tables["learning_curves"]
+    if int(c["n"].max()) < 2:
+        page.add("One seed per arm: lines without bands (a band needs two or more seeds).", "")
+    else:
+        page.add("Mean over seeds; band = 95% t interval at each step. Left: against step; right: against wall time.",
+                 "")
+    for key, title in CURVE_METRICS:
+        frame = c[c["key"] == key]
+        if frame.empty:
+            page.add(f"`{key}`: not logged.", "")
+        else:
+            page.image(plots.curve, "curve_" + re.sub(r"[^A-Za-z0-9]+", "_", key), f"{title} ({key})", frame, title,
+                       style)
+    page.tables_line("learning_curves")
+
+
+def steps_to_threshold(page: Page, panel: Panel, threshold: float | None) -> None:
+    page.section("Steps (and seconds) to reach a fixed accuracy")
+    steps = panel.tables.get("steps_to_threshold")
+    if panel.error or steps is None:
+        page.add(md_text(f"No {A.THRESHOLD_KEY} logged, so no steps to a threshold." if not panel.error
+                         else f"This section could not be built: {panel.error}"))
+        return
+    how = (f"given (--threshold {threshold:g})" if threshold is not None else
+           "midway between the arms' common starting value and the best arm's final value (per condition)")
+    page.add(f"Threshold: {how}. For each arm, the " + STEPS_NOTE + ".", "")
+    if "steps_warning" in panel.meta:
+        page.add("**Note:** " + sentence(panel.meta["steps_warning"]), "")
+    page.table(steps_display(steps), "steps_to_threshold")
+    page.tables_line("steps_to_threshold")
+
+
+def noisy_rewards(page: Page, panel: Panel, style) -> None:
+    page.section("Noisy rewards")
+    if missing(page, panel, "no noise rates"):
+        return
+    t, what = panel.tables["noisy_rewards"], panel.meta.get("y_label", "final accuracy")
+    t = A.by_condition_and_arm(t, then=("noise_rate",))
+    page.image(plots.noisy, "noisy_rewards", f"{what} against the reward noise rate", t, what, style)
+    shown = pd.DataFrame({"arm": t["arm"], "noise rate": t["noise_rate"],
+                          what: [format_interval(m, lo, hi, n) for m, lo, hi, n in
+                                 t[["mean", "ci_low", "ci_high", "n"]].itertuples(index=False)]})
+    if t["condition"].ne("").any():
+        shown.insert(0, "condition", t["condition"])
+    page.add(f"y: {what}; mean over seeds [95% t interval] n=seeds.", "")
+    page.table(shown, "noisy_rewards")
+    page.add(*(sentence(text) for kind, text in panel.notes if kind == "warn"))
+    page.tables_line("noisy_rewards")
+
+
+def beta_sweep(page: Page, panel: Panel) -> None:
+    page.section("beta sweep")
+    if missing(page, panel, "no beta-sweep trials in these runs"):
+        return
+    t = panel.tables["beta_sweep"]
+    if t[["beta", "objective"]].notna().all(axis=1).any():
+        page.image(plots.sweep, "beta_sweep", "sweep/objective against beta per trial", t)
+    page.add(*(sentence(text) for _, text in panel.notes), "")
+    page.table(t[["trial", "state", "beta", "objective", "run_name"]], "beta_sweep")
+    page.tables_line("beta_sweep")
+
+
+def moving_ref(page: Page, panel: Panel, style) -> None:
+    page.section("Moving pi_ref")
+    if missing(page, panel, "no pi_ref updates in these runs"):
+        return
+    page.image(plots.ref_windows, "ref_update_windows", "value loss, residual and KL around pi_ref updates",
+               panel.tables["ref_update_windows"], REF_METRICS, style)
+    page.add(*(sentence(text) for kind, text in panel.notes if kind == "info"), "")
+    if len(panel.tables["ref_updates"]):
+        page.table(panel.tables["ref_updates"], "ref_updates")
+    page.tables_line("ref_update_windows", "ref_updates")
+
+
+def diagnostics(page: Page, panel: Panel, style) -> None:
+    page.section("VIMPO diagnostics")
+    if missing(page, panel, "no diagnostics"):
+        return
+    adv = panel.tables.get("adv_by_position", pd.DataFrame(columns=["arm", "correct", "position", "mean_adv"]))
+    vl = panel.tables.get("value_loss", pd.DataFrame(columns=["arm", "condition", "step", "mean", "ci_low", "ci_high"]))
+    page.image(plots.diagnostics, "vimpo_diagnostics", "mean advantage by token position; value loss over training",
+               adv, vl, style)
+    page.add(*(sentence(text) for kind, text in panel.notes if kind == "missing"), "")
+    page.tables_line("adv_by_position", "value_loss")
+
+
+def provenance(page: Page, panel: Panel) -> None:
+    page.section("Provenance summary")
+    if missing(page, panel, "no provenance tags"):
+        return
+    page.add(*("**Warning:** " + sentence(text) for kind, text in panel.notes if kind == "warn"), "")
+    page.table(panel.meta["summary"])
+    page.tables_line("provenance")
+
+
+# --- the page -------------------------------------------------------------------------------------
+
+
+def write_markdown(data, out: str | Path, command: str, reading: str | None = None,
+                   threshold: float | None = None) -> ReportFiles:
+    """Write OUT (NAME.md) and OUT-without-suffix/ (PNG figures and CSV tables). `command` regenerates the
+    page; `reading` is Markdown for the closing "Reading" section (else a placeholder for a person to fill)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    panels, labels, style = build_panels(data, threshold)
+    by_id = {p.id: p for p in panels}
+    page = Page(out.with_suffix(""), write_tables(panels, out.with_suffix("")))
+    page.add(f"# vimpo-bench results: {md_text(data.title)}", "",
+             f"Selection: {md_text(data.selection)}; {run_counts(data.runs) or 'no'} run(s). Generated {generated_at()}.",
+             "", "Regenerate this page (figures and tables included) with:", "", "```", command, "```")
+    settings(page, data, labels)
+    runs_and_machine(page, data)
+    final_eval(page, by_id["final-eval"], style)
+    learning_curves(page, by_id["curves"], style)
+    steps_to_threshold(page, by_id["curves"], threshold)
+    noisy_rewards(page, by_id["noisy"], style)
+    beta_sweep(page, by_id["sweep"])
+    moving_ref(page, by_id["moving-ref"], style)
+    diagnostics(page, by_id["diagnostics"], style)
+    provenance(page, by_id["provenance"])
+    page.section("Reading")
+    page.add(reading.strip() if reading and reading.strip() else READING_PLACEHOLDER)
+    text = re.sub(r"\n{3,}", "\n\n", "\n".join(page.lines)).strip() + "\n"
+    out.write_text(text, encoding="utf-8")
+    return ReportFiles(out, sorted(page.folder / f"{n}.csv" for n in page.csv), failures(panels), page.figures)
