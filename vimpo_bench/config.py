@@ -24,6 +24,7 @@ from vimpo_bench import algorithms
 
 STUDIES_DIR = Path(__file__).parent / "studies"
 DEFAULT_STUDY = "tiny_demo"
+ENGINES = ("native", "trl")
 
 
 class ConfigError(ValueError):
@@ -159,6 +160,9 @@ class RunConfig:
     """Log the final model as an MLflow artifact `checkpoint/`."""
     threads: int | None = None
     """torch intra-op threads (None = torch's default)."""
+    engine: str = "native"
+    """Training engine: native (the readable reference loop, CPU or one GPU; hf rollouts) | trl (our
+    algorithms inside TRL's GRPOTrainer: accelerate, DeepSpeed/FSDP, vLLM rollouts)."""
 
 
 SECTIONS = {
@@ -438,6 +442,10 @@ def validate(c: Config, source: str) -> None:
     _one_of(c.model.dtype, ("float32", "bfloat16", "float16"), f"{source}: model.dtype")
     _one_of(c.task.template, ("none", "qwen-boxed", "r1", "plain"), f"{source}: task.template")
     _one_of(c.rollout.backend, ("hf", "vllm"), f"{source}: rollout.backend")
+    _one_of(c.run.engine, ENGINES, f"{source}: run.engine")
+    if c.rollout.backend == "vllm" and c.run.engine == "native":
+        raise ConfigError(f"{source}: rollout.backend=vllm needs run.engine=trl (the native loop has no way to push "
+                          "updated weights into a vLLM engine; TRL's GRPOTrainer does)")
     _positive(c.rollout.prompts_per_step, f"{source}: rollout.prompts_per_step")
     if c.rollout.group_size < 2:
         raise ConfigError(f"{source}: rollout.group_size: every algorithm here needs at least 2 responses per prompt")

@@ -96,6 +96,8 @@ def run(
     `tags` are added to the run's own (a `vimpo.kind` among them replaces `train`); the run is nested
     under `parent_run_id` when given; `run_started(run_id)` is called once the run exists (a sweep
     records it on its trial). An `EarlyStop` raised by `on_eval` ends the run as KILLED."""
+    if config.run.engine != "native":
+        raise TrainingError(f"run.engine={config.run.engine!r} is not built yet; use run.engine=native")
     if resume_run_id:
         tracker = MlflowTracker.resume(resume_run_id, tracking_uri)
         checkpoint = find_checkpoint(Path(config.run.output_dir) / resume_run_id)
@@ -448,10 +450,9 @@ def sampling_params(config: Config, n: int, greedy: bool = False) -> SamplingPar
 
 
 def make_generator(config: Config, policy, tokenizer):
-    if config.rollout.backend == "vllm":
-        from vimpo_bench.rollout.vllm import VLLMGenerator  # GPU only; imported lazily
-
-        return VLLMGenerator.for_training(policy, tokenizer)
+    if config.rollout.backend != "hf":  # config validation already says so; kept for configs built by hand
+        raise ValueError(f"the native engine generates with transformers only (rollout.backend=hf), got "
+                         f"{config.rollout.backend!r}; use run.engine=trl for vLLM rollouts")
     from vimpo_bench.prompts import has_chat_template
     from vimpo_bench.rollout.hf import HFGenerator
 
