@@ -200,3 +200,14 @@ def test_reference_moves_log_value_diagnostics_for_vimpo_only(tiny_policy):
             assert {"vimpo/value_loss_pre_ref_update", "vimpo/value_loss_post_ref_update"} <= set(out)
             # after a hard move pi_ref = pi_theta: L_V is the variance of the kept rewards per group
             assert out["vimpo/value_loss_post_ref_update"] == pytest.approx((0.25 + 0.25 + 0.0) / 3, abs=1e-5)
+
+
+def test_a_key_added_later_keeps_old_hashes_while_at_its_default():
+    """Cells finished before `run.engine` existed must still be found as done by a rerun: the hash of
+    commit 2a44556 (the first vimpo_vs_grpo cells) for the default tiny_demo config."""
+    from vimpo_bench.config import LATER_KEYS
+
+    base = load_config("tiny_demo")
+    assert "run.engine" in LATER_KEYS
+    assert base.hash() == "6205951c4962"  # `study run tiny_demo --dry-run` at 2a44556, before run.engine
+    assert load_config("tiny_demo", ["run.engine=trl"]).hash() != base.hash()

@@ -31,7 +31,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vimpo_bench import grading, prompts, tasks
+from vimpo_bench import faults, grading, prompts, tasks
+from vimpo_bench.config import check_ranges, num
 from vimpo_bench.rollout.base import Generator, SamplingParams
 from vimpo_bench.tracking import NullTracker, Tracker
 
@@ -70,19 +71,20 @@ class EvalConfig:
     )
     template: str = prompts.DEFAULT_TEMPLATE  # qwen-boxed | r1 | plain (arith always uses plain)
     preset: str = "greedy"  # a name in PRESETS
-    n: int | None = None  # samples per problem
-    temperature: float | None = None  # 0 = greedy
-    top_p: float | None = None
-    top_k: int = 0  # 0 = off
-    max_tokens: int = DEFAULT_MAX_TOKENS  # new tokens per sample
+    n: int | None = num(None, ge=1)  # samples per problem
+    temperature: float | None = num(None, ge=0)  # 0 = greedy
+    top_p: float | None = num(None, gt=0, le=1)
+    top_k: int = num(0, ge=0)  # 0 = off
+    max_tokens: int = num(DEFAULT_MAX_TOKENS, ge=1)  # new tokens per sample
     seed: int = 0  # batch b of a suite is generated with seed + b
-    limit: int | None = None  # first `limit` problems of each suite
+    limit: int | None = num(None, ge=1)  # first `limit` problems of each suite
     data_dir: str | None = None  # None: $VIMPO_BENCH_DATA, else the Hugging Face hub
-    batch_size: int = 32  # prompts per generate call
-    grader_workers: int | None = None  # grading processes (None: min(cpus, 8); 0: in this process)
-    grader_timeout: float = grading.DEFAULT_TIMEOUT  # seconds per answer
+    batch_size: int = num(32, ge=1)  # prompts per generate call
+    grader_workers: int | None = num(None, ge=0)  # grading processes (None: min(cpus, 8); 0: in this process)
+    grader_timeout: float = num(grading.DEFAULT_TIMEOUT, gt=0)  # seconds per answer
 
     def __post_init__(self) -> None:
+        check_ranges(self, "eval")  # every number finite and in its declared range (NaN passes `x < 0`)
         tasks.expand_suites(self.suites)
         prompts.check_template(self.template)
         if self.preset not in PRESETS:
@@ -638,6 +640,7 @@ def run_eval(
             else Path("runs") / "eval" / (tracker.run_id or time.strftime("%Y%m%d-%H%M%S"))
         )
         try:
+            faults.point("suite-eval")
             if harness == "lm-eval":
                 from vimpo_bench.lm_eval_tasks import evaluate_with_lm_eval
 

@@ -425,6 +425,33 @@ def warm_start_tiny_arith(
 # ------------------------------------------------------------------------------------- loading
 
 
+def hub_cache_only(repo_id: str, timeout: float = 5.0) -> bool:
+    """Whether hub id `repo_id` must load from the local Hugging Face cache (offline mode, or the hub does
+    not answer within `timeout` s). Raises FileNotFoundError in one line when it must and the cache lacks
+    it: the hub client would otherwise retry for about a minute and print several lines."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    try:
+        cached = isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # not a valid hub id: let from_pretrained say so
+        return False
+    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    why = "HF_HUB_OFFLINE is set"
+    if not offline:
+        endpoint = urlsplit(constants.ENDPOINT)
+        try:
+            port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+            socket.create_connection((endpoint.hostname, port), timeout=timeout).close()
+        except OSError as exc:
+            offline, why = True, f"{endpoint.hostname} is unreachable ({exc.strerror or type(exc).__name__})"
+    if offline and not cached:
+        raise FileNotFoundError(f"model {repo_id!r} is not a local folder nor in the Hugging Face cache, and {why}")
+    return offline
+
+
 def _looks_like_local_path(name: str) -> bool:
     """Paths start with '/', '.' or '~', or have more than one '/'; hub ids are `name` or `org/name`
     (so a missing `org/name` goes to the hub, whose error then names it)."""
@@ -451,14 +478,17 @@ def load_policy(
     seed, progress, num_threads) apply to "tiny-arith" only.
     """
     torch_dtype = resolve_dtype(dtype)
+    local_only = False
     if name_or_path == TINY_ARITH:
         source: str | Path = warm_start_tiny_arith(task_options, cache_dir, **(warm_start or {}))
     else:
         source = os.path.expanduser(name_or_path)
         if _looks_like_local_path(name_or_path) and not os.path.exists(source):
             raise FileNotFoundError(f"model folder not found: {name_or_path}")
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+        if not os.path.exists(source):
+            local_only = hub_cache_only(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, local_files_only=local_only)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if model.generation_config.pad_token_id is None:

@@ -8,7 +8,8 @@ import platform
 import subprocess
 from pathlib import Path
 
-PACKAGES = ("vimpo-bench", "torch", "transformers", "mlflow", "optuna", "math-verify", "pandas", "numpy")
+PACKAGES = ("vimpo-bench", "torch", "transformers", "mlflow", "optuna", "math-verify", "pandas", "numpy", "trl",
+            "accelerate", "vllm")
 
 
 def git_state(path: Path | None = None) -> dict[str, str]:

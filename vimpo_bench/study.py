@@ -36,7 +36,19 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from vimpo_bench.config import Config, ConfigError, _coerce, from_dict, read_study, set_key, study_path
+from vimpo_bench.config import (
+    Config,
+    ConfigError,
+    _coerce,
+    check_ranges,
+    clip,
+    from_dict,
+    num,
+    read_study,
+    set_key,
+    short,
+    study_path,
+)
 
 STUDY_FIELDS = ("name", "description", "experiment", "axes", "suites", "eval", "budget", "sweep")
 DONE_TAG = "vimpo.cell_status"
@@ -44,13 +56,13 @@ DONE_TAG = "vimpo.cell_status"
 
 @dataclass(frozen=True)
 class Budget:
-    steps: int | None = None
+    steps: int | None = num(None, gt=0)
     """RL steps of every cell and trial (sets optim.steps)."""
-    max_cells: int | None = None
+    max_cells: int | None = num(None, gt=0)
     """A grid with more cells is refused (a guard against a typo that multiplies the work)."""
-    minutes: float | None = None
+    minutes: float | None = num(None, gt=0)
     """Wall-clock budget of one `study run` / `sweep` command: no new cell or trial starts after it."""
-    trials: int | None = None
+    trials: int | None = num(None, gt=0)
     """Default `--trials` of `vimpo-bench sweep`."""
 
 
@@ -117,9 +129,9 @@ def load_study(spec: str | Path) -> Study:
     where = f"{path}: study"
     if not isinstance(section, dict):
         raise ConfigError(f"{where}: must be a mapping with keys {', '.join(STUDY_FIELDS)}")
-    unknown = sorted(set(section) - set(STUDY_FIELDS))
+    unknown = sorted(set(section) - set(STUDY_FIELDS), key=str)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(STUDY_FIELDS)}")
+        raise ConfigError(f"{where}: unknown key(s) {clip(', '.join(map(str, unknown)))}; valid: {', '.join(STUDY_FIELDS)}")
     name = _coerce(section.get("name", path.stem), str, f"{where}.name")
     study = Study(
         name=name,
@@ -134,7 +146,7 @@ def load_study(spec: str | Path) -> Study:
         sweep=dict(_coerce(section.get("sweep") or {}, dict, f"{where}.sweep")),
     )
     if "'" in study.name:
-        raise ConfigError(f"{where}.name: must not contain a quote, got {study.name!r}")
+        raise ConfigError(f"{where}.name: must not contain a quote, got {short(study.name)}")
     study.base_config()  # the base itself must be valid
     if study.suites:
         eval_config(study, study.suites)
@@ -143,21 +155,21 @@ def load_study(spec: str | Path) -> Study:
 
 def parse_axes(axes: Any, where: str) -> list[Axis]:
     if not isinstance(axes, dict):
-        raise ConfigError(f"{where}: a mapping of axis name -> list of values, got {axes!r}")
+        raise ConfigError(f"{where}: a mapping of axis name -> list of values, got {short(axes)}")
     out = []
     for name, values in axes.items():
         if values is None:  # `name: null` removes an axis inherited through `extends:`
             continue
-        here = f"{where}.{name}"
+        here = f"{where}.{clip(str(name), 80)}"
         if not isinstance(values, list) or not values:
-            raise ConfigError(f"{here}: a non-empty list of values, got {values!r}")
+            raise ConfigError(f"{here}: a non-empty list of values, got {short(values)}")
         if "." in name:
             parsed = [AxisValue(_label(v), {name: v}) for v in values]
         else:
             parsed = [_named_value(v, f"{here}[{i}]") for i, v in enumerate(values)]
         labels = [v.label for v in parsed]
         if len(set(labels)) != len(labels):
-            raise ConfigError(f"{here}: values must have distinct labels, got {labels}")
+            raise ConfigError(f"{here}: values must have distinct labels, got {short(labels)}")
         out.append(Axis(name, tuple(parsed)))
     return out
 
@@ -165,11 +177,11 @@ def parse_axes(axes: Any, where: str) -> list[Axis]:
 def _named_value(value: Any, where: str) -> AxisValue:
     if not isinstance(value, dict) or not value:
         raise ConfigError(f"{where}: an axis named without a dot takes mappings of config keys, e.g. "
-                          f"{{label: flip0.1, reward.noise: symmetric, reward.p: 0.1}}; got {value!r}")
+                          f"{{label: flip0.1, reward.noise: symmetric, reward.p: 0.1}}; got {short(value)}")
     overrides = {k: v for k, v in value.items() if k != "label"}
     bad = [k for k in overrides if "." not in k]
     if bad:
-        raise ConfigError(f"{where}: {', '.join(bad)} is not a config key (section.key)")
+        raise ConfigError(f"{where}: {clip(', '.join(map(str, bad)))} is not a config key (section.key)")
     label = value.get("label") or ",".join(f"{k.split('.')[-1]}={_label(v)}" for k, v in overrides.items())
     return AxisValue(str(label), overrides)
 
@@ -183,7 +195,7 @@ def parse_suites(suites: Any, where: str) -> list[str]:
 
     items = suites.split(",") if isinstance(suites, str) else suites
     if not isinstance(items, list):
-        raise ConfigError(f"{where}: a list of suite names, got {suites!r}")
+        raise ConfigError(f"{where}: a list of suite names, got {short(suites)}")
     if not items:
         return []
     try:
@@ -194,17 +206,16 @@ def parse_suites(suites: Any, where: str) -> list[str]:
 
 def parse_budget(budget: Any, where: str) -> Budget:
     if not isinstance(budget, dict):
-        raise ConfigError(f"{where}: a mapping with keys steps, max_cells, minutes, trials; got {budget!r}")
+        raise ConfigError(f"{where}: a mapping with keys steps, max_cells, minutes, trials; got {short(budget)}")
     names = [f.name for f in fields(Budget)]
-    unknown = sorted(set(budget) - set(names))
+    unknown = sorted(set(budget) - set(names), key=str)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(names)}")
+        raise ConfigError(f"{where}: unknown key(s) {clip(', '.join(map(str, unknown)))}; valid: {', '.join(names)}")
     kinds = {"steps": int, "max_cells": int, "minutes": float, "trials": int}
     values = {k: _coerce(v, kinds[k], f"{where}.{k}") for k, v in budget.items() if v is not None}
-    for key, value in values.items():
-        if value <= 0:
-            raise ConfigError(f"{where}.{key}: must be > 0, got {value}")
-    return Budget(**values)
+    parsed = Budget(**values)
+    check_ranges(parsed, where)  # `minutes: .nan` must not switch the time budget off
+    return parsed
 
 
 def eval_config(study: Study, suites: list[str]):
@@ -213,9 +224,9 @@ def eval_config(study: Study, suites: list[str]):
 
     where = f"{study.path}: study.eval"
     valid = [f.name for f in fields(EvalConfig) if f.name != "suites"]
-    unknown = sorted(set(study.eval) - set(valid))
+    unknown = sorted(set(study.eval) - set(valid), key=str)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+        raise ConfigError(f"{where}: unknown key(s) {clip(', '.join(map(str, unknown)))}; valid: {', '.join(valid)}")
     try:
         return EvalConfig(suites=",".join(suites), **study.eval)
     except (TypeError, ValueError) as exc:
@@ -264,12 +275,14 @@ class PlannedCell:
     action: str
     """run (new) | resume (cut short; continues from its checkpoint) | eval (trained; evaluation missing) | skip (done)."""
     run_id: str | None = None
+    superseded: list[str] = field(default_factory=list)
+    """Runs of this cell left RUNNING by a process that is gone (killed): `run_study` marks them KILLED."""
 
 
 def plan(study: Study, cells: list[Cell], tracking_uri: str | None = None) -> list[PlannedCell]:
     """What running the study would do for each cell, from the runs already in the MLflow store."""
     from vimpo_bench import tracking
-    from vimpo_bench.train import find_checkpoint
+    from vimpo_bench.train import find_checkpoint, run_is_live
 
     existing: dict[str, list[dict]] = {}
     # (a dry run must not create an empty store as a side effect)
@@ -280,19 +293,51 @@ def plan(study: Study, cells: list[Cell], tracking_uri: str | None = None) -> li
             existing.setdefault(r["tags"]["vimpo.config_hash"], []).append(r)
     out = []
     for cell in cells:
+        output = cell.config.run.output_dir
         runs = sorted(existing.get(cell.config.hash(), []), key=lambda r: r["start_time"] or 0, reverse=True)
+        runs = [r for r in runs if r["tags"].get(DONE_TAG) != "superseded"]
+        live = [r for r in runs if run_is_live(output, r["run_id"])]
         done = [r for r in runs if r["status"] == "FINISHED" and r["tags"].get(DONE_TAG) == "done"]
-        trained = [r for r in runs if r["status"] == "FINISHED"]
-        resumable = [r for r in runs if find_checkpoint(Path(cell.config.run.output_dir) / r["run_id"])]
+        trained = [r for r in runs if r["status"] == "FINISHED" and r not in live]
+        resumable = [r for r in runs if r not in live and find_checkpoint(Path(output) / r["run_id"])]
         if done:
-            out.append(PlannedCell(cell, "skip", done[0]["run_id"]))
+            p = PlannedCell(cell, "skip", done[0]["run_id"])
+        elif live:  # another process is on it now: leave it alone
+            p = PlannedCell(cell, "skip", live[0]["run_id"])
         elif trained and study.suites:
-            out.append(PlannedCell(cell, "eval", trained[0]["run_id"]))
+            p = PlannedCell(cell, "eval", trained[0]["run_id"])
+            p.superseded = _dead_evaluations(study, p.run_id, tracking_uri)
         elif resumable:
-            out.append(PlannedCell(cell, "resume", resumable[0]["run_id"]))
+            p = PlannedCell(cell, "resume", resumable[0]["run_id"])
         else:
-            out.append(PlannedCell(cell, "run"))
+            p = PlannedCell(cell, "run")
+        # A run left RUNNING with no live owner was killed; the run this plan continues is not among them.
+        p.superseded += [r["run_id"] for r in runs
+                         if r["status"] == "RUNNING" and r not in live and r["run_id"] != p.run_id]
+        out.append(p)
     return out
+
+
+def _dead_evaluations(study: Study, train_run_id: str, tracking_uri: str | None) -> list[str]:
+    """Evaluation runs under a trained cell left RUNNING by a killed process (no process holds the cell now)."""
+    from vimpo_bench import tracking
+
+    children = tracking.search_runs([study.experiment], f"tags.`mlflow.parentRunId` = '{train_run_id}'", tracking_uri)
+    return [r["run_id"] for r in children if r["status"] == "RUNNING" and r["tags"].get("vimpo.kind") == "eval"]
+
+
+def retire(planned: list[PlannedCell], tracking_uri: str | None) -> int:
+    """Mark the runs the plan supersedes KILLED, tagged superseded (reports leave them out). Returns how many."""
+    from vimpo_bench import tracking
+
+    n = 0
+    for p in planned:
+        for run_id in p.superseded:
+            handle = tracking.MlflowTracker.attach(run_id, tracking_uri)
+            handle.set_tags({DONE_TAG: "superseded"})
+            handle.finish("KILLED")
+            n += 1
+    return n
 
 
 def plan_rows(study: Study, planned: list[PlannedCell]) -> list[dict[str, Any]]:
@@ -359,6 +404,7 @@ def run_study(
     tracking_uri = tracking_uri or tracking.default_tracking_uri()
     cells = expand(study)
     planned = plan(study, cells, tracking_uri)
+    retire(planned, tracking_uri)
     parent = open_parent_run(study, len(cells), tracking_uri)
     threads = max(1, (os.cpu_count() or 1) // workers)
     outcomes: dict[int, CellOutcome] = {}
@@ -437,10 +483,14 @@ def run_cell(study: Study, planned: PlannedCell, parent_run_id: str, tracking_ur
             policy = Path(config.run.output_dir) / run_id / "checkpoint" / "policy"
             if not policy.is_dir():
                 raise FileNotFoundError(f"no trained policy at {policy} to evaluate")
-            result = evaluate.run_eval(str(policy), eval_config(study, study.suites), parent_run_id=run_id,
-                                       experiment=study.experiment, tracking_uri=tracking_uri,
-                                       output_dir=Path(config.run.output_dir) / run_id / "eval",
-                                       step=config.optim.steps)
+            owner = train.claim_run(Path(config.run.output_dir) / run_id)  # the cell is live while evaluated
+            try:
+                result = evaluate.run_eval(str(policy), eval_config(study, study.suites), parent_run_id=run_id,
+                                           experiment=study.experiment, tracking_uri=tracking_uri,
+                                           output_dir=Path(config.run.output_dir) / run_id / "eval",
+                                           step=config.optim.steps)
+            finally:
+                owner.release()
             for suite, suite_result in result.suites.items():
                 metrics[f"{suite}/accuracy"] = suite_result.metrics.get("accuracy")
         tracking.MlflowTracker.attach(run_id, tracking_uri).set_tags({DONE_TAG: "done"})
@@ -456,7 +506,7 @@ def run_cell(study: Study, planned: PlannedCell, parent_run_id: str, tracking_ur
 
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
+    return clip(f"{type(exc).__name__}: {text[0] if text else ''}")
 
 
 def open_parent_run(study: Study, n_cells: int, tracking_uri: str):

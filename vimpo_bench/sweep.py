@@ -23,15 +23,18 @@ one trial each when they ask at the same moment.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing import get_context
+from pathlib import Path
 from typing import Any
 
-from vimpo_bench.config import ConfigError, _coerce
+from vimpo_bench import locks
+from vimpo_bench.config import ConfigError, _coerce, clip, short
 from vimpo_bench.study import Study
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
@@ -94,7 +97,7 @@ class SweepSpec:
 def sweep_spec(study: Study) -> SweepSpec:
     where = f"{study.path}: study.sweep"
     raw = study.sweep
-    unknown = sorted(set(raw) - set(SWEEP_FIELDS))
+    unknown = sorted(set(raw) - set(SWEEP_FIELDS), key=str)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(SWEEP_FIELDS)}")
     spec = SweepSpec(
@@ -104,9 +107,9 @@ def sweep_spec(study: Study) -> SweepSpec:
         sampler={"kind": "tpe", "seed": None, **_coerce(raw.get("sampler") or {}, dict, f"{where}.sampler")},
     )
     if spec.metric not in METRICS:
-        raise ConfigError(f"{where}.metric: {spec.metric!r} is not a held-out metric; valid: {', '.join(METRICS)}")
+        raise ConfigError(f"{where}.metric: {short(spec.metric)} is not a held-out metric; valid: {', '.join(METRICS)}")
     if spec.direction not in ("maximize", "minimize"):
-        raise ConfigError(f"{where}.direction: {spec.direction!r} is not one of maximize, minimize")
+        raise ConfigError(f"{where}.direction: {short(spec.direction)} is not one of maximize, minimize")
     make_pruner(spec, where)
     make_sampler(spec, 0, where)
     return spec
@@ -128,8 +131,8 @@ def resolve_params(study: Study, names: list[str]) -> list[Param]:
         elif name in BUILTIN_PARAMS:
             raw, here = BUILTIN_PARAMS[name], f"built-in parameter {name}"
         else:
-            known = sorted(set(declared) | set(BUILTIN_PARAMS))
-            raise ConfigError(f"unknown parameter {name!r}: declare it under study.sweep.params in {study.path} "
+            known = sorted(set(declared) | set(BUILTIN_PARAMS), key=str)
+            raise ConfigError(f"unknown parameter {short(name)}: declare it under study.sweep.params in {study.path} "
                               f"(known: {', '.join(known)})")
         params.append(_param(name, raw, here))
     for p in params:  # both ends of each range must make a valid config
@@ -140,29 +143,34 @@ def resolve_params(study: Study, names: list[str]) -> list[Param]:
 
 def _param(name: str, raw: Any, where: str) -> Param:
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: a mapping {{key, low, high[, log]}} or {{key, choices}}, got {raw!r}")
-    unknown = sorted(set(raw) - set(PARAM_FIELDS))
+        raise ConfigError(f"{where}: a mapping {{key, low, high[, log]}} or {{key, choices}}, got {short(raw)}")
+    unknown = sorted(set(raw) - set(PARAM_FIELDS), key=str)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(PARAM_FIELDS)}")
     key = raw.get("key", name)
     keys = tuple(key) if isinstance(key, list) else (key,)
     if not keys or not all(isinstance(k, str) and "." in k for k in keys):
-        raise ConfigError(f"{where}.key: a config key such as algo.beta (or a list of them), got {key!r}")
+        raise ConfigError(f"{where}.key: a config key such as algo.beta (or a list of them), got {short(key)}")
     if "choices" in raw:
         choices = raw["choices"]
         if not isinstance(choices, list) or not choices:
-            raise ConfigError(f"{where}.choices: a non-empty list, got {choices!r}")
+            raise ConfigError(f"{where}.choices: a non-empty list, got {short(choices)}")
         return Param(name, keys, choices=tuple(choices))
     if "low" not in raw or "high" not in raw:
         raise ConfigError(f"{where}: needs low and high (or choices)")
     low, high = (_number(raw[k], f"{where}.{k}") for k in ("low", "high"))
+    for k, value in (("low", low), ("high", high)):
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}.{k}: must be a finite number, got {value}")
     log = _coerce(raw.get("log", False), bool, f"{where}.log")
     if not low < high:
         raise ConfigError(f"{where}: empty range: low ({low}) must be below high ({high})")
     if log and low <= 0:
         raise ConfigError(f"{where}: a log range needs low > 0, got {low}")
-    step = raw.get("step")
-    return Param(name, keys, low, high, log, None if step is None else _coerce(step, float, f"{where}.step"))
+    step = None if raw.get("step") is None else _coerce(raw["step"], float, f"{where}.step")
+    if step is not None and not (math.isfinite(step) and step > 0):
+        raise ConfigError(f"{where}.step: must be finite and > 0, got {step}")
+    return Param(name, keys, low, high, log, step)
 
 
 def _number(value: Any, where: str) -> int | float:
@@ -180,7 +188,7 @@ def make_pruner(spec: SweepSpec, where: str = "study.sweep"):
     classes = {"median": optuna.pruners.MedianPruner, "percentile": optuna.pruners.PercentilePruner,
                "threshold": optuna.pruners.ThresholdPruner, "none": optuna.pruners.NopPruner}
     if kind not in classes:
-        raise ConfigError(f"{where}.pruner.kind: {kind!r} is not one of {', '.join(PRUNERS)}")
+        raise ConfigError(f"{where}.pruner.kind: {short(kind)} is not one of {', '.join(PRUNERS)}")
     try:
         return classes[kind](**opts)
     except (TypeError, ValueError) as exc:
@@ -197,7 +205,7 @@ def make_sampler(spec: SweepSpec, worker: int, where: str = "study.sweep"):
     classes = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
     kind = spec.sampler["kind"]
     if kind not in classes:
-        raise ConfigError(f"{where}.sampler.kind: {kind!r} is not one of {', '.join(classes)}")
+        raise ConfigError(f"{where}.sampler.kind: {short(kind)} is not one of {', '.join(classes)}")
     try:
         return classes[kind](seed=seed, **opts)
     except (TypeError, ValueError) as exc:
@@ -223,12 +231,19 @@ def make_storage(url: str):
     import sqlalchemy.exc
 
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    # Workers creating a new sqlite storage at once race in its table creation: one at a time on this machine.
+    lock_file = url[len("sqlite:///"):] + ".lock" if url.startswith("sqlite:///") else None
     for attempt in range(3):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
-            if attempt == 2:  # another process was creating the tables at the same moment: try again
-                raise
+            with locks.file_lock(lock_file) if lock_file else contextlib.nullcontext():
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as exc:
+            # another process (another machine, or one not taking the lock) was creating the tables at the
+            # same moment: try again; any other operational error is the user's to fix
+            racing = not isinstance(exc, sqlalchemy.exc.OperationalError) or "already exists" in str(exc)
+            if attempt == 2 or not racing:
+                lines = str(exc).strip().splitlines()
+                raise ValueError(f"--storage {redact(url)}: {lines[0] if lines else type(exc).__name__}") from None
             time.sleep(1 + attempt)
         except (sqlalchemy.exc.SQLAlchemyError, ModuleNotFoundError, ValueError, ImportError) as exc:
             lines = str(exc).strip().splitlines()
@@ -274,13 +289,20 @@ def fail_abandoned(optuna_study, tracking_uri: str | None) -> int:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process `pid` still runs. A killed worker whose parent died too can linger as a zombie
+    until an init process reaps it (never, under a PID 1 that does not reap): signal 0 still reaches a
+    zombie, so its state in /proc decides."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc (not Linux): signal 0 is all there is
+    return state not in ("Z", "X")
 
 
 @dataclass
@@ -340,7 +362,7 @@ def run_trial(job: SweepJob, trial, progress=None) -> None:
         raise
     except Exception as exc:
         state, lines = TrialState.FAIL, str(exc).strip().splitlines()
-        error = f"{type(exc).__name__}: {lines[0] if lines else ''}"
+        error = clip(f"{type(exc).__name__}: {lines[0] if lines else ''}")
         trial.set_user_attr("error", error)
     if run_id:
         handle = tracking.MlflowTracker.attach(run_id[0], job.tracking_uri)
@@ -351,8 +373,9 @@ def run_trial(job: SweepJob, trial, progress=None) -> None:
     trial.study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
 
 
-def worker(job: SweepJob, worker_index: int, lock=None, progress=None) -> None:
-    """Ask for and run trials until the study holds `job.trials` counted trials or the deadline passes."""
+def worker(job: SweepJob, worker_index: int, lock=None, progress=None, parent_pid: int | None = None) -> None:
+    """Ask for and run trials until the study holds `job.trials` counted trials or the deadline passes (or,
+    in a worker process, its command is gone: an orphan finishes its trial but starts no other)."""
     import optuna
 
     optuna_study = optuna.load_study(study_name=job.optuna_name, storage=make_storage(job.storage),
@@ -360,6 +383,8 @@ def worker(job: SweepJob, worker_index: int, lock=None, progress=None) -> None:
     guard = lock if lock is not None else contextlib.nullcontext()
     while True:
         if job.deadline and time.time() > job.deadline:
+            return
+        if parent_pid is not None and os.getppid() != parent_pid:
             return
         with guard:
             if counted(optuna_study) >= job.trials:
@@ -373,7 +398,7 @@ def _worker_process(job: SweepJob, worker_index: int, lock) -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    worker(job, worker_index, lock)
+    worker(job, worker_index, lock, parent_pid=os.getppid())
 
 
 @dataclass

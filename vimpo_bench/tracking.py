@@ -9,11 +9,21 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+from vimpo_bench import locks
 
 DEFAULT_EXPERIMENT = "vimpo-bench"
+# Seconds to wait for a tracking server to accept a connection; MLflow's own HTTP retries take minutes.
+CONNECT_TIMEOUT = 5.0
+
+
+class TrackingUnavailable(ConnectionError):
+    """The tracking store cannot be reached; the message shows its URI without a password."""
 
 
 def default_tracking_uri() -> str:
@@ -30,6 +40,33 @@ def missing_sqlite_store(tracking_uri: str | None = None) -> Path | None:
         if not path.is_file():
             return path
     return None
+
+
+def redact_uri(uri: str) -> str:
+    """The URI with any password replaced by ***."""
+    try:
+        parts = urlsplit(uri)
+        if parts.password is None:
+            return uri
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        return uri
+
+
+def check_reachable(uri: str, timeout: float = CONNECT_TIMEOUT) -> None:
+    """Raise TrackingUnavailable within `timeout` seconds unless an http(s) tracking server accepts a TCP
+    connection (MLflow would retry for minutes without a word)."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname or "localhost", port), timeout=timeout).close()
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise TrackingUnavailable(f"MLflow tracking server {redact_uri(uri)} is unreachable: {reason} "
+                                  "(check MLFLOW_TRACKING_URI)") from None
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -54,6 +91,7 @@ class Tracker(Protocol):
     def log_text(self, text: str, artifact_file: str) -> None: ...
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None: ...
     def finish(self, status: str = "FINISHED") -> None: ...
+    def last_step(self, key: str) -> int | None: ...
 
 
 class NullTracker:
@@ -82,11 +120,27 @@ class NullTracker:
     def finish(self, status: str = "FINISHED") -> None:
         pass
 
+    def last_step(self, key: str) -> int | None:
+        return None
+
+
+_READY: set[str] = set()  # stores this process has checked (and, for sqlite, created under the lock)
+
 
 def _client(tracking_uri: str | None):
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri or default_tracking_uri())
+    uri = tracking_uri or default_tracking_uri()
+    if uri not in _READY:
+        check_reachable(uri)
+        if uri.startswith("sqlite:///"):
+            # Two first runs on a new store at once both run MLflow's schema migration and one crashes: the
+            # first use per process happens under a lock file beside the database (MLflow caches the store).
+            db = Path(uri[len("sqlite:///"):])
+            with locks.file_lock(db.with_name(db.name + ".lock")):
+                MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        _READY.add(uri)
+    return MlflowClient(tracking_uri=uri)
 
 
 def experiment_id(client, name: str) -> str:
@@ -181,6 +235,11 @@ class MlflowTracker:
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
+
+    def last_step(self, key: str) -> int | None:
+        """The highest step at which this run logged metric `key` (None: never)."""
+        history = self.client.get_metric_history(self.run_id, key)
+        return max((m.step for m in history), default=None)
 
 
 # --- Reading runs back (used by `vimpo_bench.report`). Plain Python values out, no mlflow types. ---

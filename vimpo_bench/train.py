@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from vimpo_bench import faults, locks
 from vimpo_bench import tasks as task_registry
 from vimpo_bench.algorithms import Batch
 from vimpo_bench.algorithms.core import masked_mean
@@ -96,36 +97,82 @@ def run(
     `tags` are added to the run's own (a `vimpo.kind` among them replaces `train`); the run is nested
     under `parent_run_id` when given; `run_started(run_id)` is called once the run exists (a sweep
     records it on its trial). An `EarlyStop` raised by `on_eval` ends the run as KILLED."""
+    if config.run.engine == "trl":  # our algorithms inside TRL's GRPOTrainer (vimpo_bench/engines)
+        from vimpo_bench.engines import trl_engine
+
+        return trl_engine.run(config, resume_run_id, progress, tracking_uri, stop_after, tags, parent_run_id,
+                              on_eval, run_started)
     if config.run.engine != "native":
-        raise TrainingError(f"run.engine={config.run.engine!r} is not built yet; use run.engine=native")
+        raise TrainingError(f"unknown run.engine={config.run.engine!r}; valid: native, trl")
+    output = Path(config.run.output_dir)
+    prepare_output_dir(output)
     if resume_run_id:
-        tracker = MlflowTracker.resume(resume_run_id, tracking_uri)
-        checkpoint = find_checkpoint(Path(config.run.output_dir) / resume_run_id)
-        if checkpoint is None:
-            tracker.finish("FAILED")
-            raise TrainingError(f"run {resume_run_id} has no checkpoint under {config.run.output_dir}/{resume_run_id}")
-        config = from_dict(json.loads((checkpoint / "config.json").read_text()), str(checkpoint / "config.json"))
+        owner = claim_run(output / resume_run_id)
+        try:
+            tracker = MlflowTracker.resume(resume_run_id, tracking_uri)
+            checkpoint = find_checkpoint(output / resume_run_id)
+            if checkpoint is None:
+                tracker.finish("FAILED")
+                raise TrainingError(f"run {resume_run_id} has no checkpoint under {output}/{resume_run_id}")
+            config = from_dict(json.loads((checkpoint / "config.json").read_text()), str(checkpoint / "config.json"))
+        except BaseException:
+            owner.release()
+            raise
     else:
         run_name = config.run.run_name or f"{config.algo['name']}-s{config.run.seed}-{config.hash()[:6]}"
         # kind and hash from the start, so that a run failing before its first step is still found by them
         first_tags = {"vimpo.kind": "train", "vimpo.config_hash": config.hash(), **(tags or {})}
         tracker = MlflowTracker.start(run_name, config.run.experiment, tags=first_tags, parent_run_id=parent_run_id,
                                       tracking_uri=tracking_uri)
+        owner = claim_run(output / tracker.run_id)
         checkpoint = None
     if run_started:
         run_started(tracker.run_id)
     try:
         result = train(config, tracker, progress=progress, resume_from=checkpoint, stop_after=stop_after,
                        tags=tags, on_eval=on_eval)
+        if result.steps >= config.optim.steps:  # while still holding the lock: never "RUNNING, no owner"
+            tracker.finish("FINISHED")
     except EarlyStop:
         tracker.finish("KILLED")
         raise
     except BaseException:
         tracker.finish("FAILED")
         raise
-    if result.steps >= config.optim.steps:
-        tracker.finish("FINISHED")
+    finally:
+        owner.release()
     return result
+
+
+OWNER_LOCK = ".owner.lock"  # in <output_dir>/<run id>/: held by the process training that run
+
+
+def prepare_output_dir(root: Path) -> None:
+    """Fail now, not at the first checkpoint save, when checkpoints cannot be written there; and remove the
+    temporary folders of saves cut short by a kill (`.checkpoint-*` of runs whose process is gone)."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            pass
+    except OSError as exc:
+        raise TrainingError(f"run.output_dir {root}: not writable ({exc.strerror or exc})") from None
+    for partial in root.glob(f"*/{TEMP_PREFIX}*"):
+        if not locks.held(partial.parent / OWNER_LOCK):
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+def claim_run(run_dir: Path) -> locks.OwnerLock:
+    """Hold the run's owner lock for this process's life: another process then knows the run is live (the
+    kernel drops the lock when this one dies, kill -9 included). A run already held is refused."""
+    lock = locks.OwnerLock(run_dir / OWNER_LOCK)
+    if not lock.acquire():
+        raise TrainingError(f"run {run_dir.name} is being trained by another process ({locks.owner(lock.path)})")
+    return lock
+
+
+def run_is_live(output_dir: str | Path, run_id: str) -> bool:
+    """Whether a process is training this run now (it holds the run's owner lock)."""
+    return locks.held(Path(output_dir) / run_id / OWNER_LOCK)
 
 
 def record_run(tracker: Tracker, config: Config, task, tags: dict | None = None) -> None:
@@ -192,9 +239,13 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(config.optim.lr_schedule, s, opt_steps_total, config.optim.warmup_steps))
 
-    start_step, initial = 0, {}
+    start_step, initial, logged_through = 0, {}, 0
     if resume_from is not None:
         start_step, initial = load_checkpoint(resume_from, policy, reference, optimizer, scheduler)
+        # A killed process may have logged steps past its last checkpoint. This process recomputes the same
+        # values (every draw is seeded by run seed and step; the checkpoint restores the rest), so the steps
+        # already recorded are kept and not logged a second time.
+        logged_through = tracker.last_step("perf/step_s") or 0
     else:
         record_run(tracker, config, task, tags)
 
@@ -220,7 +271,8 @@ def train(
             last_eval = evaluate_heldout(config, generator, task, heldout, prompt_text, done, tracker)
             metrics.update(last_eval)
             log_advantage_profile(tracker, batch_info, done)
-        tracker.log_metrics(metrics, step=done)
+        if done > logged_through:
+            tracker.log_metrics(metrics, step=done)
         history.append({"step": done, **metrics})
         if (config.run.checkpoint_every and done % config.run.checkpoint_every == 0) or done == end_step:
             save_checkpoint(checkpoint_dir(config, tracker), config, policy, reference, optimizer, scheduler,
@@ -229,6 +281,7 @@ def train(
             progress("train", done, config.optim.steps, metrics)
         if on_eval and "val/sampled_accuracy" in metrics:
             on_eval(done, {k: v for k, v in metrics.items() if k.startswith("val/")})
+        faults.point("step")
 
     final_dir = checkpoint_dir(config, tracker)
     if end_step == config.optim.steps and config.run.log_checkpoint and tracker.run_id:
@@ -407,6 +460,7 @@ def evaluate_heldout(config, generator, task, heldout, prompt_text, step: int, t
                                     seed=step_seed(config.run.seed, step, 4))
         correct = [task.grade(t, p) for t, p in zip(greedy.texts, heldout, strict=True)]
         out["val/greedy_accuracy"] = sum(correct) / len(correct)
+        faults.point("heldout")
         records += [{"step": step, "mode": "greedy", "id": p.id, "prompt": prompts[i], "completion": greedy.texts[i],
                      "answer": task.extract(greedy.texts[i]), "gold": p.answer, "correct": correct[i]}
                     for i, p in enumerate(heldout[: config.eval.completions_logged])]
@@ -498,6 +552,9 @@ class PhaseTimer:
 # ---------------------------------------------------------------------------------- checkpoints
 
 
+TEMP_PREFIX = ".checkpoint-"  # a save in progress; left behind only by a kill, removed at the next start
+
+
 def checkpoint_dir(config: Config, tracker: Tracker) -> Path:
     return Path(config.run.output_dir) / (tracker.run_id or "local") / "checkpoint"
 
@@ -507,8 +564,9 @@ def save_checkpoint(path: Path, config: Config, policy, reference, optimizer, sc
     """Write the checkpoint atomically: build it beside, then swap; a kill mid-save keeps the old one.
     `policy/` holds the tokenizer too, so that it loads (and evaluates) on its own."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".checkpoint-", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=path.parent))
     policy.save_pretrained(tmp / "policy")
+    faults.point("save")
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp / "policy")
     if config.ref.schedule != "frozen":  # a frozen reference is the starting model, rebuilt on resume

@@ -7,6 +7,9 @@ and treats `mask` [B, T] as 1 on response tokens and 0 on padding.
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import torch
 
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
@@ -186,8 +189,17 @@ def check(ok: bool, message: str) -> None:
         raise ValueError(message)
 
 
+def check_finite(algo) -> None:
+    """Every numeric option finite: NaN passes any check written `x >= 0`, infinity passes most."""
+    for f in dataclasses.fields(algo):
+        value = getattr(algo, f.name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            check(math.isfinite(value), f"{f.name} must be a finite number, got {value}")
+
+
 def check_ppo(algo) -> None:
-    """Validate the PPO options every algorithm shares."""
+    """Validate the options every algorithm shares: all numbers finite, then the PPO ones."""
+    check_finite(algo)
     check(0 <= algo.eps_low < 1, f"eps_low must be in [0, 1), got {algo.eps_low}")
     check(algo.eps_high >= 0, f"eps_high must be >= 0, got {algo.eps_high}")
     check(algo.dual_clip is None or algo.dual_clip > 1, f"dual_clip must be > 1 or None, got {algo.dual_clip}")

@@ -30,6 +30,7 @@ from vimpo_bench.algorithms.core import (
     KL_ESTIMATORS,
     aggregate,
     check,
+    check_finite,
     check_ppo,
     f32,
     group_mean,
@@ -97,6 +98,7 @@ class Grpo:
     name = "grpo"
 
     def __post_init__(self) -> None:
+        check_finite(self)  # first: the range checks below read NaN as "in range"
         check(self.beta >= 0, f"beta must be >= 0, got {self.beta}")
         check(self.kl_estimator in KL_ESTIMATORS, f"kl_estimator must be one of {KL_ESTIMATORS}, got {self.kl_estimator!r}")
         check(self.scale in SCALES, f"scale must be one of {SCALES}, got {self.scale!r}")

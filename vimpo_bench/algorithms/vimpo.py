@@ -34,6 +34,7 @@ from vimpo_bench.algorithms.batch import Batch
 from vimpo_bench.algorithms.core import (
     aggregate,
     check,
+    check_finite,
     check_ppo,
     f32,
     group_count,
@@ -228,6 +229,7 @@ class Vimpo:
     name = "vimpo"
 
     def __post_init__(self) -> None:
+        check_finite(self)  # first: the range checks below read NaN as "in range"
         check(self.beta > 0, f"beta must be > 0, got {self.beta}")
         check(self.value_coef is not None or self.value_scale is not None,
               "set value_scale (2 beta c_V, held fixed as beta moves) or value_coef (c_V fixed)")

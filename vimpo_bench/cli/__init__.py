@@ -31,9 +31,17 @@ def debug_enabled() -> bool:
     return _state["debug"] or "--debug" in sys.argv
 
 
+def one_line(message: object, limit: int = 1000) -> str:
+    """The first line of a message, cut to `limit` characters: an error is one readable line, whatever a
+    library (or an echoed value) put in it."""
+    lines = str(message).strip().splitlines()
+    text = lines[0] if lines else type(message).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def fail(message: str, code: int = 2) -> None:
     """Print one clear line to stderr and exit non-zero."""
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {one_line(message)}", err=True)
     raise typer.Exit(code)
 
 
@@ -61,5 +69,5 @@ def main() -> None:
     except Exception as exc:  # one clear line unless --debug
         if debug_enabled():
             raise
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {one_line(exc) if str(exc).strip() else type(exc).__name__}", err=True)
         sys.exit(1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import typer
@@ -42,6 +43,7 @@ def train_command(
     study: Path = typer.Option(None, "--study", help="Study file or packaged study name (default: tiny_demo)."),
     algo: str = typer.Option(None, "--algo", help="Algorithm: vimpo, grpo, dr_grpo, dapo, rloo."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key: section.key=value (repeatable)."),
+    engine: str = typer.Option(None, "--engine", help="Training engine: native (default) or trl (TRL's GRPOTrainer)."),
     resume: str = typer.Option(None, "--resume", help="MLflow run id to continue from its last checkpoint."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON summary object last."),
 ) -> None:
@@ -52,6 +54,8 @@ def train_command(
     overrides = list(set_)
     if algo:
         overrides.insert(0, f"algo.name={algo}")
+    if engine:
+        overrides.append(f"run.engine={engine}")
     try:
         config = load_config(str(study) if study else DEFAULT_STUDY, overrides)
     except ConfigError as exc:
@@ -61,6 +65,8 @@ def train_command(
         result = run(config, resume_run_id=resume, progress=bars)
     finally:
         bars.close()
+    if os.environ.get("RANK", "0") != "0":  # several processes (accelerate, torchrun): the main one reports
+        return
     summary = result.summary()
     if as_json:
         typer.echo(json.dumps(summary))

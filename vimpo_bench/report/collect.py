@@ -88,7 +88,9 @@ def select_runs(study=None, experiment=None, run_ids=None, tracking_uri=None) ->
                 if child["run_id"] not in records:
                     records[child["run_id"]] = child
                     frontier.append(child["run_id"])
-    return list(records.values()), title, selection
+    # Runs a study rerun superseded (killed, then replaced by a new run of the same cell) are not results.
+    kept = [r for r in records.values() if r["tags"].get("vimpo.cell_status") != "superseded"]
+    return kept, title, selection
 
 
 def _kind(r: dict) -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from vimpo_bench import grading
+from vimpo_bench.config import short
 from vimpo_bench.tasks.base import Problem
 
 DATA_ENV = "VIMPO_BENCH_DATA"
@@ -133,9 +134,9 @@ def _row_to_problem(row: Any, where: str) -> Problem:
             raise DataError(f"{where}: missing field {key!r}")
     answer = row["answer"]
     if answer is None or not str(answer).strip():
-        raise DataError(f"{where}: empty answer (id {row['id']!r})")
+        raise DataError(f"{where}: empty answer (id {short(row['id'])})")
     if not str(row["problem"]).strip():
-        raise DataError(f"{where}: empty problem (id {row['id']!r})")
+        raise DataError(f"{where}: empty problem (id {short(row['id'])})")
     meta = {k: v for k, v in row.items() if k not in _META_SKIP}
     return Problem(id=str(row["id"]), question=str(row["problem"]), answer=str(answer).strip(), meta=meta)
 
@@ -145,8 +146,13 @@ def read_jsonl(path: Path) -> tuple[list[Problem], str]:
     if not path.is_file():
         raise DataError(f"{path}: data file not found (expected one JSON object per line)")
     raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte {exc.start} is {raw[exc.start]:#04x})") from None
     problems, seen = [], set()
-    for number, line in enumerate(raw.decode("utf-8").splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path}:{number}"
@@ -154,9 +160,11 @@ def read_jsonl(path: Path) -> tuple[list[Problem], str]:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"{where}: malformed JSON ({exc.msg})") from None
+        except RecursionError:
+            raise DataError(f"{where}: JSON nested too deeply") from None
         problem = _row_to_problem(row, where)
         if problem.id in seen:
-            raise DataError(f"{where}: duplicate id {problem.id!r}")
+            raise DataError(f"{where}: duplicate id {short(problem.id)}")
         seen.add(problem.id)
         problems.append(problem)
     if not problems:

@@ -1,0 +1,236 @@
+"""Faults: kill -9 at chosen points (between steps, mid-save, mid-evaluation, in a study cell, a sweep with
+two workers), then resume or rerun and check the records; two first uses of a new store at once; an
+unreachable tracking server or hub; an unwritable output folder; out-of-range numbers in configs.
+The kill scenarios live in tests/faultkit.py (benchmarks/bench_faults.py runs more of them)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import random
+import textwrap
+import time
+
+import optuna
+import pytest
+from conftest import EASY_WARM_STEPS
+from faultkit import (
+    KILL_POINTS,
+    histories,
+    kill_group_when,
+    problems_with_run,
+    run_killed,
+    running_runs,
+    start_in_own_group,
+    train_config,
+    train_run,
+)
+from optuna.trial import TrialState
+
+from vimpo_bench import tracking
+from vimpo_bench.config import ConfigError, load_config
+from vimpo_bench.study import load_study, run_study
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+RNG = random.Random(12)  # the kill points; change the seed to explore others (the benchmark draws many)
+
+
+@pytest.fixture(scope="module")
+def reference(easy_model_cache, tmp_path_factory):
+    """Metric histories of one uninterrupted run (its own store, opened in this process only)."""
+    from vimpo_bench.train import run
+
+    root = tmp_path_factory.mktemp("reference")
+    store = f"sqlite:///{root / 'mlflow.db'}"
+    result = run(train_config(easy_model_cache, root / "runs", EASY_WARM_STEPS), tracking_uri=store)
+    return histories(store, result.run_id)
+
+
+@pytest.mark.parametrize("point", sorted(KILL_POINTS))
+def test_a_run_killed_anywhere_resumes_to_the_same_records(point, easy_model_cache, reference, tmp_path):
+    from vimpo_bench.train import run
+
+    hit = RNG.choice(KILL_POINTS[point])
+    store, out = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "runs"
+    config = train_config(easy_model_cache, out, EASY_WARM_STEPS)
+    assert run_killed(f"{point}@{hit}", train_run, config, store) == -9, (point, hit)
+    (run_id,) = running_runs(store, config.run.experiment)  # killed: left RUNNING
+    if point == "save":
+        assert list(out.glob("*/.checkpoint-*")), "the kill mid-save should leave its temporary folder"
+    run(config, resume_run_id=run_id, tracking_uri=store)
+    assert problems_with_run(store, run_id, reference, out) == [], (point, hit)
+
+
+STUDY = """
+study:
+  axes:
+    run.seed: [0, 1]
+"""
+
+
+def test_a_study_killed_in_a_cell_reruns_honestly(easy_model_cache, easy_study_yaml, tmp_path):
+    """Cells have no checkpoint until they end (checkpoint_every 0): the killed cell's run cannot be
+    resumed, so the rerun starts it again and marks the dead one KILLED; the report leaves it out."""
+    from vimpo_bench.report.collect import select_runs
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    path = tmp_path / "kill.yaml"
+    path.write_text(easy_study_yaml(easy_model_cache, tmp_path / "runs", STUDY, steps=2, eval_every=0))
+    hit = 3  # in the second cell (2 steps each), after its first step (the benchmark draws the point)
+    assert run_killed(f"step@{hit}", run_study, load_study(path), 1, store) == -9
+    assert len(running_runs(store, "kill")) == 2  # the parent and the killed cell
+
+    result = run_study(load_study(path), tracking_uri=store)
+    assert [o.status for o in result.outcomes] == ["skipped", "done"]
+    assert running_runs(store, "kill") == []
+    runs = tracking.search_runs(["kill"], "", store)
+    killed = [r for r in runs if r["status"] == "KILLED"]
+    assert len(killed) == 1 and killed[0]["tags"]["vimpo.cell_status"] == "superseded"
+    for r in runs:
+        if r["tags"].get("vimpo.kind") == "train" and r["status"] == "FINISHED":
+            assert all(len({s for s, _ in v}) == len(v) for v in histories(store, r["run_id"]).values())
+    reported, _, _ = select_runs(study="kill", tracking_uri=store)
+    assert killed[0]["run_id"] not in {r["run_id"] for r in reported}
+    assert len([r for r in reported if r["tags"].get("vimpo.kind") == "train"]) == 2
+
+
+@pytest.mark.slow  # four worker processes start (a minute or more on 2 cores)
+def test_a_sweep_killed_with_two_workers_keeps_exact_trial_counts(easy_model_cache, easy_study_yaml, tmp_path):
+    from vimpo_bench.sweep import make_storage, run_sweep
+
+    store, storage = f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'optuna.db'}"
+    path = tmp_path / "ksweep.yaml"
+    path.write_text(easy_study_yaml(easy_model_cache, tmp_path / "runs", steps=2))
+
+    def trial_running() -> bool:
+        try:  # through make_storage: its lock keeps this poll out of the sweep's table creation
+            trials = optuna.load_study(study_name="ksweep:beta", storage=make_storage(storage)).get_trials()
+        except Exception:  # not created yet
+            return False
+        return any(t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs for t in trials)
+
+    proc = start_in_own_group(run_sweep, load_study(path), ["beta"], 3, storage, 2, store)
+    assert kill_group_when(proc, trial_running, delay=RNG.uniform(0, 1.5)), "no trial started"
+
+    result = run_sweep(load_study(path), ["beta"], trials=3, storage=storage, workers=2, tracking_uri=store)
+    trials = optuna.load_study(study_name="ksweep:beta", storage=storage).get_trials()
+    counted = [t for t in trials if not (t.state == TrialState.FAIL and "error" not in t.user_attrs)]
+    assert len(counted) == 3 and all(t.state == TrialState.COMPLETE for t in counted)
+    assert result.states.get("COMPLETE") == 3
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert running_runs(store, "ksweep") == []
+    abandoned = [t for t in trials if t.state == TrialState.FAIL]
+    assert abandoned, "the kill should have abandoned at least one trial"
+    for t in abandoned:
+        if "mlflow_run_id" in t.user_attrs:
+            (r,) = tracking.get_runs([t.user_attrs["mlflow_run_id"]], store)
+            assert r["status"] == "KILLED"
+
+
+# ------------------------------------------------------------------------- stores, servers, folders
+
+
+def _first_run(store: str, barrier) -> None:
+    barrier.wait()
+    tracking.MlflowTracker.start("race", "race", tracking_uri=store).finish()
+
+
+def _first_storage(url: str, barrier) -> None:
+    from vimpo_bench.sweep import make_storage
+
+    barrier.wait()
+    optuna.create_study(storage=make_storage(url), study_name="race", load_if_exists=True)
+
+
+@pytest.mark.parametrize("target, name", [(_first_run, "mlflow.db"), (_first_storage, "optuna.db")])
+def test_two_first_uses_of_a_new_store_at_once(target, name, tmp_path):
+    ctx = multiprocessing.get_context("fork")
+    url, barrier = f"sqlite:///{tmp_path / name}", ctx.Barrier(2)
+    procs = [ctx.Process(target=target, args=(url, barrier)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+
+
+def test_an_unreachable_tracking_server_fails_fast_in_one_line():
+    started = time.monotonic()
+    with pytest.raises(tracking.TrackingUnavailable) as err:
+        tracking.MlflowTracker.start("x", tracking_uri="http://someone:secret@127.0.0.1:9/")
+    assert time.monotonic() - started < 15
+    message = str(err.value)
+    assert "http://someone:***@127.0.0.1:9/" in message and "secret" not in message and "\n" not in message
+
+
+def test_an_offline_hub_id_fails_fast_in_one_line(monkeypatch):
+    from vimpo_bench.models import load_policy
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.monotonic()
+    with pytest.raises(FileNotFoundError) as err:
+        load_policy("no-such-org/no-such-model")
+    assert time.monotonic() - started < 15
+    assert "no-such-org/no-such-model" in str(err.value) and "HF_HUB_OFFLINE" in str(err.value)
+
+
+def test_an_unwritable_output_folder_fails_before_any_run(tmp_path):
+    from vimpo_bench.train import TrainingError, run
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = load_config(overrides=[f"run.output_dir={blocker / 'runs'}"])
+    with pytest.raises(TrainingError, match=r"run.output_dir .*: not writable"):
+        run(config, tracking_uri=store)
+    assert tracking.missing_sqlite_store(store)  # refused before the store was even created
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.max_grad_norm=-1", "optim.max_grad_norm: must be > 0"),
+    ("optim.max_grad_norm=.nan", "optim.max_grad_norm: must be finite and > 0"),
+    ("optim.lr=.inf", "optim.lr: must be finite and > 0, got inf"),
+    ("optim.warmup_steps=-1", "optim.warmup_steps: must be >= 0"),
+    ("rollout.temperature=.inf", "rollout.temperature: must be finite and > 0"),
+    ("rollout.top_p=.nan", "rollout.top_p: must be finite and in (0, 1]"),
+    ("reward.p=.nan", "reward.p: must be finite and in [0, 1]"),
+    ("ref.alpha=.inf", "ref.alpha: must be finite and in (0, 1]"),
+    ("algo.beta=.nan", "beta must be a finite number"),
+    ("algo.value_scale=.inf", "value_scale must be a finite number"),
+    ("algo.lam=.nan", "lam must be a finite number"),
+    ("algo.eps_high=.inf", "eps_high must be a finite number"),
+    ("eval.samples=0", "eval.samples: must be >= 1"),
+])
+def test_non_finite_or_out_of_range_numbers_fail_at_config_time(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=[override])
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_nan_budget_does_not_switch_the_budget_off(tmp_path):
+    path = tmp_path / "nan.yaml"
+    path.write_text(textwrap.dedent("""
+        extends: tiny_demo
+        study: {budget: {minutes: .nan}}
+        """))
+    with pytest.raises(ConfigError, match=r"study.budget.minutes: must be finite and > 0, got nan"):
+        load_study(path)
+
+
+def test_temporary_folders_of_dead_runs_go_and_a_live_run_is_left_alone(tmp_path):
+    from vimpo_bench.locks import OwnerLock
+    from vimpo_bench.train import OWNER_LOCK, TrainingError, claim_run, prepare_output_dir, run_is_live
+
+    dead, live = tmp_path / "dead-run", tmp_path / "live-run"
+    (dead / ".checkpoint-x1").mkdir(parents=True)
+    (live / ".checkpoint-x2").mkdir(parents=True)
+    holder = OwnerLock(live / OWNER_LOCK)
+    assert holder.acquire()  # as the process training `live-run` would
+    try:
+        prepare_output_dir(tmp_path)
+        assert not (dead / ".checkpoint-x1").exists() and (live / ".checkpoint-x2").exists()
+        assert run_is_live(tmp_path, "live-run") and not run_is_live(tmp_path, "dead-run")
+        with pytest.raises(TrainingError, match="being trained by another process"):
+            claim_run(live)
+    finally:
+        holder.release()
+    assert not run_is_live(tmp_path, "live-run")

@@ -1,0 +1,306 @@
+"""The `trl` training engine: `run(config, ...)` as `train.run`, with TRL's GRPOTrainer driving the loop
+(`trl_trainer.VimpoGRPOTrainer`) and `RLStepCallback` doing, at the end of each RL step, what the native
+loop does after its update: move pi_ref, evaluate on the validation split, log, report progress.
+
+One RL step = one generation = epochs x minibatches optimizer steps, each of grad_accum microbatches of
+whole groups (the native loop's layout). Launch with `accelerate launch` for several processes; only the
+main process opens the MLflow run and logs. See docs/scale.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from vimpo_bench import tasks as task_registry
+from vimpo_bench.config import Config
+from vimpo_bench.engines import trl_preflight
+from vimpo_bench.models import frozen_copy, load_policy
+from vimpo_bench.reference import beta_at, is_ref_update_step
+from vimpo_bench.tracking import MlflowTracker, NullTracker, Tracker
+from vimpo_bench.train import (
+    EarlyStop,
+    TrainingError,
+    TrainResult,
+    claim_run,
+    evaluate_heldout,
+    log_advantage_profile,
+    make_generator,
+    move_reference,
+    prepare_output_dir,
+    record_run,
+    render_prompt,
+)
+
+
+def run(config: Config, resume_run_id=None, progress=None, tracking_uri=None, stop_after=None, tags=None,
+        parent_run_id=None, on_eval=None, run_started=None) -> TrainResult:
+    """`train.run` for run.engine=trl (same arguments and result)."""
+    if resume_run_id:
+        raise TrainingError("resuming a run.engine=trl run is not built yet; start a new run")
+    trl_preflight(config)
+    args = trainer_args(config)  # sets up the process group under accelerate/torchrun
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    state = PartialState()
+    tracker: Tracker = NullTracker()
+    owner = None
+    try:
+        if state.is_main_process:
+            prepare_output_dir(Path(config.run.output_dir))
+            run_name = config.run.run_name or f"{config.algo['name']}-s{config.run.seed}-{config.hash()[:6]}"
+            first_tags = {"vimpo.kind": "train", "vimpo.config_hash": config.hash(), **(tags or {})}
+            tracker = MlflowTracker.start(run_name, config.run.experiment, tags=first_tags,
+                                          parent_run_id=parent_run_id, tracking_uri=tracking_uri)
+            owner = claim_run(Path(config.run.output_dir) / tracker.run_id)  # live while this process trains it
+            if run_started:
+                run_started(tracker.run_id)
+        run_id = broadcast_object_list([tracker.run_id])[0] if state.num_processes > 1 else tracker.run_id
+        try:
+            result = train(config, args, tracker, run_id, progress=progress, stop_after=stop_after, tags=tags,
+                           on_eval=on_eval)
+            if result.steps >= config.optim.steps:
+                tracker.finish("FINISHED")
+        except EarlyStop:
+            tracker.finish("KILLED")
+            raise
+        except BaseException:
+            tracker.finish("FAILED")
+            raise
+        return result
+    finally:
+        if owner is not None:
+            owner.release()
+        if state.num_processes > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()  # else gloo aborts at exit now and then
+
+
+def trainer_args(config: Config):
+    """GRPOConfig for `config`: one RL step = one generation batch of P x G responses."""
+    from trl import GRPOConfig
+
+    o, r = config.optim, config.rollout
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    pieces = processes * o.minibatches * o.grad_accum
+    if r.prompts_per_step % pieces:
+        raise TrainingError(f"rollout.prompts_per_step ({r.prompts_per_step}) must be a multiple of processes x "
+                            f"optim.minibatches x optim.grad_accum ({pieces}) so that every microbatch holds whole groups")
+    cuda = torch.cuda.is_available()
+    return GRPOConfig(
+        output_dir=str(Path(config.run.output_dir) / "trl"),
+        seed=config.run.seed,
+        use_cpu=not cuda,
+        bf16=config.model.dtype == "bfloat16" and cuda,
+        fp16=False,
+        gradient_checkpointing=cuda and os.environ.get("VIMPO_BENCH_GRADIENT_CHECKPOINTING", "1") == "1",
+        per_device_train_batch_size=r.prompts_per_step * r.group_size // pieces,
+        gradient_accumulation_steps=o.grad_accum,
+        steps_per_generation=o.minibatches * o.grad_accum,
+        num_iterations=o.epochs,
+        num_generations=r.group_size,
+        max_completion_length=r.max_new_tokens,
+        temperature=r.temperature,
+        top_p=r.top_p,
+        top_k=0,
+        max_steps=o.steps * o.epochs * o.minibatches,
+        learning_rate=o.lr,
+        weight_decay=o.weight_decay,
+        max_grad_norm=o.max_grad_norm,
+        beta=0.0,  # pi_ref is ours (hard/ema schedules); TRL builds none
+        shuffle_dataset=False,
+        remove_unused_columns=False,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        use_vllm=r.backend == "vllm",
+        vllm_mode=os.environ.get("VIMPO_BENCH_VLLM_MODE", "colocate"),
+        vllm_server_base_url=os.environ.get("VIMPO_BENCH_VLLM_SERVER_URL"),
+        vllm_gpu_memory_utilization=float(os.environ.get("VIMPO_BENCH_VLLM_GPU_MEMORY", "0.3")),
+        vllm_importance_sampling_correction=False,  # our losses treat the samples as pi_old's (docs/scale.md)
+    )
+
+
+@dataclass
+class EngineState:
+    config: Config
+    task: object
+    train_pool: list
+    heldout: list
+    reference: torch.nn.Module
+    tokenizer: object
+    tracker: Tracker
+    progress: object = None
+    on_eval: object = None
+    stop_after: int | None = None
+    initial: dict = field(default_factory=dict)
+    last_eval: dict = field(default_factory=dict)
+    history: list = field(default_factory=list)
+
+    def algo_at(self, step: int):
+        c = self.config
+        algo = c.make_algorithm(beta=beta_at(c.beta_schedule.kind, c.algo["beta"], c.beta_schedule.final, step,
+                                             c.optim.steps))
+        if "norm_len" in c.algo and c.algo["norm_len"] is None:
+            algo = dataclasses.replace(algo, norm_len=c.rollout.max_new_tokens)  # as train.rl_step
+        return algo
+
+    def prompt_text(self, problem) -> str:
+        return render_prompt(self.config, self.task, problem, self.tokenizer)
+
+
+def train(config: Config, args, tracker: Tracker, run_id: str | None, progress=None, stop_after=None, tags=None,
+          on_eval=None) -> TrainResult:
+    from accelerate import PartialState
+
+    started = time.perf_counter()
+    if config.run.threads:
+        torch.set_num_threads(config.run.threads)
+    torch.manual_seed(config.run.seed)
+    random.seed(config.run.seed)
+    state = PartialState()
+
+    # -- setup: task, policy, the trainer ---------------------------------------------------------
+    task = task_registry.get(config.task.name, **config.task.options)
+    warm = {"steps": config.model.warm_start_steps, "batch_size": config.model.warm_start_batch_size,
+            "lr": config.model.warm_start_lr, "seed": config.run.seed}
+    if progress:
+        warm["progress"] = lambda done, total, loss: progress("warm start", done, total, {"loss": loss})
+    with state.main_process_first():  # the built-in model's warm start is cached once
+        policy, tokenizer = load_policy(config.model.name, config.model.dtype, config.model.cache_dir,
+                                        task_options=config.task.options if config.task.name == "arith" else None,
+                                        warm_start=warm)
+    record_run(tracker, config, task, {**(tags or {}), "vimpo.engine": "trl"})
+    trainer, vb = make_trainer(config, args, policy, tokenizer, task, tracker, progress, on_eval, stop_after)
+
+    # -- the loop: rollout -> score -> log-probs -> advantages -> update -> log, driven by TRL ------
+    trainer.train()
+    end_step = trainer.state.global_step // trainer.opt_steps_per_rl_step
+
+    # -- the final policy where `study run` and `eval` look for it (no resumable state: see docs/scale.md)
+    final_dir = Path(config.run.output_dir) / (run_id or "local") / "checkpoint"
+    trainer.save_model(str(final_dir / "policy"))
+    if state.is_main_process:
+        (final_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+        if end_step == config.optim.steps and config.run.log_checkpoint and tracker.run_id:
+            tracker.log_artifact(final_dir / "policy", "checkpoint")
+    state.wait_for_everyone()
+    return TrainResult(tracker.run_id, end_step, vb.initial, vb.last_eval, time.perf_counter() - started,
+                       str(final_dir), vb.history)
+
+
+def make_trainer(config: Config, args, policy, tokenizer, task, tracker: Tracker | None = None, progress=None,
+                 on_eval=None, stop_after=None):
+    """(VimpoGRPOTrainer, EngineState) for `policy`; pi_ref starts as a copy of it."""
+    from datasets import Dataset
+    from transformers import PrinterCallback, ProgressCallback
+
+    from vimpo_bench.engines.trl_trainer import VimpoGRPOTrainer
+
+    tokenizer.padding_side = "left"
+    policy.train()
+    vb = EngineState(config, task, task.problems("train"), task.problems("validation", limit=config.eval.problems),
+                     frozen_copy(policy), tokenizer, tracker or NullTracker(), progress, on_eval, stop_after)
+    dataset = Dataset.from_dict({"prompt": [vb.prompt_text(p) for p in vb.train_pool],
+                                 "problem": list(range(len(vb.train_pool)))})
+    callback = RLStepCallback(vb)
+    trainer = VimpoGRPOTrainer(vb=vb, model=policy, reward_funcs=[_scored_by_the_engine], args=args,
+                               train_dataset=dataset, processing_class=tokenizer, callbacks=[callback])
+    for quiet in (PrinterCallback, ProgressCallback):  # library code never prints (house rule 4)
+        trainer.remove_callback(quiet)
+    callback.trainer = trainer
+    if config.ref.schedule != "frozen" and (trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled):
+        raise TrainingError(f"ref.schedule={config.ref.schedule} under DeepSpeed or FSDP is not built yet for "
+                            "run.engine=trl; use ref.schedule=frozen or plain DDP")
+    return trainer, vb
+
+
+def _scored_by_the_engine(prompts, completions, **kwargs):
+    """Placeholder reward function: TRL requires one, but VimpoGRPOTrainer scores with the task's grader."""
+    raise TrainingError("rewards come from the task's grader inside VimpoGRPOTrainer")
+
+
+class RLStepCallback(TrainerCallback):
+    """What the native loop does after each update: move pi_ref, evaluate, log (main process), progress."""
+
+    def __init__(self, vb: EngineState):
+        self.vb = vb
+        self.trainer = None
+        self.step_started = time.perf_counter()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.vb.initial = self.vb.last_eval = self.evaluate(0)
+        self.vb.tracker.log_metrics(self.vb.initial, step=0)
+        self.step_started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        trainer, vb, config = self.trainer, self.vb, self.vb.config
+        if state.global_step % trainer.opt_steps_per_rl_step:
+            return control
+        done = state.global_step // trainer.opt_steps_per_rl_step
+        metrics = self.step_metrics(done)
+        policy = trainer.accelerator.unwrap_model(trainer.model)
+        if not all(torch.isfinite(p).all() for p in policy.parameters()):
+            raise TrainingError(f"the policy's parameters became non-finite at step {done}; lower optim.lr")
+        if is_ref_update_step(config.ref.schedule, config.ref.every, done):
+            reference = trainer.accelerator.unwrap_model(trainer.vb_reference)
+            metrics.update(move_reference(config, policy, reference, trainer.vb_step))
+        else:
+            metrics["vimpo/ref_update"] = 0.0
+        if (config.eval.every and done % config.eval.every == 0) or done == config.optim.steps:
+            vb.last_eval = self.evaluate(done)
+            metrics.update(vb.last_eval)
+            log_advantage_profile(vb.tracker, trainer.vb_step, done)
+        vb.tracker.log_metrics(metrics, step=done)
+        vb.history.append({"step": done, **metrics})
+        if vb.progress and state.is_world_process_zero:
+            vb.progress("train", done, config.optim.steps, metrics)
+        if vb.on_eval and "val/sampled_accuracy" in metrics:
+            vb.on_eval(done, {k: v for k, v in metrics.items() if k.startswith("val/")})
+        if vb.stop_after is not None and done >= vb.stop_after:
+            control.should_training_stop = True
+        self.step_started = time.perf_counter()
+        return control
+
+    def step_metrics(self, done: int) -> dict:
+        """The step's metrics under docs/metrics.md's names; per-process values averaged over processes."""
+        trainer, info = self.trainer, self.trainer.vb_step
+        local = {**{k: sum(v) / len(v) for k, v in trainer.step_stats.items()}, **info["local"]}
+        trainer.step_stats.clear()
+        keys = sorted(local)
+        values = trainer.accelerator.reduce(torch.tensor([local[k] for k in keys], device=trainer.accelerator.device),
+                                            reduction="mean")
+        step_s = time.perf_counter() - self.step_started
+        timer = info["timer"]
+        metrics = {**info["metrics"], **dict(zip(keys, values.tolist(), strict=True)),
+                   "vimpo/beta": info["algo"].beta, "policy/lr": trainer.lr_scheduler.get_last_lr()[0],
+                   **{f"perf/{k}_s": v for k, v in timer.items()},
+                   "perf/update_s": max(step_s - sum(timer.values()), 0.0), "perf/step_s": step_s,
+                   "perf/tokens_per_s": info["tokens"] / step_s}
+        if self.vb.config.algo["name"] == "vimpo":
+            metrics["vimpo/value_coef"], metrics["vimpo/value_scale"] = info["algo"].c_v, info["algo"].effective_value_scale
+        return metrics
+
+    def evaluate(self, step: int) -> dict:
+        """Validation accuracy with transformers' generate over the trainer's model, on the main process."""
+        from trl.models.utils import unwrap_model_for_generation
+
+        trainer, vb = self.trainer, self.vb
+        out = {}
+        hf = dataclasses.replace(vb.config, rollout=dataclasses.replace(vb.config.rollout, backend="hf"))
+        with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator) as model, torch.no_grad():
+            if trainer.accelerator.is_main_process:
+                generator = make_generator(hf, model, vb.tokenizer)
+                out = evaluate_heldout(vb.config, generator, vb.task, vb.heldout, vb.prompt_text, step, vb.tracker)
+        trainer.accelerator.wait_for_everyone()
+        return out
