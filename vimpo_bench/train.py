@@ -119,28 +119,41 @@ def run(
             owner.release()
             raise
     else:
-        run_name = config.run.run_name or f"{config.algo['name']}-s{config.run.seed}-{config.hash()[:6]}"
-        # kind and hash from the start, so that a run failing before its first step is still found by them
-        first_tags = {"vimpo.kind": "train", "vimpo.config_hash": config.hash(), **(tags or {})}
-        tracker = MlflowTracker.start(run_name, config.run.experiment, tags=first_tags, parent_run_id=parent_run_id,
-                                      tracking_uri=tracking_uri)
+        tracker = start_tracker(config, tags, parent_run_id, tracking_uri)
         owner = claim_run(output / tracker.run_id)
         checkpoint = None
     if run_started:
         run_started(tracker.run_id)
+    try:  # finished while still holding the lock: never "RUNNING, no owner"
+        return train_to_status(tracker, config.optim.steps, lambda: train(
+            config, tracker, progress=progress, resume_from=checkpoint, stop_after=stop_after, tags=tags,
+            on_eval=on_eval))
+    finally:
+        owner.release()
+
+
+def start_tracker(config: Config, tags: dict | None, parent_run_id: str | None, tracking_uri: str | None):
+    """A new MLflow run for `config`, tagged with its kind and config hash from the start, so that a run
+    failing before its first step is still found by them (both engines)."""
+    run_name = config.run.run_name or f"{config.algo['name']}-s{config.run.seed}-{config.hash()[:6]}"
+    first_tags = {"vimpo.kind": "train", "vimpo.config_hash": config.hash(), **(tags or {})}
+    return MlflowTracker.start(run_name, config.run.experiment, tags=first_tags, parent_run_id=parent_run_id,
+                               tracking_uri=tracking_uri)
+
+
+def train_to_status(tracker: Tracker, total_steps: int, call: Callable[[], TrainResult]) -> TrainResult:
+    """Run `call()` and close the run: FINISHED once all steps are done (a `stop_after` cut leaves it
+    RUNNING, to be resumed), KILLED on EarlyStop (a pruned trial), FAILED on any other exception."""
     try:
-        result = train(config, tracker, progress=progress, resume_from=checkpoint, stop_after=stop_after,
-                       tags=tags, on_eval=on_eval)
-        if result.steps >= config.optim.steps:  # while still holding the lock: never "RUNNING, no owner"
-            tracker.finish("FINISHED")
+        result = call()
     except EarlyStop:
         tracker.finish("KILLED")
         raise
     except BaseException:
         tracker.finish("FAILED")
         raise
-    finally:
-        owner.release()
+    if result.steps >= total_steps:
+        tracker.finish("FINISHED")
     return result
 
 

@@ -25,9 +25,8 @@ from vimpo_bench.config import Config
 from vimpo_bench.engines import trl_preflight
 from vimpo_bench.models import frozen_copy, load_policy
 from vimpo_bench.reference import beta_at, is_ref_update_step
-from vimpo_bench.tracking import MlflowTracker, NullTracker, Tracker
+from vimpo_bench.tracking import NullTracker, Tracker
 from vimpo_bench.train import (
-    EarlyStop,
     TrainingError,
     TrainResult,
     claim_run,
@@ -38,6 +37,8 @@ from vimpo_bench.train import (
     prepare_output_dir,
     record_run,
     render_prompt,
+    start_tracker,
+    train_to_status,
 )
 
 
@@ -57,26 +58,13 @@ def run(config: Config, resume_run_id=None, progress=None, tracking_uri=None, st
     try:
         if state.is_main_process:
             prepare_output_dir(Path(config.run.output_dir))
-            run_name = config.run.run_name or f"{config.algo['name']}-s{config.run.seed}-{config.hash()[:6]}"
-            first_tags = {"vimpo.kind": "train", "vimpo.config_hash": config.hash(), **(tags or {})}
-            tracker = MlflowTracker.start(run_name, config.run.experiment, tags=first_tags,
-                                          parent_run_id=parent_run_id, tracking_uri=tracking_uri)
+            tracker = start_tracker(config, tags, parent_run_id, tracking_uri)
             owner = claim_run(Path(config.run.output_dir) / tracker.run_id)  # live while this process trains it
             if run_started:
                 run_started(tracker.run_id)
         run_id = broadcast_object_list([tracker.run_id])[0] if state.num_processes > 1 else tracker.run_id
-        try:
-            result = train(config, args, tracker, run_id, progress=progress, stop_after=stop_after, tags=tags,
-                           on_eval=on_eval)
-            if result.steps >= config.optim.steps:
-                tracker.finish("FINISHED")
-        except EarlyStop:
-            tracker.finish("KILLED")
-            raise
-        except BaseException:
-            tracker.finish("FAILED")
-            raise
-        return result
+        return train_to_status(tracker, config.optim.steps, lambda: train(
+            config, args, tracker, run_id, progress=progress, stop_after=stop_after, tags=tags, on_eval=on_eval))
     finally:
         if owner is not None:
             owner.release()
