@@ -19,7 +19,15 @@ import pandas as pd
 from vimpo_bench.report import analysis as A
 from vimpo_bench.report import plots
 from vimpo_bench.report.panels import CURVE_METRICS, REF_METRICS, STEPS_NOTE, build_panels, steps_display
-from vimpo_bench.report.render import Panel, ReportFiles, failures, generated_at, run_counts, write_tables
+from vimpo_bench.report.render import (
+    Panel,
+    ReportFiles,
+    cell_text,
+    failures,
+    generated_at,
+    run_counts,
+    write_tables,
+)
 from vimpo_bench.report.stats import format_interval
 
 MAX_ROWS = 60
@@ -38,11 +46,7 @@ def sentence(text: str) -> str:
 
 
 def md_cell(value: object) -> str:
-    if value is None or (isinstance(value, float) and pd.isna(value)):
-        return "—"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return md_text(value)
+    return md_text(cell_text(value))
 
 
 def md_table(df: pd.DataFrame, csv: str | None = None, max_rows: int = MAX_ROWS) -> list[str]:

@@ -48,7 +48,8 @@ def note(text: str, kind: str = "missing") -> str:
     return f'<p class="note {kind}">{esc(text)}</p>'
 
 
-def _cell(value: object) -> str:
+def cell_text(value: object) -> str:
+    """A table cell's text in both formats: a dash for missing, 4 significant digits for floats."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
     if isinstance(value, float):
@@ -63,7 +64,7 @@ def table_html(df: pd.DataFrame, csv_name: str | None = None, max_rows: int = MA
     shown = df.head(max_rows)
     head = "".join(f"<th>{esc(c)}</th>" for c in shown.columns)
     body = "".join(
-        "<tr>" + "".join(f"<td>{esc(_cell(v))}</td>" for v in row) + "</tr>"
+        "<tr>" + "".join(f"<td>{esc(cell_text(v))}</td>" for v in row) + "</tr>"
         for row in shown.itertuples(index=False, name=None)
     )
     out = f'<div class="tablewrap"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
