@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from vimpo_bench.algorithms import Batch, get, grpo, names, options, rloo
+from vimpo_bench.algorithms import REGISTRY, Batch, get, grpo, names, options, rloo
 from vimpo_bench.algorithms.core import aggregate, kl_estimate, ppo_clip_loss
 
 # Tiny tensors: thread hand-offs would dominate (the shared fixture lives in conftest.py).
@@ -222,7 +222,7 @@ def test_kl_estimators_against_the_exact_kl_of_a_categorical(estimator):
 
 # ---- invariances ---------------------------------------------------------------------------------
 
-ALL = [(n, {}) for n in names()] + [("vimpo", {"advantage": a}) for a in ("mc", "residual", "outcome")] + [
+ALL = [(n, {}) for n in names()] + [("vimpo", {"advantage": a}) for a in ("mc", "residual", "outcome", "none")] + [
     ("vimpo", {"value_baseline": "soft", "beta": 0.5}), ("vimpo", {"lam": 0.9}), ("vimpo", {"value_coef": 2.0})]
 
 
@@ -310,9 +310,9 @@ def test_unknown_names_and_bad_values_list_what_is_valid():
         get("ppo")
     with pytest.raises(ValueError, match="valid options: beta, value_scale, value_coef"):
         get("vimpo", kl_coef=0.1)
-    with pytest.raises(ValueError, match="advantage must be one of"):
+    with pytest.raises(ValueError, match="algo.advantage: must be one of implied, mc"):
         get("vimpo", advantage="gae")
-    with pytest.raises(ValueError, match="beta must be > 0"):
+    with pytest.raises(ValueError, match=r"algo.beta: must be > 0"):
         get("vimpo", beta=0.0)
     with pytest.raises(ValueError, match="kl_estimator"):
         get("grpo", kl_estimator="k4")
@@ -395,3 +395,79 @@ def test_vimpo_holds_two_beta_cv_fixed_by_default():
     assert get("vimpo").c_v == pytest.approx(5.0)  # the spec's starting point: beta 0.05, c_V 5
     with pytest.raises(ValueError, match="value_scale"):
         get("vimpo", value_scale=None, value_coef=None)
+
+
+# ---- option errors: every numeric option, every kind of bad value, one line naming key and range -----
+
+
+def _numeric_options():
+    """(algorithm, option, declared range, is_int) for every int/float option of every algorithm."""
+    import typing
+
+    from vimpo_bench.ranges import declared_range
+
+    out = []
+    for name, cls in REGISTRY.items():
+        hints = typing.get_type_hints(cls)
+        for key in options(name):
+            kinds = {hints[key], *typing.get_args(hints[key])} - {type(None)}
+            if kinds & {int, float}:
+                out.append((name, key, declared_range(cls, key), int in kinds))
+    return out
+
+
+def _bad_values(rng, is_int):
+    """NaN, both infinities, and a value just outside each finite end of the range."""
+    import math
+
+    values = [math.nan, math.inf, -math.inf]
+    step = 1 if is_int else 0.5
+    if math.isfinite(rng.low):
+        values.append(rng.low if rng.low_open else rng.low - step)
+    if math.isfinite(rng.high):
+        values.append(rng.high if rng.high_open else rng.high + step)
+    return values
+
+
+def _yaml(value) -> str:
+    import math
+
+    return {math.inf: ".inf", -math.inf: "-.inf"}.get(value, ".nan" if value != value else repr(value))
+
+
+NUMERIC_OPTIONS = _numeric_options()
+
+
+def test_every_numeric_option_declares_its_range():
+    assert len(NUMERIC_OPTIONS) >= 20  # beta, eps_*, dual_clip, norm_len everywhere; lam, value_* in vimpo
+    missing = [(name, key) for name, key, rng, _ in NUMERIC_OPTIONS if rng is None]
+    assert missing == [], "numeric algorithm options without a declared range (num(...) on the field)"
+
+
+@pytest.mark.parametrize("name, key, rng, is_int", NUMERIC_OPTIONS, ids=[f"{n}.{k}" for n, k, _, _ in NUMERIC_OPTIONS])
+def test_bad_numeric_options_name_the_key_and_the_range(name, key, rng, is_int, tmp_path, monkeypatch):
+    """In the library (`get`), in a config (`--set`), and on the command line: one line, key and range, and
+    the CLI exits non-zero without a traceback."""
+    import math
+
+    from typer.testing import CliRunner
+
+    from vimpo_bench.cli import _register, app
+    from vimpo_bench.config import ConfigError, load_config
+
+    _register()
+    monkeypatch.chdir(tmp_path)  # a train command that got past validation would write here
+    for value in _bad_values(rng, is_int):
+        wanted = (f"algo.{key}", str(rng))
+        if not (is_int and not math.isfinite(value)):  # an int option cannot be given NaN or inf in Python
+            with pytest.raises(ValueError) as err:
+                get(name, **{key: value})
+            assert all(w in str(err.value) for w in wanted) and "\n" not in str(err.value), (value, str(err.value))
+        override = f"algo.{key}={_yaml(value)}"
+        with pytest.raises(ConfigError) as err:
+            load_config(overrides=[f"algo.name={name}", override])
+        assert all(w in str(err.value) for w in wanted) and "\n" not in str(err.value), (value, str(err.value))
+        out = CliRunner().invoke(app, ["train", "--algo", name, "--set", override])
+        assert out.exit_code != 0 and "Traceback" not in out.stderr, (override, out.stderr)
+        lines = [line for line in out.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and all(w in lines[0] for w in wanted), (override, out.stderr)

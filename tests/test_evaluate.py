@@ -348,7 +348,11 @@ def test_cli_eval_every_suite_into_mlflow(tiny_model, mlflow_store, tmp_path):
     assert run.info.status == "FINISHED"
     assert run.data.tags["mlflow.parentRunId"] == parent.run_id
     assert run.data.tags["vimpo.kind"] == "eval" and run.data.tags["vimpo.suite"] == ",".join(suites)
-    assert run.data.params["grader_version"] == grading.GRADER_VERSION
+    # each suite's own grader: math-verify for the math suites, exact match for arith
+    assert run.data.params["grader_version"] == f"{grading.GRADER_VERSION},arith-exact-v1"
+    assert run.data.tags["git_commit"] and run.data.tags["versions.torch"]  # reproducible from its record
+    arith = pd.read_parquet(mlflow_store.download_artifacts(run.info.run_id, "records/arith.parquet", str(tmp_path)))
+    assert set(arith["grader_version"]) == {"arith-exact-v1"}
     assert (
         run.data.params["data.math500.sha256"]
         == "680cfd5f6d38b444f5ae6662c0da445210a362f6826b5a2d27df98c92ab42b67"

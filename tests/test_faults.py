@@ -126,6 +126,64 @@ def test_a_sweep_killed_with_two_workers_keeps_exact_trial_counts(easy_model_cac
             assert r["status"] == "KILLED"
 
 
+def test_a_sweep_killed_between_asking_for_a_trial_and_training_it_keeps_exact_counts(
+        easy_model_cache, easy_study_yaml, tmp_path):
+    """The kill lands right after Optuna's trial exists, before its training run does: the trial must carry
+    its worker from the start, so that the next sweep fails it (not counted) instead of leaving it RUNNING."""
+    from vimpo_bench.sweep import run_sweep
+
+    store, storage = f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'optuna.db'}"
+    path = tmp_path / "asked.yaml"
+    path.write_text(easy_study_yaml(easy_model_cache, tmp_path / "runs", steps=1))
+    assert run_killed("trial-asked", run_sweep, load_study(path), ["beta"], 1, storage, 1, store) == -9
+    (orphan,) = optuna.load_study(study_name="asked:beta", storage=storage).get_trials()
+    assert orphan.state == TrialState.RUNNING and "worker" in orphan.user_attrs
+
+    result = run_sweep(load_study(path), ["beta"], trials=1, storage=storage, tracking_uri=store)
+    trials = optuna.load_study(study_name="asked:beta", storage=storage).get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert "error" not in trials[0].user_attrs  # abandoned, not failed: it does not count toward --trials
+    assert result.states == {"FAIL": 1, "COMPLETE": 1}
+    assert running_runs(store, "asked") == []
+
+
+def _eval_run(model: str, store: str, output_dir) -> None:
+    from vimpo_bench.evaluate import EvalConfig, run_eval
+
+    config = EvalConfig(suites="arith", limit=4, max_tokens=8, batch_size=4, grader_workers=0)
+    run_eval(model, config, experiment="keval", tracking_uri=store, output_dir=output_dir)
+
+
+def test_an_eval_killed_outside_a_study_does_not_stay_running(tiny_model_dir, tmp_path, monkeypatch):
+    """kill -9 mid-evaluation: the report leaves the dead RUNNING eval run out, and the next eval in the
+    experiment marks it KILLED; an eval whose owner is alive (its lock held) is left alone."""
+    from vimpo_bench import owners
+    from vimpo_bench.report.collect import select_runs
+
+    monkeypatch.chdir(tmp_path)  # mlartifacts/ lands here
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert run_killed("suite-eval", _eval_run, str(tiny_model_dir), store, tmp_path / "first") == -9
+    (dead,) = running_runs(store, "keval")
+    reported, _, _ = select_runs(experiment="keval", tracking_uri=store)
+    assert dead not in {r["run_id"] for r in reported}
+
+    live_owner = owners.RunOwner(tmp_path / "live")  # as a concurrent eval process would hold it
+    live = tracking.MlflowTracker.start("eval-live", "keval", tags={"vimpo.kind": "eval", **live_owner.tags},
+                                        tracking_uri=store)
+    try:
+        _eval_run(str(tiny_model_dir), store, tmp_path / "second")
+        status = {r["run_id"]: r for r in tracking.search_runs(["keval"], "", store)}
+        assert status[dead]["status"] == "KILLED" and owners.END_TAG in status[dead]["tags"]
+        assert status[live.run_id]["status"] == "RUNNING"
+        assert sorted(r["status"] for r in status.values()) == ["FINISHED", "KILLED", "RUNNING"]
+        assert list((tmp_path / "first" / ".owners").iterdir()) == []  # the dead run's lock file went too
+        assert list((tmp_path / "second" / ".owners").iterdir()) == []
+    finally:
+        live.finish("FINISHED")
+        live_owner.release()
+    assert running_runs(store, "keval") == []
+
+
 # ------------------------------------------------------------------------- stores, servers, folders
 
 
@@ -162,6 +220,26 @@ def test_an_unreachable_tracking_server_fails_fast_in_one_line():
     assert "http://someone:***@127.0.0.1:9/" in message and "secret" not in message and "\n" not in message
 
 
+def test_a_hanging_name_lookup_of_the_tracking_server_fails_fast_in_one_line(monkeypatch):
+    """A resolver that never answers (a dead DNS server): the lookup is under the same deadline as the
+    connection. The network cannot be reached here, so this one test stands in a resolver that hangs."""
+    import socket
+
+    def hang(*args, **kwargs):
+        time.sleep(120)
+        raise socket.gaierror("never answered")
+
+    monkeypatch.setattr(socket, "getaddrinfo", hang)
+    uri = "http://someone:secret@tracking.slow-dns.example:5000/"
+    started = time.monotonic()
+    with pytest.raises(tracking.TrackingUnavailable) as err:
+        tracking.MlflowTracker.start("x", tracking_uri=uri)
+    assert time.monotonic() - started < tracking.CONNECT_TIMEOUT + 5 < 15
+    message = str(err.value)
+    assert "http://someone:***@tracking.slow-dns.example:5000/" in message and "secret" not in message
+    assert "tracking.slow-dns.example" in message.split("unreachable:")[1] and "\n" not in message
+
+
 def test_an_offline_hub_id_fails_fast_in_one_line(monkeypatch):
     from vimpo_bench.models import load_policy
 
@@ -194,10 +272,10 @@ def test_an_unwritable_output_folder_fails_before_any_run(tmp_path):
     ("rollout.top_p=.nan", "rollout.top_p: must be finite and in (0, 1]"),
     ("reward.p=.nan", "reward.p: must be finite and in [0, 1]"),
     ("ref.alpha=.inf", "ref.alpha: must be finite and in (0, 1]"),
-    ("algo.beta=.nan", "beta must be a finite number"),
-    ("algo.value_scale=.inf", "value_scale must be a finite number"),
-    ("algo.lam=.nan", "lam must be a finite number"),
-    ("algo.eps_high=.inf", "eps_high must be a finite number"),
+    ("algo.beta=.nan", "algo.beta: must be finite and > 0"),
+    ("algo.value_scale=.inf", "algo.value_scale: must be finite and >= 0"),
+    ("algo.lam=.nan", "algo.lam: must be finite and in (0, 1]"),
+    ("algo.eps_high=.inf", "algo.eps_high: must be finite and >= 0"),
     ("eval.samples=0", "eval.samples: must be >= 1"),
 ])
 def test_non_finite_or_out_of_range_numbers_fail_at_config_time(override, message):
@@ -218,7 +296,7 @@ def test_a_nan_budget_does_not_switch_the_budget_off(tmp_path):
 
 def test_temporary_folders_of_dead_runs_go_and_a_live_run_is_left_alone(tmp_path):
     from vimpo_bench.locks import OwnerLock
-    from vimpo_bench.train import OWNER_LOCK, TrainingError, claim_run, prepare_output_dir, run_is_live
+    from vimpo_bench.runs import OWNER_LOCK, TrainingError, claim_run, prepare_output_dir, run_is_live
 
     dead, live = tmp_path / "dead-run", tmp_path / "live-run"
     (dead / ".checkpoint-x1").mkdir(parents=True)

@@ -114,3 +114,35 @@ def test_lm_eval_harness_refuses_suites_it_has_no_task_for():
 
     with pytest.raises(ValueError, match="not arith"):
         evaluate_with_lm_eval("unused", ev.EvalConfig(suites="arith"))
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, at the top or inside a function (lazy imports count too)."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def test_the_lm_eval_package_never_imports_evaluate():
+    """One-way dependency: evaluate -> lm_eval_tasks -> eval_results; neither of the last two reaches back."""
+    import subprocess
+    import sys
+
+    import vimpo_bench
+
+    root = Path(vimpo_bench.__file__).parent
+    for path in [*sorted((root / "lm_eval_tasks").glob("*.py")), root / "eval_results.py"]:
+        assert "vimpo_bench.evaluate" not in _imported_modules(path), path
+    assert "vimpo_bench.lm_eval_tasks" in _imported_modules(root / "evaluate.py")
+    for module in ("vimpo_bench.lm_eval_tasks", "vimpo_bench.eval_results", "vimpo_bench.evaluate"):
+        check = (f"import sys, {module}; "
+                 "assert ('vimpo_bench.evaluate' in sys.modules) == (sys.argv[1] == 'vimpo_bench.evaluate')")
+        proc = subprocess.run([sys.executable, "-c", check, module], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr

@@ -179,6 +179,65 @@ def test_steps_to_threshold_by_hand():
     assert list(shown["median step (per seed)"]) == ["15", "not reached"] and list(shown["seeds reached"]) == ["2/2", "1/2"]
 
 
+def test_time_axis_only_where_every_seed_has_the_point():
+    """r2 stopped after step 10 (a time budget): past it the seed-mean time would be r1's alone, 40 s at
+    step 20 after 25 s at step 10, but with r2's slower 3 s a step it would have read 50 s; the mean over
+    the seeds that remain must not stand in for the arm."""
+    history, labels = _curve_case()
+    history = history[~((history["run_id"] == "r2") & (history["step"] == 20))]
+    curve = A.curves(history, labels, [A.THRESHOLD_KEY]).set_index(["arm", "step"])
+    assert curve.loc[("a", 10), "time_s"] == pytest.approx(25) and math.isnan(curve.loc[("a", 20), "time_s"])
+    assert curve.loc[("a", 20), "n"] == 1 and curve.loc[("b", 20), "time_s"] == pytest.approx(50)
+
+
+def test_intervals_of_fractions_stay_inside_what_is_possible():
+    """Two seeds at 0.0 and 1.0: the t interval is 0.5 +- 6.4; an accuracy is cut to [0, 1], a difference
+    of accuracies to [-1, 1], and a metric that is not a fraction keeps its interval."""
+    history = pd.DataFrame([{"run_id": r, "key": key, "step": 0, "value": v, "time_s": 0.0}
+                            for key in ("val/sampled_accuracy", "policy/kl_k3") for r, v in (("r1", 0.0), ("r2", 1.0))])
+    labels = pd.DataFrame({"arm": ["a", "a"], "condition": "", "seed": ["1", "2"]}, index=pd.Index(["r1", "r2"]))
+    curve = A.curves(history, labels, ["val/sampled_accuracy", "policy/kl_k3"]).set_index("key")
+    assert (curve.loc["val/sampled_accuracy", "ci_low"], curve.loc["val/sampled_accuracy", "ci_high"]) == (0.0, 1.0)
+    assert curve.loc["policy/kl_k3", "ci_low"] < -5 and curve.loc["policy/kl_k3", "ci_high"] > 5
+    long = pd.DataFrame({"condition": "", "arm": ["vimpo", "vimpo", "grpo", "grpo"], "algo": "", "seed": ["1", "2"] * 2,
+                         "train_run_id": ["v1", "v2", "g1", "g2"], "suite": "arith", "metric": "avg_at_8",
+                         "value": [0.0, 1.0, 1.0, 0.0], "run_ci_low": np.nan, "run_ci_high": np.nan})
+    summary = A.final_eval_summary(long)
+    assert summary["ci_low"].min() == 0.0 and summary["ci_high"].max() == 1.0
+    paired = A.paired_table(long).iloc[0]
+    assert (paired["mean_diff"], paired["ci_low"], paired["ci_high"]) == (0.0, -1.0, 1.0)
+    assert paired["verdict"].startswith("not resolved")
+    assert A.is_fraction("eval/aime24/pass_at_16") and A.is_fraction("reward/truncated_passed_rate")
+    assert not A.is_fraction("policy/entropy") and not A.is_fraction("vimpo/value_loss")
+
+
+def test_only_finished_training_runs_are_compared():
+    rows = [{"algo.name": a, "run.seed": s} for a in ("vimpo", "grpo") for s in (1, 2)]
+    data = _data(rows)
+    data.runs.loc[data.runs["run_id"] == "r1", "status"] = "RUNNING"
+    data.runs.loc[data.runs["run_id"] == "r2", "status"] = "FAILED"
+    labels = A.label_arms(data)
+    assert list(labels.index) == ["r0", "r3"]
+
+
+def test_grader_versions_are_compared_within_a_task():
+    """Training on arith grades with arith-exact, evaluation on math500 with math-verify: no warning; two
+    math500 eval runs with different math graders: a warning that names the task."""
+    runs = pd.DataFrame({"run_id": ["t1", "e1", "e2"], "run_name": ["t1", "e1", "e2"], "kind": ["train", "eval", "eval"],
+                         "algo": "vimpo", "seed": "1", "status": "FINISHED"})
+    tags = pd.DataFrame({"grader_version": ["arith-exact-v1", "math-1", "math-1"], "git_commit": ["abc", None, "abc"],
+                         "vimpo.task": ["arith", None, None], "vimpo.suite": [None, "math500", "math500"]},
+                        index=runs["run_id"])
+    empty = pd.DataFrame(index=runs["run_id"])
+    data = ReportData("t", "t", runs, empty, tags, empty, pd.DataFrame(columns=["run_id", "key", "step", "value", "time_s"]))
+    _, notes = A.provenance(data)
+    assert not any("disagree" in n for n in notes)
+    assert "1 eval run(s) lack the git_commit tag" in notes
+    tags.loc["e2", "grader_version"] = "math-2"
+    _, notes = A.provenance(ReportData("t", "t", runs, empty, tags, empty, data.history))
+    assert "runs on math500 disagree on grader_version: math-1, math-2" in notes
+
+
 def test_machine_reads_run_tags_else_this_machine():
     tags = pd.DataFrame({"versions.torch": ["2.13.0", "2.13.0"], "machine.platform": [None, "Linux-x"]})
     m = A.machine(tags, {"platform": "here", "CPUs": 2, "torch": "9.9"}).set_index("item")
@@ -350,18 +409,20 @@ def test_eval_runs_as_vimpo_bench_eval_logs_them(store, tmp_path):
     labels = A.label_arms(data)
     long = A.final_eval_long(data, labels)
     ev = long[long["suite"] == "math500"]
-    # headline metrics only (no n_problems, grader_timeouts or per-subject breakdown), one row per eval run
-    assert set(ev["metric"]) == {"accuracy"} and len(ev) == 2
-    assert set(ev["arm"]) == {"vimpo", "eval-alone"}  # the stand-alone run is named by its run name
+    # headline metrics only (no n_problems, grader_timeouts or per-subject breakdown), one row per eval run;
+    # the training run is still RUNNING, so neither it nor the eval run nested under it is compared
+    assert labels.empty
+    assert set(ev["metric"]) == {"accuracy"} and len(ev) == 1
+    assert set(ev["arm"]) == {"eval-alone"}  # the stand-alone run is named by its run name
     summary = A.final_eval_summary(long).set_index(["suite", "arm"])
-    assert summary.loc[("math500", "vimpo"), "interval"] == "within run (problems)"
-    assert summary.loc[("math500", "vimpo"), "ci_low"] == pytest.approx(0.2)
+    assert summary.loc[("math500", "eval-alone"), "interval"] == "within run (problems)"
+    assert summary.loc[("math500", "eval-alone"), "ci_low"] == pytest.approx(0.2)
     assert set(data.samples["suite"]) == {"math500"} and len(data.samples) == 12
     run = data.runs.set_index("run_id").loc[store["evalfmt"]["train"]]
     assert run["status"] == "RUNNING" and run["wall_s"] >= 0
     files = build_report(study="evalfmt", out=tmp_path / "evalfmt.html", tracking_uri=store["uri"])
     html = files.page.read_text(encoding="utf-8")
-    assert files.failed_panels == [] and "not finished: RUNNING (1)" in html
+    assert files.failed_panels == [] and "left out of every comparison" in html and "RUNNING (1)" in html
     prov = pd.read_csv(tmp_path / "evalfmt" / "provenance.csv")
     assert "data.math500.sha256" in prov.columns
 

@@ -74,7 +74,7 @@ def test_every_shipped_study_expands():
         assert path.read_text().startswith("#"), f"{path.name} is not documented at its top"
         sizes[path.stem] = len(expand(study))
     assert sizes == {"tiny_demo": 1, "vimpo_vs_grpo": 25, "noisy_rewards": 30, "moving_ref": 12,
-                     "vimpo_ablation": 18, "beta_sweep": 30, "paper_main": 2,
+                     "vimpo_ablation": 21, "beta_sweep": 30, "paper_main": 2,
                      "paper_smoke": 2, "vimpo_vs_grpo_hard": 25}
     main = expand(load_study("vimpo_vs_grpo"))
     assert {c.config.algo["name"] for c in main} == {"vimpo", "grpo", "dr_grpo", "dapo", "rloo"}

@@ -257,3 +257,28 @@ def test_two_machines_share_one_postgres_sweep(tmp_path, easy_model_cache, easy_
     assert len(parents) == 1  # the parent run id is kept in the Optuna study, shared by both
     assert sorted(int(r.data.tags["optuna.trial"]) for r in runs) == [t.number for t in trials]
     assert {r.info.run_id for r in runs} == {t.user_attrs["mlflow_run_id"] for t in trials}
+
+
+def test_a_trial_orphaned_before_its_worker_was_recorded_is_failed_by_the_next_sweep(tmp_path):
+    """Stores written before the worker went into the trial's first insert can hold a RUNNING trial with no
+    worker (a kill between Optuna's ask and the worker's record): old enough, it is abandoned; a trial that
+    has just been created by another command in that same moment is left alone."""
+    import datetime
+
+    from optuna.trial import create_trial
+
+    from vimpo_bench.sweep import ORPHAN_AFTER_S, counted, fail_abandoned
+
+    storage = make_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    study = optuna.create_study(storage=storage, study_name="orphans")
+    study_id = storage.get_study_id_from_name("orphans")
+    long_ago = datetime.datetime.now() - datetime.timedelta(seconds=ORPHAN_AFTER_S + 60)
+    old = create_trial(state=TrialState.RUNNING)
+    old.datetime_start = long_ago
+    storage.create_new_trial(study_id, template_trial=old)
+    storage.create_new_trial(study_id, template_trial=create_trial(state=TrialState.RUNNING))  # just now
+    assert counted(study) == 2
+
+    assert fail_abandoned(study, tracking_uri=None) == 1
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.RUNNING]
+    assert counted(study) == 1

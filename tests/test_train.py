@@ -123,7 +123,7 @@ def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(warm_model_dir, t
 
 
 def test_a_save_cut_short_keeps_the_previous_checkpoint(tmp_path):
-    from vimpo_bench.train import find_checkpoint
+    from vimpo_bench.checkpoints import find_checkpoint
 
     run_dir = tmp_path / "r"
     (run_dir / "checkpoint.old").mkdir(parents=True)

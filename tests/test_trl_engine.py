@@ -149,6 +149,45 @@ def test_first_update_matches_the_native_engine(case, tiny_model_dir, tmp_path, 
     assert any(g.abs().sum() > 0 for g in native_grads[0])
 
 
+def bos_tokenizer(chat: bool):
+    """The character tokenizer with a BOS added to every text (as Llama's), optionally a chat template that
+    writes its own BOS."""
+    from tokenizers import processors
+
+    from vimpo_bench.models import build_char_tokenizer
+
+    tokenizer = build_char_tokenizer()
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A",
+                                                                               special_tokens=[("<s>", 1)])
+    if chat:
+        tokenizer.chat_template = ("<s>{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                                   "{% if add_generation_prompt %}assistant:{% endif %}")
+    return tokenizer
+
+
+@pytest.mark.parametrize("name,template,chat,bos", [
+    ("tiny-arith", "none", False, False),  # the built-in model learned its task without BOS
+    ("dir", "none", False, True),  # a base model's tokenizer adds BOS to the raw prompt
+    ("dir", "qwen-boxed", True, False),  # a chat template writes its own BOS: no second one
+])
+def test_both_engines_tokenize_prompts_alike(name, template, chat, bos, tiny_model_dir, tmp_path, one_torch_thread):
+    config = load_config(overrides=[f"model.name={tiny_model_dir if name == 'dir' else name}", "run.engine=trl",
+                                    f"run.output_dir={tmp_path}", f"task.template={template}", *BASE])
+    model, _ = load_policy(str(tiny_model_dir))
+    tokenizer = bos_tokenizer(chat)
+    task = tasks.get(config.task.name, **config.task.options)
+    prompts = [render_prompt(config, task, p, tokenizer) for p in task.problems("train")[:3]]
+
+    native = make_generator(config, model, tokenizer).generate(prompts, sampling_params(config, n=1), seed=0)
+    native_ids = [ids[m.bool()].tolist() for ids, m in zip(native.prompt_ids, native.prompt_mask, strict=True)]
+    trainer, _ = make_trainer(config, trainer_args(config), copy.deepcopy(model), tokenizer, task)
+    trl_ids = trainer._tokenize_prompts(prompts)[0]
+
+    assert trl_ids == native_ids
+    assert all((ids.count(tokenizer.bos_token_id) == 1) == (bos or chat) for ids in trl_ids)
+    assert all((ids[0] == tokenizer.bos_token_id) == (bos or chat) for ids in trl_ids)
+
+
 # ------------------------------------------------------------------------------------------- CLI
 
 
@@ -188,6 +227,47 @@ def test_train_on_the_trl_engine_from_the_cli(tiny_model_dir, tmp_path):
                  "perf/step_s"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == [1, 2, 3], name
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/sampled_accuracy")] == [0, 3]
+
+
+RESUME = [*FAST, "optim.steps=4", "run.checkpoint_every=2", "eval.every=2", "ref.schedule=hard", "ref.every=1"]
+
+
+def final_policy(output_dir, run_id) -> dict:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(output_dir / run_id / "checkpoint" / "policy").state_dict()
+
+
+def test_a_killed_trl_run_resumes_to_the_same_parameters_and_metrics(tiny_model_dir, tmp_path, one_torch_thread):
+    """Killed after step 3 logged (checkpoint at 2), then --resume: the parameters of an uninterrupted run,
+    each step logged once with its values, one FINISHED run; a stop_after cut resumes the same way."""
+    from faultkit import histories, problems_with_run, run_killed, running_runs, train_run
+
+    from vimpo_bench.train import run
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = load_config(overrides=[f"model.name={tiny_model_dir}", f"run.output_dir={tmp_path / 'runs'}",
+                                    "run.engine=trl", *RESUME])
+    whole = run(config, tracking_uri=store)
+    reference = histories(store, whole.run_id)
+    assert [s for s, _ in reference["loss/total"]] == [1, 2, 3, 4]
+
+    assert run_killed("step@3", train_run, config, store) == -9  # step 3 logged, last checkpoint: step 2
+    (killed,) = running_runs(store, config.run.experiment)
+    assert [s for s, _ in histories(store, killed)["loss/total"]] == [1, 2, 3]
+    resumed = run(config, resume_run_id=killed, tracking_uri=store)
+    assert resumed.steps == 4 and [h["step"] for h in resumed.history] == [1, 2, 3, 4]
+    assert problems_with_run(store, killed, reference, tmp_path / "runs") == []
+
+    cut = run(config, tracking_uri=store, stop_after=1)  # as `study run` after a kill: saved at its stop
+    assert cut.steps == 1
+    run(config, resume_run_id=cut.run_id, tracking_uri=store)
+    assert problems_with_run(store, cut.run_id, reference, tmp_path / "runs") == []
+
+    expected = final_policy(tmp_path / "runs", whole.run_id)
+    for run_id in (killed, cut.run_id):
+        got = final_policy(tmp_path / "runs", run_id)
+        assert all(torch.equal(expected[k], got[k]) for k in expected), run_id
 
 
 def cli_in_process(*args):
@@ -231,43 +311,66 @@ def test_vllm_without_a_gpu_fails_before_a_run_is_opened(tiny_model_dir, tmp_pat
 PARAM_HASH = """
 import hashlib, os, sys
 import vimpo_bench.engines.trl_trainer as T
-save = T.VimpoGRPOTrainer.save_model
-def save_model(self, *args, **kwargs):
+train = T.VimpoGRPOTrainer.train
+def train_and_hash(self, *args, **kwargs):
+    out = train(self, *args, **kwargs)
     digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in self.model.parameters())).hexdigest()
     print("PARAMS", os.environ["RANK"], digest, flush=True)
-    return save(self, *args, **kwargs)
-T.VimpoGRPOTrainer.save_model = save_model
+    return out
+T.VimpoGRPOTrainer.train = train_and_hash
 from vimpo_bench.cli import main
 sys.argv = ["vimpo-bench", *sys.argv[1:]]
 main()
 """
 
 
+def torchrun(script, cwd, *args, kill_at=None):
+    """`vimpo-bench train --engine trl` on 2 CPU processes (gloo); (completed process, rank -> parameter hash)."""
+    cwd.mkdir(exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}"}
+    if kill_at:
+        env["VIMPO_BENCH_KILL_AT"] = kill_at
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          str(29500 + os.getpid() % 1000), str(script), "train", "--engine", "trl", *args, "--json"],
+                         capture_output=True, text=True, cwd=cwd, env=env, timeout=900)
+    # searched, not read line by line: the two ranks share one pipe, so a line can follow another's output
+    return out, dict(re.findall(r"PARAMS ([01]) ([0-9a-f]{64})", out.stdout))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("algo", ["vimpo", "grpo"])
-def test_two_cpu_processes_train_as_one_run(algo, tiny_model_dir, tmp_path):
-    """torchrun x 2 (gloo): exit 0, both ranks end with the same parameters, one MLflow run, metrics once."""
-    from mlflow.tracking import MlflowClient
+def test_two_cpu_processes_train_as_one_run_and_resume(algo, tiny_model_dir, tmp_path):
+    """torchrun x 2 (gloo): exit 0, both ranks end with the same parameters, one MLflow run, metrics once; a
+    run killed mid-save at step 2 (checkpoint of step 1 kept) resumes on 2 processes to the uninterrupted
+    run's parameters, with each step logged once."""
+    from faultkit import histories, problems_with_run, running_runs
+
+    from vimpo_bench import tracking
 
     script = tmp_path / "run.py"
     script.write_text(PARAM_HASH)
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": store}
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          str(29500 + os.getpid() % 1000), str(script), "train", "--engine", "trl", "--algo", algo,
-                          "--set", f"model.name={tiny_model_dir}", *[f"--set={s}" for s in FAST],
-                          "--set", "optim.steps=2", "--json"],
-                         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=900)
+    args = ["--algo", algo, "--set", f"model.name={tiny_model_dir}", *[f"--set={s}" for s in FAST],
+            "--set", "optim.steps=3", "--set", "run.checkpoint_every=1"]
+    out, whole = torchrun(script, tmp_path / "whole", *args)
     assert out.returncode == 0, out.stderr[-3000:]
-    # searched, not read line by line: the two ranks share one pipe, so a line can follow another's output
-    hashes = dict(re.findall(r"PARAMS ([01]) ([0-9a-f]{64})", out.stdout))
-    assert set(hashes) == {"0", "1"} and hashes["0"] == hashes["1"]
-    summaries = [line for line in out.stdout.splitlines() if line.startswith("{")]
-    assert len(summaries) == 1
-    client = MlflowClient(store)
-    runs = client.search_runs([client.get_experiment_by_name("vimpo-bench").experiment_id])
-    assert [r.info.status for r in runs] == ["FINISHED"]
-    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss/total")] == [1, 2]
+    assert set(whole) == {"0", "1"} and whole["0"] == whole["1"]
+    assert len([line for line in out.stdout.splitlines() if line.startswith("{")]) == 1
+    store = f"sqlite:///{tmp_path / 'whole' / 'mlflow.db'}"
+    (record,) = tracking.search_runs(["vimpo-bench"], "", store)
+    assert record["status"] == "FINISHED"
+    reference = histories(store, record["run_id"])
+    assert [s for s, _ in reference["loss/total"]] == [1, 2, 3]
+
+    cut = tmp_path / "cut"
+    out, _ = torchrun(script, cut, *args, kill_at="save@2")  # rank 0 dies writing step 2's checkpoint
+    assert out.returncode != 0
+    store = f"sqlite:///{cut / 'mlflow.db'}"
+    (killed,) = running_runs(store, "vimpo-bench")
+    out, resumed = torchrun(script, cut, *args, "--resume", killed)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert resumed == whole
+    assert [r["run_id"] for r in tracking.search_runs(["vimpo-bench"], "", store)] == [killed]
+    assert problems_with_run(store, killed, reference, cut / "runs") == []
 
 
 @pytest.mark.slow

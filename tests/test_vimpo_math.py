@@ -1,6 +1,7 @@
 """VIMPO's derivation checked exactly: the tabular optimum, the identities between advantages, and the
 value-loss gradient."""
 
+import dataclasses
 import itertools
 import math
 
@@ -184,6 +185,21 @@ def test_outcome_advantage_is_reward_minus_root_value():
     adv = vimpo.advantages(old_lr, b.mask, b.rewards, b.group_ids, 0.05, "outcome")
     vhat = vimpo.root_value((old_lr * b.mask).sum(1), b.rewards, b.group_ids, 0.05)
     torch.testing.assert_close(adv, (b.rewards - vhat).unsqueeze(1) * b.mask)
+
+
+def test_no_actor_ablation_trains_on_the_value_loss_alone():
+    """advantage `none`: the actor term is zero, so the loss and its gradient are c_V L_V's."""
+    b = random_batch(seed=7)
+    algo = get("vimpo", beta=0.1, value_coef=2.0, advantage="none")
+    assert torch.count_nonzero(algo.advantages(b)) == 0
+    logp = b.logp.clone().requires_grad_(True)
+    loss, stats = algo.loss(dataclasses.replace(b, logp=logp))
+    loss.backward()
+    assert stats["loss/actor"] == 0.0
+    want = logp.detach().clone().requires_grad_(True)
+    lv, _ = vimpo.value_loss(want - b.ref_logp, b.mask, b.rewards, b.group_ids, 0.1)
+    (2.0 * lv).backward()
+    torch.testing.assert_close(logp.grad, want.grad)
 
 
 def test_vimpo_loss_combines_actor_and_value_terms():

@@ -12,8 +12,6 @@ import copy
 import dataclasses
 import hashlib
 import json
-import math
-import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,7 +20,8 @@ from typing import Any
 
 import yaml
 
-from vimpo_bench import algorithms
+from vimpo_bench import algorithms, ranges
+from vimpo_bench.ranges import Range, num, short  # noqa: F401 - the schema's field helpers, re-exported
 
 STUDIES_DIR = Path(__file__).parent / "studies"
 DEFAULT_STUDY = "tiny_demo"
@@ -33,74 +32,19 @@ class ConfigError(ValueError):
     """A config problem a user can fix; the message names the file and key."""
 
 
-_REPR = reprlib.Repr()
-_REPR.maxstring, _REPR.maxother, _REPR.maxlevel = 120, 120, 3
-
-
-def short(value: Any, limit: int = 200) -> str:
-    """repr(value) cut to about `limit` characters: messages echo user input, never a whole megabyte of it
-    (reprlib also stops early inside huge or deeply shared containers)."""
-    return clip(_REPR.repr(value), limit)
-
-
 def clip(text: str, limit: int = 300) -> str:
     """Text cut to `limit` characters (with ... when cut), for plain text echoed in messages."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # ------------------------------------------------------------------------------- numeric ranges
-
-
-@dataclass(frozen=True)
-class Range:
-    """The allowed values of a numeric field: always finite (a check written `x <= 0` lets NaN through),
-    and between `low` and `high` (an open end excludes the bound itself)."""
-
-    low: float = -math.inf
-    high: float = math.inf
-    low_open: bool = False
-    high_open: bool = False
-    why: str = ""
-
-    def allows(self, x: float) -> bool:
-        if not math.isfinite(x):
-            return False
-        above = x > self.low if self.low_open else x >= self.low
-        below = x < self.high if self.high_open else x <= self.high
-        return above and below
-
-    def __str__(self) -> str:
-        lo, hi = (str(int(x)) if math.isfinite(x) and float(x).is_integer() else f"{x:g}" for x in (self.low, self.high))
-        if self.low == -math.inf and self.high == math.inf:
-            return "a finite number"
-        if self.high == math.inf:
-            return f"{'>' if self.low_open else '>='} {lo}"
-        if self.low == -math.inf:
-            return f"{'<' if self.high_open else '<='} {hi}"
-        return f"in {'(' if self.low_open else '['}{lo}, {hi}{')' if self.high_open else ']'}"
-
-
-def num(default: Any, *, gt: float | None = None, ge: float | None = None, lt: float | None = None,
-        le: float | None = None, why: str = "") -> Any:
-    """A numeric dataclass field with its allowed range beside it; `check_ranges` walks the schema."""
-    rng = Range(low=gt if gt is not None else (ge if ge is not None else -math.inf),
-                high=lt if lt is not None else (le if le is not None else math.inf),
-                low_open=gt is not None, high_open=lt is not None, why=why)
-    return field(default=default, metadata={"range": rng})
+# `Range` and `num` live in vimpo_bench.ranges (the algorithm dataclasses declare theirs the same way).
 
 
 def check_ranges(obj: Any, where: str) -> None:
     """Every number of a dataclass instance finite and within its field's declared `Range` (None skips:
     an optional field left unset). Raises ConfigError naming `where`.key and the allowed range."""
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        rng = f.metadata.get("range", Range())
-        if not rng.allows(value):
-            finite = "" if math.isfinite(value) else "finite and "
-            why = f" ({rng.why})" if rng.why else ""
-            raise ConfigError(f"{where}.{f.name}: must be {finite}{rng}{why}, got {short(value)}")
+    ranges.check_ranges(obj, where, ConfigError)
 
 
 # ---------------------------------------------------------------------------------------- schema
@@ -513,8 +457,21 @@ def _algo_section(value: Any, source: str) -> dict[str, Any]:
         raise ConfigError(f"{source}: unknown algo option(s) {clip(', '.join(map(str, unknown)))} for {short(name)}; valid: {', '.join(defaults)}")
     for key, default in defaults.items():
         expected = type(default) if default is not None else None
-        resolved[key] = _coerce(resolved[key], _algo_type(name, key, expected), f"{source}: algo.{key}")
+        hint = _algo_type(name, key, expected)
+        try:
+            resolved[key] = _coerce(resolved[key], hint, f"{source}: algo.{key}")
+        except ConfigError:
+            rng = ranges.declared_range(algorithms.REGISTRY[name], key)
+            if rng is None:
+                raise
+            raise ConfigError(f"{source}: algo.{key}: {_expected_number(hint)} {rng}{f' ({rng.why})' if rng.why else ''}, "
+                              f"got {short(resolved[key])}") from None
     return resolved
+
+
+def _expected_number(hint: Any) -> str:
+    """'expected an integer' / 'expected a number' for a numeric option's type hint (`int | None` too)."""
+    return "expected an integer" if int in (hint, *typing.get_args(hint)) else "expected a number"
 
 
 def _algo_type(name: str, key: str, fallback):
@@ -614,7 +571,7 @@ def validate(c: Config, source: str) -> None:
     try:
         c.make_algorithm()
     except ValueError as exc:
-        raise ConfigError(f"{source}: algo: {exc}") from None
+        raise ConfigError(f"{source}: {exc}") from None  # the message names the key: algo.<option>
     if c.run.engine == "trl":
         from vimpo_bench.engines import trl_config_problem
 

@@ -7,37 +7,43 @@
 CLI calls: it resolves `--model` (folder, checkpoint, MLflow run id or hub id), builds the backend,
 opens the MLflow eval run (nested under a training run) and calls `evaluate` or the lm-eval harness.
 
-Metric definitions (per suite; MLflow names `eval/<suite>/<name>`, see docs/eval.md):
-  accuracy        mean over problems of (correct samples / n): greedy accuracy at n=1, avg@n above
-  pass_at_k       unbiased pass@k of Chen et al. (2021), 1 - C(n-c, k) / C(n, k), for k = 1..n,
-                  computed as the product 1 - prod_{i=n-c+1}^{n} (1 - k/i) (no huge binomials)
-  maj_at_n        majority vote over the n extracted answers (n > 1); see `majority_correct`
-  *_ci_low/high   95% interval over problems: Wilson when per-problem scores are 0/1, else normal
-                  (mean +- 1.96 * sd / sqrt(N)); the variation is over problems, not over seeds
+Metrics, records and result objects live in `eval_results` (shared with the lm-eval harness, which
+imports it and never this module); they are re-exported here.
 Library code never prints: progress goes to an optional callback.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import re
 import tempfile
 import time
-from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from vimpo_bench import faults, grading, prompts, tasks
 from vimpo_bench.config import check_ranges, num
+from vimpo_bench.eval_results import (
+    RECORD_FIELDS,
+    Z95,
+    EvalProgress,
+    EvalResult,
+    SuiteResult,
+    finalize_suite,
+    interval,
+    log_result,
+    majority_correct,
+    make_records,
+    pass_at_k,
+    suite_metrics,
+    suites_grader_version,
+    wilson_interval,
+    write_records,
+)
 from vimpo_bench.rollout.base import Generator, SamplingParams
 from vimpo_bench.tracking import NullTracker, Tracker
-
-Z95 = 1.959963984540054
-
 
 # ------------------------------------------------------------------------------ sampling presets
 
@@ -124,264 +130,7 @@ class EvalConfig:
         }
 
 
-# --------------------------------------------------------------------------------------- metrics
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples with c correct: 1 - C(n-c, k) / C(n, k), as a stable product."""
-    if not 0 <= c <= n or not 1 <= k <= n:
-        raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
-    if n - c < k:
-        return 1.0
-    prod = 1.0
-    for i in range(n - c + 1, n + 1):
-        prod *= 1.0 - k / i
-    return 1.0 - prod
-
-
-def majority_correct(answers: Sequence[str | None], correct: Sequence[bool]) -> bool:
-    """Is the most common answer right? Correct samples count as one answer (they all equal the
-    gold); wrong ones are grouped by their text with spaces removed; samples without an answer do
-    not vote. Ties go to the answer seen first, so a tie never favours the gold by construction."""
-    votes: Counter = Counter()
-    first_seen: dict[str, int] = {}
-    for i, (answer, ok) in enumerate(zip(answers, correct, strict=True)):
-        if answer is None and not ok:
-            continue
-        key = "\0correct" if ok else re.sub(r"\s+", "", answer or "")
-        votes[key] += 1
-        first_seen.setdefault(key, i)
-    if not votes:
-        return False
-    best = max(votes, key=lambda key: (votes[key], -first_seen[key]))
-    return best == "\0correct"
-
-
-def wilson_interval(successes: float, total: int, z: float = Z95) -> tuple[float, float]:
-    if total == 0:
-        return math.nan, math.nan
-    p = successes / total
-    denom = 1 + z * z / total
-    centre = (p + z * z / (2 * total)) / denom
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def interval(values: Sequence[float], z: float = Z95) -> tuple[float, float]:
-    """95% interval of the mean of per-problem scores in [0, 1] (Wilson for 0/1 scores, else normal)."""
-    n = len(values)
-    if n == 0:
-        return math.nan, math.nan
-    if all(v in (0.0, 1.0) for v in values):
-        return wilson_interval(sum(values), n, z)
-    mean = sum(values) / n
-    if n < 2:
-        return math.nan, math.nan
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = z * sd / math.sqrt(n)
-    return max(0.0, mean - half), min(1.0, mean + half)
-
-
-def _slug(value: Any) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", str(value).lower()).strip("_") or "none"
-
-
-def suite_metrics(records: Sequence[dict[str, Any]], n: int) -> dict[str, float]:
-    """Metrics of one suite from its per-sample records (n per problem, grouped by problem_id)."""
-    by_problem: dict[str, list[dict]] = defaultdict(list)
-    for r in records:
-        by_problem[r["problem_id"]].append(r)
-    groups = list(by_problem.values())
-    if any(len(g) != n for g in groups):
-        raise ValueError(f"every problem needs exactly n={n} samples")
-    scores = [sum(r["correct"] for r in g) / n for g in groups]
-    counts = [sum(r["correct"] for r in g) for g in groups]
-    out: dict[str, float] = {"n_problems": len(groups), "n_samples": len(records)}
-    if not groups:
-        return out
-    out["accuracy"] = sum(scores) / len(scores)
-    out["accuracy_ci_low"], out["accuracy_ci_high"] = interval(scores)
-    if n > 1:
-        out[f"avg_at_{n}"] = out["accuracy"]
-        majority = [
-            float(majority_correct([r["extracted"] for r in g], [r["correct"] for r in g])) for g in groups
-        ]
-        out[f"maj_at_{n}"] = sum(majority) / len(majority)
-        out[f"maj_at_{n}_ci_low"], out[f"maj_at_{n}_ci_high"] = interval(majority)
-    for k in range(1, n + 1):
-        per_problem = [pass_at_k(n, c, k) for c in counts]
-        out[f"pass_at_{k}"] = sum(per_problem) / len(per_problem)
-        if k == n and n > 1:
-            out[f"pass_at_{k}_ci_low"], out[f"pass_at_{k}_ci_high"] = interval(per_problem)
-    for key in ("subject", "level"):
-        buckets: dict[str, list[float]] = defaultdict(list)
-        for g, score in zip(groups, scores, strict=True):
-            if g[0].get(key) is not None:
-                buckets[_slug(g[0][key])].append(score)
-        for name, values in sorted(buckets.items()):
-            out[f"{key}/{name}/accuracy"] = sum(values) / len(values)
-            out[f"{key}/{name}/n_problems"] = len(values)
-    out["grader_timeouts"] = sum(bool(r.get("timed_out")) for r in records)
-    out["grader_errors"] = sum(r.get("grader_error") is not None for r in records)
-    tokens = [r["tokens"] for r in records if r.get("tokens") is not None]
-    if tokens:
-        out["mean_response_tokens"] = sum(tokens) / len(tokens)
-    out["truncation_rate"] = sum(r.get("finish_reason") == "length" for r in records) / len(records)
-    return out
-
-
-# --------------------------------------------------------------------------------------- records
-
-RECORD_FIELDS = (
-    "suite",
-    "problem_id",
-    "sample_index",
-    "prompt",
-    "completion",
-    "extracted",
-    "gold",
-    "correct",
-    "timed_out",
-    "grader_error",
-    "tokens",
-    "finish_reason",
-    "subject",
-    "level",
-    "template",
-    "grader_version",
-)
-
-
-def make_records(
-    suite: str,
-    problems: Sequence[tasks.Problem],
-    prompt_texts: Sequence[str],
-    completions: Sequence[str],
-    grades: Sequence[grading.GradeResult],
-    n: int,
-    template: str,
-    tokens: Sequence[int | None] | None = None,
-    finish_reasons: Sequence[str] | None = None,
-) -> list[dict[str, Any]]:
-    """One dict per sample (row i*n + j is sample j of problem i), fields `RECORD_FIELDS`."""
-    out = []
-    for row, (text, result) in enumerate(zip(completions, grades, strict=True)):
-        problem = problems[row // n]
-        level = problem.meta.get("level")
-        out.append(
-            {
-                "suite": suite,
-                "problem_id": problem.id,
-                "sample_index": row % n,
-                "prompt": prompt_texts[row // n],
-                "completion": text,
-                "extracted": result.extracted,
-                "gold": problem.answer,
-                "correct": bool(result.correct),
-                "timed_out": bool(result.timed_out),
-                "grader_error": result.error,
-                "tokens": None if tokens is None else tokens[row],
-                "finish_reason": None if finish_reasons is None else finish_reasons[row],
-                "subject": problem.meta.get("subject"),
-                "level": None if level is None else str(level),
-                "template": template,
-                "grader_version": grading.GRADER_VERSION,
-            }
-        )
-    return out
-
-
-def write_records(records: Sequence[dict[str, Any]], stem: Path) -> tuple[Path, Path]:
-    """Write `<stem>.jsonl` and `<stem>.parquet`; returns both paths."""
-    import pandas as pd
-
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    jsonl, parquet = stem.with_suffix(".jsonl"), stem.with_suffix(".parquet")
-    with jsonl.open("w", encoding="utf-8") as fh:
-        for r in records:
-            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-    frame = pd.DataFrame(list(records), columns=list(RECORD_FIELDS))
-    frame["tokens"] = frame["tokens"].astype("Int64")
-    frame.to_parquet(parquet, index=False)
-    return jsonl, parquet
-
-
 # ------------------------------------------------------------------------------------ evaluation
-
-
-@dataclass
-class EvalProgress:
-    """Sent to the progress callback after each generated and graded batch."""
-
-    suite: str
-    suite_index: int
-    n_suites: int
-    done: int  # problems done in this suite
-    total: int  # problems in this suite
-    accuracy: float  # accuracy so far in this suite
-    elapsed_s: float
-
-
-@dataclass
-class SuiteResult:
-    suite: str
-    n_problems: int
-    n_samples: int
-    metrics: dict[str, float]
-    grader_timeouts: int
-    grader_errors: int
-    data_sha256: str
-    data_source: str
-    template: str
-    records_path: str | None = None
-    records: list[dict[str, Any]] = field(default_factory=list, repr=False)
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "n_problems": self.n_problems,
-            "n_samples": self.n_samples,
-            "metrics": self.metrics,
-            "grader_timeouts": self.grader_timeouts,
-            "grader_errors": self.grader_errors,
-            "data_sha256": self.data_sha256,
-            "data_source": self.data_source,
-            "template": self.template,
-            "records": self.records_path,
-        }
-
-
-@dataclass
-class EvalResult:
-    suites: dict[str, SuiteResult]
-    config: dict[str, Any]
-    grader_version: str = grading.GRADER_VERSION
-    run_id: str | None = None
-    parent_run_id: str | None = None
-    model: str | None = None
-    harness: str = "native"
-    output_dir: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def summary(self) -> dict[str, Any]:
-        """A JSON-ready summary (what `vimpo-bench eval --json` prints)."""
-        return {
-            "model": self.model,
-            "harness": self.harness,
-            "run_id": self.run_id,
-            "parent_run_id": self.parent_run_id,
-            "grader_version": self.grader_version,
-            "template": self.config.get("template"),
-            "sampling": self.config.get("sampling"),
-            "output_dir": self.output_dir,
-            "suites": {name: s.summary() for name, s in self.suites.items()},
-            **self.extra,
-        }
-
-
-def _suite_data(task: Any, suite: str) -> tuple[str, str]:
-    source = task.source("test") if hasattr(task, "source") else f"builtin:{suite}"
-    return task.data_hash("test"), source
-
 
 def _grade(
     task: Any, completions: list[str], problems: list[tasks.Problem], pool
@@ -394,30 +143,6 @@ def _grade(
         for c, p in zip(completions, problems, strict=True)
     ]
 
-
-def finalize_suite(
-    suite: str, records: list[dict[str, Any]], n: int, task: Any, template: str, output_dir: Path | None
-) -> SuiteResult:
-    """Metrics of a finished suite, its records written under `output_dir/records/`."""
-    metrics = suite_metrics(records, n)
-    sha, source = _suite_data(task, suite)
-    path = None
-    if output_dir is not None:
-        jsonl, _ = write_records(records, output_dir / "records" / suite)
-        path = str(jsonl.with_suffix(""))
-    return SuiteResult(
-        suite=suite,
-        n_problems=int(metrics["n_problems"]),
-        n_samples=int(metrics["n_samples"]),
-        metrics=metrics,
-        grader_timeouts=int(metrics.get("grader_timeouts", 0)),
-        grader_errors=int(metrics.get("grader_errors", 0)),
-        data_sha256=sha,
-        data_source=source,
-        template=template,
-        records_path=path,
-        records=records,
-    )
 
 
 def _needs_pool(suites: list[str]) -> bool:
@@ -499,59 +224,13 @@ def evaluate(
     result = EvalResult(
         suites=results,
         config=config.record(),
+        grader_version=suites_grader_version(suites),
         run_id=tracker.run_id,
         model=model,
         output_dir=None if out_dir is None else str(out_dir),
     )
     log_result(tracker, result, tokenizer, step=step)
     return result
-
-
-def log_result(tracker: Tracker, result: EvalResult, tokenizer: Any = None, step: int = 0) -> None:
-    """Params, tags, `eval/<suite>/<metric>` metrics and record artifacts of an eval run."""
-    config = result.config
-    suites = list(result.suites)
-    tracker.set_tags(
-        {
-            "vimpo.kind": "eval",
-            "vimpo.suite": ",".join(suites),
-            "vimpo.harness": result.harness,
-            "grader_version": result.grader_version,
-        }
-    )
-    params: dict[str, Any] = {
-        "grader_version": result.grader_version,
-        "template": config["template"],
-        "preset": config["preset"],
-        "sampling": config["sampling"],
-        "limit": config["limit"],
-        "seed": config["seed"],
-        "suites": config["suites"],
-        "harness": result.harness,
-        "grader_timeout": config["grader_timeout"],
-    }
-    if result.model:
-        params["model"] = result.model
-    for name, suite in result.suites.items():
-        params[f"data.{name}.sha256"] = suite.data_sha256
-        params[f"data.{name}.source"] = suite.data_source
-        params[f"template.{name}"] = suite.template
-    tracker.log_params(params)
-    metrics = {
-        f"eval/{name}/{key}": value for name, s in result.suites.items() for key, value in s.metrics.items()
-    }
-    tracker.log_metrics(
-        {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}, step=step
-    )
-    tracker.log_dict(result.summary(), "summary.json")
-    tracker.log_dict(
-        {name: prompts.describe(s.template, tokenizer) for name, s in result.suites.items()}, "template.json"
-    )
-    for suite in result.suites.values():
-        if suite.records_path:
-            stem = Path(suite.records_path)
-            tracker.log_artifact(stem.with_suffix(".jsonl"), "records")
-            tracker.log_artifact(stem.with_suffix(".parquet"), "records")
 
 
 # --------------------------------------------------------------------------- the CLI's one call
@@ -613,8 +292,6 @@ def run_eval(
     backend: "hf" (transformers, any device) or "vllm" (GPU). The eval run is nested under
     `parent_run_id`, or under the run `model` came from when it is a run id.
     """
-    from vimpo_bench import tracking
-
     if harness not in ("native", "lm-eval"):
         raise ValueError(f"unknown harness {harness!r}; valid: native, lm-eval")
     if backend not in ("hf", "vllm"):
@@ -625,15 +302,9 @@ def run_eval(
         source, source_run = resolve_model(model, Path(tmp), tracking_uri)
         parent = parent_run_id or source_run
         tracker: Any = NullTracker()
+        owner = None
         if track:
-            suites = ",".join(tasks.expand_suites(config.suites))
-            tracker = tracking.MlflowTracker.start(
-                run_name=f"eval-{suites}",
-                experiment=experiment or tracking.DEFAULT_EXPERIMENT,
-                tags={"vimpo.kind": "eval", "vimpo.model": model},
-                parent_run_id=parent,
-                tracking_uri=tracking_uri,
-            )
+            tracker, owner = start_eval_run(model, config, experiment, parent, tracking_uri, output_dir)
         out = (
             Path(output_dir)
             if output_dir
@@ -669,6 +340,39 @@ def run_eval(
             if track:
                 tracker.finish("FAILED")
             raise
+        finally:  # after the run's final status: a released lock with the run still RUNNING means a death
+            if owner is not None:
+                owner.release()
+
+
+def start_eval_run(
+    model: str,
+    config: EvalConfig,
+    experiment: str | None,
+    parent: str | None,
+    tracking_uri: str | None,
+    output_dir: str | os.PathLike | None,
+):
+    """(tracker, owner): a new MLflow eval run held by this process for its life (`vimpo_bench.owners`: the
+    lock is taken before the run exists). Eval runs of the experiment whose process died (kill -9, OOM)
+    are marked KILLED first, so that no record says RUNNING forever."""
+    from vimpo_bench import owners, tracking
+
+    experiment = experiment or tracking.DEFAULT_EXPERIMENT
+    owner = owners.RunOwner(Path(output_dir) if output_dir else Path("runs") / "eval")
+    try:
+        owners.close_dead_evals(experiment, tracking_uri)
+        tracker = tracking.MlflowTracker.start(
+            run_name=f"eval-{','.join(tasks.expand_suites(config.suites))}",
+            experiment=experiment,
+            tags={"vimpo.kind": "eval", "vimpo.model": model, **owner.tags},
+            parent_run_id=parent,
+            tracking_uri=tracking_uri,
+        )
+    except BaseException:
+        owner.release()
+        raise
+    return tracker, owner
 
 
 def build_generator(source: str, config: EvalConfig, backend: str = "hf", dtype: str = "float32"):
@@ -691,6 +395,8 @@ def build_generator(source: str, config: EvalConfig, backend: str = "hf", dtype:
 
 __all__ = [
     "PRESETS",
+    "RECORD_FIELDS",
+    "Z95",
     "EvalConfig",
     "EvalProgress",
     "EvalResult",
@@ -705,6 +411,7 @@ __all__ = [
     "pass_at_k",
     "resolve_model",
     "run_eval",
+    "start_eval_run",
     "suite_metrics",
     "wilson_interval",
     "write_records",

@@ -282,7 +282,8 @@ class PlannedCell:
 def plan(study: Study, cells: list[Cell], tracking_uri: str | None = None) -> list[PlannedCell]:
     """What running the study would do for each cell, from the runs already in the MLflow store."""
     from vimpo_bench import tracking
-    from vimpo_bench.train import find_checkpoint, run_is_live
+    from vimpo_bench.checkpoints import find_checkpoint
+    from vimpo_bench.runs import run_is_live
 
     existing: dict[str, list[dict]] = {}
     # (a dry run must not create an empty store as a side effect)

@@ -29,11 +29,12 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from vimpo_bench import locks
+from vimpo_bench import faults, locks
 from vimpo_bench.config import ConfigError, _coerce, clip, short
 from vimpo_bench.study import Study
 
@@ -268,16 +269,17 @@ def _worker_id() -> str:
 
 
 def fail_abandoned(optuna_study, tracking_uri: str | None) -> int:
-    """RUNNING trials started on this machine by a process that no longer exists: mark them FAIL (and their
-    MLflow runs KILLED) so that a rerun replaces them. Returns how many."""
+    """RUNNING trials whose process is gone: mark them FAIL (and their MLflow runs KILLED) so that a rerun
+    replaces them. Returns how many. Gone means: recorded by a process of this machine that no longer
+    exists, or (a store written by a version that recorded the worker after Optuna's ask, and was killed
+    in between) no worker recorded and started over `ORPHAN_AFTER_S` ago."""
     from optuna.trial import TrialState
 
     from vimpo_bench import tracking
 
     host, n = socket.gethostname(), 0
     for t in optuna_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = t.user_attrs.get("worker", "")
-        if not worker.startswith(host + ":") or _alive(int(worker.rsplit(":", 1)[1])):
+        if not _abandoned(t, host):
             continue
         optuna_study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
         if t.user_attrs.get("mlflow_run_id"):
@@ -286,6 +288,19 @@ def fail_abandoned(optuna_study, tracking_uri: str | None) -> int:
             handle.finish("KILLED")
         n += 1
     return n
+
+
+# A trial with no worker recorded this long after it started was orphaned by a kill (no live command takes
+# more than a moment between creating a trial and recording its worker; sqlite's busy timeout is 60 s).
+ORPHAN_AFTER_S = 300
+
+
+def _abandoned(trial, host: str) -> bool:
+    worker = trial.user_attrs.get("worker")
+    if worker is None:
+        started = trial.datetime_start
+        return started is not None and (datetime.now() - started).total_seconds() > ORPHAN_AFTER_S
+    return worker.startswith(host + ":") and not _alive(int(worker.rsplit(":", 1)[1]))
 
 
 def _alive(pid: int) -> bool:
@@ -326,7 +341,8 @@ def run_trial(job: SweepJob, trial, progress=None) -> None:
     from optuna.trial import TrialState
 
     from vimpo_bench import tracking
-    from vimpo_bench.train import EarlyStop, run
+    from vimpo_bench.runs import EarlyStop
+    from vimpo_bench.train import run
 
     values = {p.name: p.suggest(trial) for p in job.params}
     assigned = {key: value for p in job.params for key, value in p.assign(values[p.name]).items()}
@@ -378,8 +394,8 @@ def worker(job: SweepJob, worker_index: int, lock=None, progress=None, parent_pi
     in a worker process, its command is gone: an orphan finishes its trial but starts no other)."""
     import optuna
 
-    optuna_study = optuna.load_study(study_name=job.optuna_name, storage=make_storage(job.storage),
-                                     sampler=make_sampler(job.spec, worker_index), pruner=make_pruner(job.spec))
+    storage, sampler, pruner = make_storage(job.storage), make_sampler(job.spec, worker_index), make_pruner(job.spec)
+    optuna_study = optuna.load_study(study_name=job.optuna_name, storage=storage, sampler=sampler, pruner=pruner)
     guard = lock if lock is not None else contextlib.nullcontext()
     while True:
         if job.deadline and time.time() > job.deadline:
@@ -389,9 +405,28 @@ def worker(job: SweepJob, worker_index: int, lock=None, progress=None, parent_pi
         with guard:
             if counted(optuna_study) >= job.trials:
                 return
-            trial = optuna_study.ask()
-            trial.set_user_attr("worker", _worker_id())
+            trial = ask(job.optuna_name, storage, sampler, pruner)
+        faults.point("trial-asked")
         run_trial(job, trial, progress)
+
+
+def ask(optuna_name: str, storage, sampler, pruner):
+    """A new trial, as Optuna's `Study.ask()` makes one, but with this worker recorded on it in the same
+    insert: with ask() and then set_user_attr, a kill between the two left a RUNNING trial that no later
+    command could tell was dead (`fail_abandoned` judges trials by their worker)."""
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    # A study object of its own per trial, as ask() would reset it: the samplers cache the study's past
+    # trials per object, and one kept across trials would sample the next trial blind to the ones since.
+    study = optuna.load_study(study_name=optuna_name, storage=storage, sampler=sampler, pruner=pruner)
+    me = _worker_id()
+    study.add_trial(create_trial(state=TrialState.RUNNING, user_attrs={"worker": me}))  # one insert
+    # This process runs one trial at a time: its newest RUNNING trial is the one just added.
+    number = max(t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                 if t.user_attrs.get("worker") == me)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(optuna_name), number)
+    return optuna.trial.Trial(study, trial_id)
 
 
 def _worker_process(job: SweepJob, worker_index: int, lock) -> None:

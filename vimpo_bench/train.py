@@ -3,80 +3,64 @@
 `run(config)` is what `vimpo-bench train` calls: it opens the MLflow run, records the config and
 provenance, trains, and marks the run FINISHED or FAILED. `train(...)` is the loop itself and takes
 a tracker (default: one that records nothing) so that it can be used from a notebook or a sweep.
+What the `trl` engine (vimpo_bench/engines) shares with this loop lives below both: the run's record and
+ownership in `runs`, the parts of a step in `steps`, checkpoints in `checkpoints`; only the loop is here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import os
 import random
-import shutil
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from vimpo_bench import faults, locks
+from vimpo_bench import faults
 from vimpo_bench import tasks as task_registry
 from vimpo_bench.algorithms import Batch
 from vimpo_bench.algorithms.core import masked_mean
-from vimpo_bench.algorithms.vimpo import value_loss
+from vimpo_bench.checkpoints import (
+    checkpoint_dir,
+    checkpoint_due,
+    find_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from vimpo_bench.config import Config, from_dict
 from vimpo_bench.logprobs import token_logprobs
 from vimpo_bench.models import frozen_copy, load_policy
-from vimpo_bench.provenance import git_state, machine_state, package_versions
-from vimpo_bench.reference import beta_at, is_ref_update_step, lr_factor, update_reference
+from vimpo_bench.reference import beta_at, is_ref_update_step, lr_factor
 from vimpo_bench.rewards import noisy_rewards, truncation_rule, verifier_rewards
-from vimpo_bench.rollout.base import Rollouts, SamplingParams
+from vimpo_bench.rollout.base import Rollouts
+from vimpo_bench.runs import (
+    OnEval,
+    Progress,
+    TrainingError,
+    TrainResult,
+    checkpoint_engine,
+    claim_run,
+    prepare_output_dir,
+    record_run,
+    start_tracker,
+    train_to_status,
+)
+from vimpo_bench.steps import (
+    PhaseTimer,
+    eval_mode,
+    evaluate_heldout,
+    log_advantage_profile,
+    make_generator,
+    move_reference,
+    render_prompt,
+    sampled_logprobs,
+    sampling_params,
+    step_seed,
+)
 from vimpo_bench.tracking import MlflowTracker, NullTracker, Tracker
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (NaN loss, broken checkpoint); the message says where."""
-
-
-class EarlyStop(Exception):
-    """Raised by an `on_eval` hook to end a run early (a pruned sweep trial); the run is marked KILLED."""
-
-
-@dataclass
-class TrainResult:
-    run_id: str | None
-    steps: int
-    initial: dict[str, float]
-    final: dict[str, float]
-    wall_seconds: float
-    checkpoint: str | None
-    history: list[dict[str, float]] = field(default_factory=list)
-
-    def summary(self) -> dict:
-        return {
-            "run_id": self.run_id,
-            "steps": self.steps,
-            "split": "validation",
-            "initial_greedy_accuracy": self.initial.get("val/greedy_accuracy"),
-            "initial_sampled_accuracy": self.initial.get("val/sampled_accuracy"),
-            "final_greedy_accuracy": self.final.get("val/greedy_accuracy"),
-            "final_sampled_accuracy": self.final.get("val/sampled_accuracy"),
-            "wall_seconds": round(self.wall_seconds, 2),
-            "checkpoint": self.checkpoint,
-        }
-
-
-Progress = Callable[[str, int, int, dict], None]  # (phase, done, total, latest metrics)
-OnEval = Callable[[int, dict], None]  # (step, validation metrics) after each evaluation past step 0; may raise EarlyStop
-
-
-def step_seed(seed: int, step: int, stream: int) -> int:
-    """A seed per (run seed, step, purpose): draws depend only on these, so a resumed run repeats them."""
-    return (seed * 1_000_003 + step) * 16 + stream
-
 
 # ------------------------------------------------------------------------------------ entry point
 
@@ -97,13 +81,14 @@ def run(
     `tags` are added to the run's own (a `vimpo.kind` among them replaces `train`); the run is nested
     under `parent_run_id` when given; `run_started(run_id)` is called once the run exists (a sweep
     records it on its trial). An `EarlyStop` raised by `on_eval` ends the run as KILLED."""
-    if config.run.engine == "trl":  # our algorithms inside TRL's GRPOTrainer (vimpo_bench/engines)
+    engine = (resume_run_id and checkpoint_engine(Path(config.run.output_dir) / resume_run_id)) or config.run.engine
+    if engine == "trl":  # our algorithms inside TRL's GRPOTrainer (vimpo_bench/engines)
         from vimpo_bench.engines import trl_engine
 
         return trl_engine.run(config, resume_run_id, progress, tracking_uri, stop_after, tags, parent_run_id,
                               on_eval, run_started)
-    if config.run.engine != "native":
-        raise TrainingError(f"unknown run.engine={config.run.engine!r}; valid: native, trl")
+    if engine != "native":
+        raise TrainingError(f"unknown run.engine={engine!r}; valid: native, trl")
     output = Path(config.run.output_dir)
     prepare_output_dir(output)
     if resume_run_id:
@@ -130,85 +115,6 @@ def run(
             on_eval=on_eval))
     finally:
         owner.release()
-
-
-def start_tracker(config: Config, tags: dict | None, parent_run_id: str | None, tracking_uri: str | None):
-    """A new MLflow run for `config`, tagged with its kind and config hash from the start, so that a run
-    failing before its first step is still found by them (both engines)."""
-    run_name = config.run.run_name or f"{config.algo['name']}-s{config.run.seed}-{config.hash()[:6]}"
-    first_tags = {"vimpo.kind": "train", "vimpo.config_hash": config.hash(), **(tags or {})}
-    return MlflowTracker.start(run_name, config.run.experiment, tags=first_tags, parent_run_id=parent_run_id,
-                               tracking_uri=tracking_uri)
-
-
-def train_to_status(tracker: Tracker, total_steps: int, call: Callable[[], TrainResult]) -> TrainResult:
-    """Run `call()` and close the run: FINISHED once all steps are done (a `stop_after` cut leaves it
-    RUNNING, to be resumed), KILLED on EarlyStop (a pruned trial), FAILED on any other exception."""
-    try:
-        result = call()
-    except EarlyStop:
-        tracker.finish("KILLED")
-        raise
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
-    if result.steps >= total_steps:
-        tracker.finish("FINISHED")
-    return result
-
-
-OWNER_LOCK = ".owner.lock"  # in <output_dir>/<run id>/: held by the process training that run
-
-
-def prepare_output_dir(root: Path) -> None:
-    """Fail now, not at the first checkpoint save, when checkpoints cannot be written there; and remove the
-    temporary folders of saves cut short by a kill (`.checkpoint-*` of runs whose process is gone)."""
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=root):
-            pass
-    except OSError as exc:
-        raise TrainingError(f"run.output_dir {root}: not writable ({exc.strerror or exc})") from None
-    for partial in root.glob(f"*/{TEMP_PREFIX}*"):
-        if not locks.held(partial.parent / OWNER_LOCK):
-            shutil.rmtree(partial, ignore_errors=True)
-
-
-def claim_run(run_dir: Path) -> locks.OwnerLock:
-    """Hold the run's owner lock for this process's life: another process then knows the run is live (the
-    kernel drops the lock when this one dies, kill -9 included). A run already held is refused."""
-    lock = locks.OwnerLock(run_dir / OWNER_LOCK)
-    if not lock.acquire():
-        raise TrainingError(f"run {run_dir.name} is being trained by another process ({locks.owner(lock.path)})")
-    return lock
-
-
-def run_is_live(output_dir: str | Path, run_id: str) -> bool:
-    """Whether a process is training this run now (it holds the run's owner lock)."""
-    return locks.held(Path(output_dir) / run_id / OWNER_LOCK)
-
-
-def record_run(tracker: Tracker, config: Config, task, tags: dict | None = None) -> None:
-    """Params = the resolved config; tags = provenance (+ the caller's); artifact = config.yaml (house rule 7)."""
-    from vimpo_bench import grading_version
-
-    tracker.log_params(config.to_dict())
-    tracker.set_tags({
-        "vimpo.kind": "train",
-        "vimpo.algo": config.algo["name"],
-        "vimpo.seed": config.run.seed,
-        "vimpo.task": config.task.name,
-        "vimpo.config_hash": config.hash(),
-        "grader_version": grading_version(config.task.name),
-        "data.train_sha256": task.data_hash("train"),
-        "data.validation_sha256": task.data_hash("validation"),
-        "data.test_sha256": task.data_hash("test"),
-        **git_state(),
-        **package_versions(),
-        **machine_state(),
-        **(tags or {}),
-    })
-    tracker.log_dict(config.to_dict(), "config.yaml")
 
 
 # ------------------------------------------------------------------------------------------- loop
@@ -287,7 +193,7 @@ def train(
         if done > logged_through:
             tracker.log_metrics(metrics, step=done)
         history.append({"step": done, **metrics})
-        if (config.run.checkpoint_every and done % config.run.checkpoint_every == 0) or done == end_step:
+        if checkpoint_due(config.run.checkpoint_every, done, end_step):
             save_checkpoint(checkpoint_dir(config, tracker), config, policy, reference, optimizer, scheduler,
                             done, initial, tokenizer)
         if progress:
@@ -416,208 +322,9 @@ def ppo_update(config, algo, policy, optimizer, scheduler, rollouts: Rollouts, f
     return {key: sum(values) / len(values) for key, values in sums.items()}
 
 
-def move_reference(config, policy, reference, batch_info) -> dict:
-    """Move pi_ref; for VIMPO also log its value loss and mean terminal residual on this batch just before
-    and after (each move redefines V's zero point), with the run's own baseline and truncation rule."""
-    full, rollouts, algo = batch_info["full"], batch_info["rollouts"], batch_info["algo"]
-    out = {"vimpo/ref_update": 1.0}
-    if config.algo["name"] != "vimpo":
-        update_reference(reference, policy, config.ref.schedule, config.ref.alpha)
-        return out
-
-    def value_loss_against(ref_logp: torch.Tensor) -> tuple[float, float]:
-        loss, parts = value_loss(policy_logp - ref_logp, full.mask, full.rewards, full.group_ids, algo.beta,
-                                 algo.value_baseline, full.include)
-        kept = full.weights if full.weights is not None else torch.ones_like(parts["delta"])
-        return loss.item(), masked_mean(parts["delta"], kept).item()
-
-    with torch.no_grad(), eval_mode(policy):
-        policy_logp, _ = sampled_logprobs(config, policy, rollouts)
-        pre = value_loss_against(full.ref_logp)
-        update_reference(reference, policy, config.ref.schedule, config.ref.alpha)
-        post = value_loss_against(sampled_logprobs(config, reference, rollouts)[0])
-    out["vimpo/value_loss_pre_ref_update"], out["vimpo/residual_pre_ref_update"] = pre
-    out["vimpo/value_loss_post_ref_update"], out["vimpo/residual_post_ref_update"] = post
-    return out
-
-
-def sampled_logprobs(config: Config, model, rollouts: Rollouts, with_entropy: bool = False):
-    """Per-token log-probs (and entropy) of the rollouts at the sampling temperature; the caller sets
-    no_grad and the model's mode."""
-    return token_logprobs(model, rollouts.prompt_ids, rollouts.prompt_mask, rollouts.response_ids,
-                          rollouts.response_mask, with_entropy=with_entropy,
-                          microbatch_size=config.optim.logprob_microbatch, temperature=config.rollout.temperature)
-
-
-@contextlib.contextmanager
-def eval_mode(model):
-    """Dropout off inside (old and reference log-probs are no-gradient measurements), mode restored after."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
 # ----------------------------------------------------------------------------------- evaluation
-
-
-def evaluate_heldout(config, generator, task, heldout, prompt_text, step: int, tracker: Tracker) -> dict:
-    """Validation accuracy: greedy (one sample) and sampled (eval.samples at the rollout temperature)."""
-    prompts = [prompt_text(p) for p in heldout]
-    out = {}
-    records = []
-    if config.eval.greedy:
-        greedy = generator.generate(prompts, sampling_params(config, n=1, greedy=True),
-                                    seed=step_seed(config.run.seed, step, 4))
-        correct = [task.grade(t, p) for t, p in zip(greedy.texts, heldout, strict=True)]
-        out["val/greedy_accuracy"] = sum(correct) / len(correct)
-        faults.point("heldout")
-        records += [{"step": step, "mode": "greedy", "id": p.id, "prompt": prompts[i], "completion": greedy.texts[i],
-                     "answer": task.extract(greedy.texts[i]), "gold": p.answer, "correct": correct[i]}
-                    for i, p in enumerate(heldout[: config.eval.completions_logged])]
-    sampled = generator.generate(prompts, sampling_params(config, n=config.eval.samples),
-                                 seed=step_seed(config.run.seed, step, 5))
-    graded = [task.grade(t, heldout[int(g)]) for t, g in zip(sampled.texts, sampled.group_ids, strict=True)]
-    out["val/sampled_accuracy"] = sum(graded) / len(graded)
-    shown = min(len(sampled.texts), config.eval.completions_logged)
-    records += [{"step": step, "mode": "sampled", "id": heldout[int(sampled.group_ids[i])].id,
-                 "completion": sampled.texts[i], "answer": task.extract(sampled.texts[i]),
-                 "gold": heldout[int(sampled.group_ids[i])].answer, "correct": graded[i]} for i in range(shown)]
-    tracker.log_text("\n".join(json.dumps(r) for r in records) + "\n", f"samples/step_{step:06d}.jsonl")
-    return out
-
-
-def log_advantage_profile(tracker: Tracker, batch_info: dict, step: int) -> None:
-    """Mean advantage by token position for correct and wrong responses (the VIMPO credit picture)."""
-    full, clean = batch_info["full"], batch_info["clean"]
-    lines = []
-    for correct in (True, False):
-        rows = (clean > 0.5) == correct
-        if not rows.any():
-            continue
-        adv, mask = full.advantages[rows], full.mask[rows]
-        counts = mask.sum(0)
-        means = (adv * mask).sum(0) / counts.clamp(min=1)
-        lines += [json.dumps({"step": step, "position": t, "correct": correct, "mean_adv": means[t].item(),
-                              "count": int(counts[t].item())}) for t in range(mask.shape[1]) if counts[t] > 0]
-    tracker.log_text("\n".join(lines) + "\n", f"diagnostics/adv_by_position_step_{step:06d}.jsonl")
 
 
 # ------------------------------------------------------------------------------------- helpers
 
 
-def sampling_params(config: Config, n: int, greedy: bool = False) -> SamplingParams:
-    """The rollout's sampling settings for n samples per prompt (greedy: temperature 0, one sample)."""
-    if greedy:
-        return SamplingParams(temperature=0.0, top_k=0, n=1, max_new_tokens=config.rollout.max_new_tokens)
-    return SamplingParams(temperature=config.rollout.temperature, top_p=config.rollout.top_p, top_k=0,
-                          max_new_tokens=config.rollout.max_new_tokens, n=n)
-
-
-def make_generator(config: Config, policy, tokenizer):
-    if config.rollout.backend != "hf":  # config validation already says so; kept for configs built by hand
-        raise ValueError(f"the native engine generates with transformers only (rollout.backend=hf), got "
-                         f"{config.rollout.backend!r}; use run.engine=trl for vLLM rollouts")
-    from vimpo_bench.prompts import has_chat_template
-    from vimpo_bench.rollout.hf import HFGenerator
-
-    # tiny-arith learned its task without BOS, and chat templates write their own special tokens.
-    templated = config.task.template != "none" and has_chat_template(tokenizer)
-    add_special_tokens = config.model.name != "tiny-arith" and not templated
-    return HFGenerator(policy, tokenizer, add_special_tokens=add_special_tokens)
-
-
-def render_prompt(config: Config, task, problem, tokenizer) -> str:
-    if config.task.template == "none":
-        return task.prompt(problem)
-    from vimpo_bench.prompts import render
-
-    return render(config.task.template, problem.question, tokenizer)
-
-
-class PhaseTimer:
-    """Wall seconds per labelled phase of a step."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-        self.start = time.perf_counter()
-
-    def __call__(self, phase: str):
-        timer = self
-
-        class _Phase:
-            def __enter__(self):
-                self.t = time.perf_counter()
-
-            def __exit__(self, *exc):
-                timer.seconds[phase] = timer.seconds.get(phase, 0.0) + time.perf_counter() - self.t
-
-        return _Phase()
-
-    def metrics(self) -> dict[str, float]:
-        out = {f"perf/{k}_s": v for k, v in self.seconds.items()}
-        out["perf/step_s"] = time.perf_counter() - self.start
-        return out
-
-
-# ---------------------------------------------------------------------------------- checkpoints
-
-
-TEMP_PREFIX = ".checkpoint-"  # a save in progress; left behind only by a kill, removed at the next start
-
-
-def checkpoint_dir(config: Config, tracker: Tracker) -> Path:
-    return Path(config.run.output_dir) / (tracker.run_id or "local") / "checkpoint"
-
-
-def save_checkpoint(path: Path, config: Config, policy, reference, optimizer, scheduler, step: int,
-                    initial: dict, tokenizer=None) -> None:
-    """Write the checkpoint atomically: build it beside, then swap; a kill mid-save keeps the old one.
-    `policy/` holds the tokenizer too, so that it loads (and evaluates) on its own."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=path.parent))
-    policy.save_pretrained(tmp / "policy")
-    faults.point("save")
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp / "policy")
-    if config.ref.schedule != "frozen":  # a frozen reference is the starting model, rebuilt on resume
-        reference.save_pretrained(tmp / "reference")
-    torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(), "initial": initial},
-               tmp / "state.pt")
-    (tmp / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
-    (tmp / "COMPLETE").write_text(str(step))
-    old = path.with_name("checkpoint.old")
-    if path.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def find_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint of a run (the previous one if a save was cut short)."""
-    for name in ("checkpoint", "checkpoint.old"):
-        if (run_dir / name / "COMPLETE").is_file():
-            return run_dir / name
-    return None
-
-
-def load_checkpoint(path: Path, policy, reference, optimizer, scheduler) -> tuple[int, dict]:
-    from transformers import AutoModelForCausalLM
-
-    def copy_weights(target, folder: Path):
-        source = AutoModelForCausalLM.from_pretrained(folder, dtype=next(target.parameters()).dtype)
-        target.load_state_dict(source.state_dict())
-
-    copy_weights(policy, path / "policy")
-    if (path / "reference").is_dir():
-        copy_weights(reference, path / "reference")
-    state = torch.load(path / "state.pt", weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["torch_rng"])
-    random.setstate(state["python_rng"])
-    return int(state["step"]), state["initial"]

@@ -7,10 +7,10 @@ and treats `mask` [B, T] as 1 on response tokens and 0 on padding.
 
 from __future__ import annotations
 
-import dataclasses
-import math
-
 import torch
+
+from vimpo_bench import ranges
+from vimpo_bench.ranges import num
 
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 KL_ESTIMATORS = ("k1", "k2", "k3")
@@ -189,19 +189,38 @@ def check(ok: bool, message: str) -> None:
         raise ValueError(message)
 
 
-def check_finite(algo) -> None:
-    """Every numeric option finite: NaN passes any check written `x >= 0`, infinity passes most."""
-    for f in dataclasses.fields(algo):
-        value = getattr(algo, f.name)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            check(math.isfinite(value), f"{f.name} must be a finite number, got {value}")
+# Option errors name the key as a config file spells it (`algo.eps_low`), whoever built the algorithm.
+WHERE = "algo"
 
 
-def check_ppo(algo) -> None:
-    """Validate the options every algorithm shares: all numbers finite, then the PPO ones."""
-    check_finite(algo)
-    check(0 <= algo.eps_low < 1, f"eps_low must be in [0, 1), got {algo.eps_low}")
-    check(algo.eps_high >= 0, f"eps_high must be >= 0, got {algo.eps_high}")
-    check(algo.dual_clip is None or algo.dual_clip > 1, f"dual_clip must be > 1 or None, got {algo.dual_clip}")
-    check(algo.agg in AGGREGATIONS, f"agg must be one of {AGGREGATIONS}, got {algo.agg!r}")
-    check(algo.norm_len is None or algo.norm_len > 0, f"norm_len must be > 0, got {algo.norm_len}")
+def check_choice(algo, key: str, valid: tuple) -> None:
+    """The option `key` is one of `valid`."""
+    value = getattr(algo, key)
+    check(value in valid, f"{WHERE}.{key}: must be one of {', '.join(valid)}, got {value!r}")
+
+
+def check_options(algo) -> None:
+    """Every numeric option finite and within the range declared on its field (`num(...)`, shared ones
+    below), then the PPO choices. First thing in each algorithm's __post_init__: a NaN passes any check
+    written `x >= 0`, infinity passes most."""
+    ranges.check_ranges(algo, WHERE)
+    check_choice(algo, "agg", AGGREGATIONS)
+
+
+# The PPO options every algorithm shares, declared once with their ranges (each dataclass's field calls one).
+
+
+def eps_low_field(default: float = 0.2):
+    return num(default, ge=0, lt=1, why="the ratio's lower clip bound is 1 - eps_low")
+
+
+def eps_high_field(default: float = 0.2):
+    return num(default, ge=0)
+
+
+def dual_clip_field(default: float | None = None):
+    return num(default, gt=1, why="or null: off")
+
+
+def norm_len_field(default: int | None = None):
+    return num(default, gt=0, why="or null: the padded length")

@@ -29,17 +29,21 @@ from vimpo_bench.algorithms.batch import Batch
 from vimpo_bench.algorithms.core import (
     KL_ESTIMATORS,
     aggregate,
-    check,
-    check_finite,
-    check_ppo,
+    check_choice,
+    check_options,
+    dual_clip_field,
+    eps_high_field,
+    eps_low_field,
     f32,
     group_mean,
     group_std,
     kl_estimate,
+    norm_len_field,
     policy_stats,
     ppo_clip_loss,
     require_group_size,
 )
+from vimpo_bench.ranges import num
 
 SCALES = ("std", "none")
 
@@ -85,24 +89,22 @@ class Grpo:
     scale: std | none. drop_constant_groups: leave out groups whose rewards are all equal.
     """
 
-    beta: float = 0.04
+    beta: float = num(0.04, ge=0, why="0 turns the KL penalty off")
     kl_estimator: str = "k3"
-    eps_low: float = 0.2
-    eps_high: float = 0.2
-    dual_clip: float | None = None
+    eps_low: float = eps_low_field()
+    eps_high: float = eps_high_field()
+    dual_clip: float | None = dual_clip_field()
     agg: str = "seq-mean-token-mean"
-    norm_len: int | None = None
+    norm_len: int | None = norm_len_field()
     scale: str = "std"
     drop_constant_groups: bool = False
 
     name = "grpo"
 
     def __post_init__(self) -> None:
-        check_finite(self)  # first: the range checks below read NaN as "in range"
-        check(self.beta >= 0, f"beta must be >= 0, got {self.beta}")
-        check(self.kl_estimator in KL_ESTIMATORS, f"kl_estimator must be one of {KL_ESTIMATORS}, got {self.kl_estimator!r}")
-        check(self.scale in SCALES, f"scale must be one of {SCALES}, got {self.scale!r}")
-        check_ppo(self)
+        check_options(self)  # numbers against the ranges on the fields above (subclasses keep them)
+        check_choice(self, "kl_estimator", KL_ESTIMATORS)
+        check_choice(self, "scale", SCALES)
 
     def sequence_advantages(
         self, rewards: torch.Tensor, group_ids: torch.Tensor, weights: torch.Tensor | None = None

@@ -46,7 +46,8 @@ class Rloo(Grpo):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.scale != "none":
-            raise ValueError("rloo has no 'scale' option: its leave-one-out advantage is never divided by a std")
+            raise ValueError(f"algo.scale: must be 'none' for rloo (its leave-one-out advantage is never divided by a "
+                             f"std), got {self.scale!r}")
 
     def sequence_advantages(
         self, rewards: torch.Tensor, group_ids: torch.Tensor, weights: torch.Tensor | None = None

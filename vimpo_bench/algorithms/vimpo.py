@@ -34,21 +34,28 @@ from vimpo_bench.algorithms.batch import Batch
 from vimpo_bench.algorithms.core import (
     aggregate,
     check,
-    check_finite,
-    check_ppo,
+    check_choice,
+    check_options,
+    dual_clip_field,
+    eps_high_field,
+    eps_low_field,
     f32,
     group_count,
     group_index,
     group_mean,
     masked_mean,
+    norm_len_field,
     policy_stats,
     ppo_clip_loss,
     require_group_size,
     whiten_batch,
 )
+from vimpo_bench.ranges import num
 
 BASELINES = ("mean", "soft")
-ADVANTAGE_KINDS = ("implied", "mc", "residual", "outcome")
+# `none` is an ablation beyond the specification: no actor term, so the update is c_V L_V alone (its
+# REINFORCE step with advantage -delta); it says how much of VIMPO's learning the actor carries.
+ADVANTAGE_KINDS = ("implied", "mc", "residual", "outcome", "none")
 
 
 def sequence_logratio(logratio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -177,12 +184,15 @@ def advantages(
     - `mc`:       A_t = R - Vhat - beta sum_{k<t} l^old_k          (= implied - delta^old for lam = 1)
     - `residual`: A_t = -delta^old = R - beta sum_t l^old - Vhat   (one value per response)
     - `outcome`:  A_t = R - Vhat                                    (no dense credit)
+    - `none`:     A_t = 0                                           (ablation: the value loss alone)
     Vhat comes from `baseline` on the old log-ratios (`weights` as in root_value). Zero on padding.
     """
     if kind not in ADVANTAGE_KINDS:
         raise ValueError(f"unknown advantage {kind!r}; valid: {', '.join(ADVANTAGE_KINDS)}")
     l_old = f32(old_logratio).detach() * f32(mask)
     m = f32(mask)
+    if kind == "none":
+        return torch.zeros_like(l_old)
     if kind == "implied":
         return reverse_discounted_cumsum(beta * l_old, lam) * m
     seq = l_old.sum(1)
@@ -213,32 +223,28 @@ class Vimpo:
     eps_low, eps_high: PPO clip range; dual_clip: c > 1 or None. agg: loss aggregation.
     """
 
-    beta: float = 0.05
-    value_scale: float | None = 0.5
-    value_coef: float | None = None
+    beta: float = num(0.05, gt=0, why="VIMPO divides by beta")
+    value_scale: float | None = num(0.5, ge=0, why="or null: set by value_coef")
+    value_coef: float | None = num(None, ge=0, why="or null: set by value_scale")
     value_baseline: str = "mean"
     advantage: str = "implied"
-    lam: float = 1.0
+    lam: float = num(1.0, gt=0, le=1)
     advantage_whiten: bool = False
-    eps_low: float = 0.2
-    eps_high: float = 0.2
-    dual_clip: float | None = None
+    eps_low: float = eps_low_field()
+    eps_high: float = eps_high_field()
+    dual_clip: float | None = dual_clip_field()
     agg: str = "token-mean"
-    norm_len: int | None = None
+    norm_len: int | None = norm_len_field()
 
     name = "vimpo"
 
     def __post_init__(self) -> None:
-        check_finite(self)  # first: the range checks below read NaN as "in range"
-        check(self.beta > 0, f"beta must be > 0, got {self.beta}")
+        check_options(self)  # numbers against the ranges on the fields above
         check(self.value_coef is not None or self.value_scale is not None,
-              "set value_scale (2 beta c_V, held fixed as beta moves) or value_coef (c_V fixed)")
-        check(self.value_coef is None or self.value_coef >= 0, f"value_coef must be >= 0, got {self.value_coef}")
-        check(self.value_scale is None or self.value_scale >= 0, f"value_scale must be >= 0, got {self.value_scale}")
-        check(self.value_baseline in BASELINES, f"value_baseline must be one of {BASELINES}, got {self.value_baseline!r}")
-        check(self.advantage in ADVANTAGE_KINDS, f"advantage must be one of {ADVANTAGE_KINDS}, got {self.advantage!r}")
-        check(0 < self.lam <= 1, f"lam must be in (0, 1], got {self.lam}")
-        check_ppo(self)
+              "algo.value_scale: must be >= 0 (2 beta c_V, held fixed as beta moves) when algo.value_coef is null; "
+              "both are null")
+        check_choice(self, "value_baseline", BASELINES)
+        check_choice(self, "advantage", ADVANTAGE_KINDS)
         if self.value_baseline == "soft" and self.beta < 0.2:
             warnings.warn(
                 f"value_baseline='soft' with beta={self.beta}: with binary rewards it tracks the group maximum "

@@ -4,7 +4,8 @@ loop does after its update: move pi_ref, evaluate on the validation split, log, 
 
 One RL step = one generation = epochs x minibatches optimizer steps, each of grad_accum microbatches of
 whole groups (the native loop's layout). Launch with `accelerate launch` for several processes; only the
-main process opens the MLflow run and logs. See docs/scale.md.
+main process opens the MLflow run and logs. Checkpoints are the native engine's (`checkpoints.py`), saved
+by the callback; a resumed run continues through Trainer's resume path. See docs/scale.md.
 """
 
 from __future__ import annotations
@@ -20,33 +21,36 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from vimpo_bench import faults
 from vimpo_bench import tasks as task_registry
-from vimpo_bench.config import Config
+from vimpo_bench.checkpoints import checkpoint_due, find_checkpoint, load_state
+from vimpo_bench.config import Config, from_dict
 from vimpo_bench.engines import trl_preflight
 from vimpo_bench.models import frozen_copy, load_policy
 from vimpo_bench.reference import beta_at, is_ref_update_step
-from vimpo_bench.tracking import NullTracker, Tracker
-from vimpo_bench.train import (
+from vimpo_bench.runs import (
     TrainingError,
     TrainResult,
     claim_run,
+    prepare_output_dir,
+    record_run,
+    start_tracker,
+    train_to_status,
+)
+from vimpo_bench.steps import (
     evaluate_heldout,
     log_advantage_profile,
     make_generator,
     move_reference,
-    prepare_output_dir,
-    record_run,
     render_prompt,
-    start_tracker,
-    train_to_status,
 )
+from vimpo_bench.tracking import MlflowTracker, NullTracker, Tracker
 
 
 def run(config: Config, resume_run_id=None, progress=None, tracking_uri=None, stop_after=None, tags=None,
         parent_run_id=None, on_eval=None, run_started=None) -> TrainResult:
-    """`train.run` for run.engine=trl (same arguments and result)."""
-    if resume_run_id:
-        raise TrainingError("resuming a run.engine=trl run is not built yet; start a new run")
+    """`train.run` for run.engine=trl (same arguments and result): a new run, or `resume_run_id` continued
+    from its last checkpoint with the config saved there."""
     trl_preflight(config)
     args = trainer_args(config)  # sets up the process group under accelerate/torchrun
     from accelerate import PartialState
@@ -56,20 +60,54 @@ def run(config: Config, resume_run_id=None, progress=None, tracking_uri=None, st
     tracker: Tracker = NullTracker()
     owner = None
     try:
+        # The main process opens (or reopens) the run; the others learn its id and checkpoint, or its error.
+        shared, failure = [None, None, None], None
         if state.is_main_process:
-            prepare_output_dir(Path(config.run.output_dir))
-            tracker = start_tracker(config, tags, parent_run_id, tracking_uri)
-            owner = claim_run(Path(config.run.output_dir) / tracker.run_id)  # live while this process trains it
-            if run_started:
-                run_started(tracker.run_id)
-        run_id = broadcast_object_list([tracker.run_id])[0] if state.num_processes > 1 else tracker.run_id
+            try:
+                tracker, owner, checkpoint = open_run(config, resume_run_id, tags, parent_run_id, tracking_uri)
+                shared = [tracker.run_id, checkpoint and str(checkpoint), None]
+            except Exception as exc:
+                shared, failure = [None, None, str(exc)], exc
+        if state.num_processes > 1:
+            shared = broadcast_object_list(shared)
+        if failure is not None:
+            raise failure
+        if shared[2] is not None:
+            raise TrainingError(f"the main process failed: {shared[2]}")
+        run_id, checkpoint = shared[0], shared[1] and Path(shared[1])
+        if checkpoint is not None:
+            config = from_dict(json.loads((checkpoint / "config.json").read_text()), str(checkpoint / "config.json"))
+            args = trainer_args(config)
+        if run_started and state.is_main_process:
+            run_started(run_id)
         return train_to_status(tracker, config.optim.steps, lambda: train(
-            config, args, tracker, run_id, progress=progress, stop_after=stop_after, tags=tags, on_eval=on_eval))
+            config, args, tracker, run_id, progress=progress, stop_after=stop_after, tags=tags, on_eval=on_eval,
+            resume_from=checkpoint))
     finally:
         if owner is not None:
             owner.release()
         if state.num_processes > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()  # else gloo aborts at exit now and then
+
+
+def open_run(config: Config, resume_run_id, tags, parent_run_id, tracking_uri):
+    """(tracker, owner lock, checkpoint or None) for a new run or the resumed `resume_run_id`, as train.run."""
+    output = Path(config.run.output_dir)
+    prepare_output_dir(output)
+    if not resume_run_id:
+        tracker = start_tracker(config, tags, parent_run_id, tracking_uri)
+        return tracker, claim_run(output / tracker.run_id), None  # live while this process trains it
+    owner = claim_run(output / resume_run_id)
+    try:
+        tracker = MlflowTracker.resume(resume_run_id, tracking_uri)
+        checkpoint = find_checkpoint(output / resume_run_id)
+        if checkpoint is None:
+            tracker.finish("FAILED")
+            raise TrainingError(f"run {resume_run_id} has no checkpoint under {output}/{resume_run_id}")
+    except BaseException:
+        owner.release()
+        raise
+    return tracker, owner, checkpoint
 
 
 def trainer_args(config: Config):
@@ -134,6 +172,9 @@ class EngineState:
     initial: dict = field(default_factory=dict)
     last_eval: dict = field(default_factory=dict)
     history: list = field(default_factory=list)
+    checkpoint: Path | None = None  # where the run's checkpoint is saved (None: no saves, as in the parity test)
+    start_step: int = 0  # RL steps done before this process started (a resumed run)
+    logged_through: int = 0  # the last step the run's record already holds (a killed process logged it)
 
     def algo_at(self, step: int):
         c = self.config
@@ -148,7 +189,9 @@ class EngineState:
 
 
 def train(config: Config, args, tracker: Tracker, run_id: str | None, progress=None, stop_after=None, tags=None,
-          on_eval=None) -> TrainResult:
+          on_eval=None, resume_from: Path | None = None) -> TrainResult:
+    """The RL loop on TRL's trainer; `resume_from` (a checkpoint) continues a run where it was saved.
+    `stop_after` ends the call after that many more steps (checkpointed), as a kill would."""
     from accelerate import PartialState
 
     started = time.perf_counter()
@@ -168,27 +211,49 @@ def train(config: Config, args, tracker: Tracker, run_id: str | None, progress=N
         policy, tokenizer = load_policy(config.model.name, config.model.dtype, config.model.cache_dir,
                                         task_options=config.task.options if config.task.name == "arith" else None,
                                         warm_start=warm)
-    record_run(tracker, config, task, {**(tags or {}), "vimpo.engine": "trl"})
-    trainer, vb = make_trainer(config, args, policy, tokenizer, task, tracker, progress, on_eval, stop_after)
+    if resume_from is None:
+        record_run(tracker, config, task, {**(tags or {}), "vimpo.engine": "trl"})
+    trainer, vb = make_trainer(config, args, policy, tokenizer, task, tracker, progress, on_eval)
+    final_dir = Path(config.run.output_dir) / (run_id or "local") / "checkpoint"
+    vb.checkpoint = final_dir
+    if resume_from is not None:
+        resume_state(trainer, vb, resume_from, tracker)
+    vb.stop_after = None if stop_after is None else vb.start_step + stop_after
 
     # -- the loop: rollout -> score -> log-probs -> advantages -> update -> log, driven by TRL ------
-    trainer.train()
+    # A resumed run goes through Trainer's own resume (global step, data skipped, RNG restored after the
+    # skip), reading our checkpoint layout through VimpoGRPOTrainer's load hooks (see there).
+    trainer.train(resume_from_checkpoint=None if resume_from is None else str(resume_from))
     end_step = trainer.state.global_step // trainer.opt_steps_per_rl_step
 
-    # -- the final policy where `study run` and `eval` look for it (no resumable state: see docs/scale.md)
-    final_dir = Path(config.run.output_dir) / (run_id or "local") / "checkpoint"
-    trainer.save_model(str(final_dir / "policy"))
-    if state.is_main_process:
-        (final_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
-        if end_step == config.optim.steps and config.run.log_checkpoint and tracker.run_id:
-            tracker.log_artifact(final_dir / "policy", "checkpoint")
+    if state.is_main_process and end_step == config.optim.steps and config.run.log_checkpoint and tracker.run_id:
+        tracker.log_artifact(final_dir / "policy", "checkpoint")
     state.wait_for_everyone()
     return TrainResult(tracker.run_id, end_step, vb.initial, vb.last_eval, time.perf_counter() - started,
                        str(final_dir), vb.history)
 
 
+def resume_state(trainer, vb: EngineState, checkpoint: Path, tracker: Tracker) -> None:
+    """The loop state of `checkpoint` into `vb` (the trainer restores the rest when it starts, from the same
+    state.pt); steps the record already holds are recomputed, not logged a second time."""
+    if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
+        raise TrainingError("resuming a run.engine=trl run under DeepSpeed or FSDP is not built yet; resume it "
+                            "with plain DDP (a launch without a DeepSpeed/FSDP config)")
+    saved = load_state(checkpoint)
+    processes = trainer.accelerator.num_processes
+    if len(saved["rng"]) != processes:
+        raise TrainingError(f"{checkpoint} was saved by {len(saved['rng'])} processes; resume it on as many "
+                            f"(this launch has {processes})")
+    trainer.vb_resume = saved
+    vb.start_step, vb.initial, vb.last_eval = int(saved["step"]), saved["initial"], saved["last_eval"]
+    vb.history = list(saved["history"])
+    # A killed process may have logged steps past its last checkpoint. This one recomputes the same values
+    # (draws are seeded by run seed and step; the checkpoint restores the rest), so they are not logged twice.
+    vb.logged_through = tracker.last_step("perf/step_s") or 0
+
+
 def make_trainer(config: Config, args, policy, tokenizer, task, tracker: Tracker | None = None, progress=None,
-                 on_eval=None, stop_after=None):
+                 on_eval=None):
     """(VimpoGRPOTrainer, EngineState) for `policy`; pi_ref starts as a copy of it."""
     from datasets import Dataset
     from transformers import PrinterCallback, ProgressCallback
@@ -198,7 +263,7 @@ def make_trainer(config: Config, args, policy, tokenizer, task, tracker: Tracker
     tokenizer.padding_side = "left"
     policy.train()
     vb = EngineState(config, task, task.problems("train"), task.problems("validation", limit=config.eval.problems),
-                     frozen_copy(policy), tokenizer, tracker or NullTracker(), progress, on_eval, stop_after)
+                     frozen_copy(policy), tokenizer, tracker or NullTracker(), progress, on_eval)
     dataset = Dataset.from_dict({"prompt": [vb.prompt_text(p) for p in vb.train_pool],
                                  "problem": list(range(len(vb.train_pool)))})
     callback = RLStepCallback(vb)
@@ -227,8 +292,9 @@ class RLStepCallback(TrainerCallback):
         self.step_started = time.perf_counter()
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.vb.initial = self.vb.last_eval = self.evaluate(0)
-        self.vb.tracker.log_metrics(self.vb.initial, step=0)
+        if self.vb.start_step == 0:  # a resumed run has its step-0 evaluation in the checkpoint
+            self.vb.initial = self.vb.last_eval = self.evaluate(0)
+            self.vb.tracker.log_metrics(self.vb.initial, step=0)
         self.step_started = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -249,14 +315,20 @@ class RLStepCallback(TrainerCallback):
             vb.last_eval = self.evaluate(done)
             metrics.update(vb.last_eval)
             log_advantage_profile(vb.tracker, trainer.vb_step, done)
-        vb.tracker.log_metrics(metrics, step=done)
+        if done > vb.logged_through:
+            vb.tracker.log_metrics(metrics, step=done)
         vb.history.append({"step": done, **metrics})
+        stopping = vb.stop_after is not None and done >= vb.stop_after
+        if vb.checkpoint is not None and (checkpoint_due(config.run.checkpoint_every, done, config.optim.steps)
+                                          or stopping):
+            trainer.save_vb_checkpoint(vb.checkpoint, done)  # every process: the save is collective
         if vb.progress and state.is_world_process_zero:
             vb.progress("train", done, config.optim.steps, metrics)
         if vb.on_eval and "val/sampled_accuracy" in metrics:
             vb.on_eval(done, {k: v for k, v in metrics.items() if k.startswith("val/")})
-        if vb.stop_after is not None and done >= vb.stop_after:
+        if stopping:
             control.should_training_stop = True
+        faults.point("step")
         self.step_started = time.perf_counter()
         return control
 

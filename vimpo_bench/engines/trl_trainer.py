@@ -8,27 +8,35 @@ everything a result depends on is ours, through the same functions as the native
     advantages  `algo.advantages` once per step over whole groups, held fixed through the update
     update      `algo.loss` on microbatches of whole groups, shuffled per epoch as `train.ppo_update`
     log         `RLStepCallback` (trl_engine.py) at the end of each RL step
+    checkpoint  `save_vb_checkpoint` in `checkpoints.py`'s layout; a resume goes through Trainer's own
+                resume path (global step, data skip) with its load hooks reading that layout
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import torch
-from accelerate.utils import gather
+from accelerate.utils import gather, gather_object
 from trl import GRPOTrainer
 from trl.models.utils import prepare_deepspeed, prepare_fsdp
 from trl.trainer.utils import add_fused_lm_head, pad
 
 from vimpo_bench.algorithms import Batch
 from vimpo_bench.algorithms.core import masked_mean
+from vimpo_bench.checkpoints import load_weights, rng_state, save_checkpoint, set_rng_state
 from vimpo_bench.logprobs import position_ids_from_mask
 from vimpo_bench.reference import lr_factor
 from vimpo_bench.rewards import noisy_rewards, truncation_rule, verifier_rewards
 from vimpo_bench.rollout.base import Rollouts
-from vimpo_bench.train import TrainingError, eval_mode, step_seed
+from vimpo_bench.rollout.hf import seeded
+from vimpo_bench.runs import TrainingError
+from vimpo_bench.steps import eval_mode, prompt_special_tokens, step_seed
 
 
 class StepPromptSampler(torch.utils.data.Sampler):
@@ -72,6 +80,7 @@ class VimpoGRPOTrainer(GRPOTrainer):
         self.step_stats: dict[str, list[float]] = defaultdict(list)
         self.vb_step: dict | None = None  # the latest step's batch and its scoring metrics (for the callback)
         self.vb_algo = None
+        self.vb_resume: dict | None = None  # state.pt of the checkpoint a resumed run starts from
         self._pieces: list[dict] | None = None
 
     # -- data: the native loop's prompt draws ------------------------------------------------------
@@ -89,6 +98,14 @@ class VimpoGRPOTrainer(GRPOTrainer):
                 lambda s: lr_factor(optim.lr_schedule, s, num_training_steps, optim.warmup_steps))
             self._created_lr_scheduler = True
         return self.lr_scheduler
+
+    def _tokenize_prompts(self, prompts: list):
+        """Rendered prompts tokenized as the native loop's generator does (`train.prompt_special_tokens`):
+        TRL's default adds BOS, a second one after a chat template's own."""
+        if not isinstance(prompts[0], str):
+            return super()._tokenize_prompts(prompts)
+        add = prompt_special_tokens(self.vb.config, self.processing_class)
+        return self.processing_class(text=prompts, add_special_tokens=add)["input_ids"], None, {}
 
     def rl_step(self) -> int:
         """0-based RL step in progress (one generation = one RL step)."""
@@ -128,7 +145,10 @@ class VimpoGRPOTrainer(GRPOTrainer):
         started = time.perf_counter()
 
         # -- rollout: TRL generates (and pushes the weights into vLLM first) ------------------------
-        prompt_ids, completion_ids, _, texts, _, _, _, _ = self._generate([x["prompt"] for x in inputs])
+        # Seeded by run seed and step, as the native loop's, in a fork of the RNG: a resumed run draws the
+        # same samples (transformers' sampler; vLLM keeps its own seed and state, see docs/scale.md).
+        with seeded(step_seed(config.run.seed, step, 1), device):
+            prompt_ids, completion_ids, _, texts, _, _, _, _ = self._generate([x["prompt"] for x in inputs])
         rows = len(completion_ids)
         problem_index = [x["problem"] for x in inputs]
         if any(problem_index[i] != problem_index[i - i % G] for i in range(rows)) or rows % G:
@@ -233,3 +253,45 @@ class VimpoGRPOTrainer(GRPOTrainer):
             raise TrainingError(f"gradient norm is {value} at step {self.rl_step() + 1}")
         self.step_stats["policy/grad_norm"].append(value)
         return norm
+
+    # -- checkpoints ------------------------------------------------------------------------------------
+    def save_vb_checkpoint(self, path: Path, step: int) -> None:
+        """Save the run after RL step `step` in `checkpoints.py`'s layout; called on every process (weights
+        under DeepSpeed/FSDP and every process's RNG state are gathered), written by the main one.
+
+        state.pt adds to the native engine's: every process's RNG states, the last evaluation, the logged
+        history; trainer_state.json is transformers' TrainerState, which Trainer's resume reads. Under
+        DeepSpeed/FSDP the optimizer state is sharded and not gathered: the folder holds the policy to
+        evaluate, not a state to resume (no COMPLETE)."""
+        sharded = self.is_deepspeed_enabled or self.is_fsdp_enabled
+        weights = self.accelerator.get_state_dict(self.model) if sharded else None
+        rng = gather_object([rng_state()])
+        if self.accelerator.is_main_process:
+            vb = self.vb
+            save_checkpoint(path, vb.config, self.accelerator.unwrap_model(self.model), vb.reference,
+                            None if sharded else self.optimizer, self.lr_scheduler, step, vb.initial, vb.tokenizer,
+                            extra={"rng": rng, "last_eval": vb.last_eval, "history": vb.history},
+                            files={"trainer_state.json": trainer_state_json(self.state)}, policy_weights=weights)
+        self.accelerator.wait_for_everyone()
+
+    # Trainer.train(resume_from_checkpoint=<our checkpoint>) calls these three at the points where its own
+    # format is loaded: the weights before the model is wrapped, the optimizer and scheduler once they are
+    # built, the RNG states once the data already trained on is skipped. Loading at those points (rather
+    # than restoring after train() starts) keeps the resumed run bit-identical to an uninterrupted one.
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        load_weights(Path(resume_from_checkpoint), self.accelerator.unwrap_model(self.model), self.vb.reference)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        if checkpoint is None:
+            return
+        self.optimizer.load_state_dict(self.vb_resume["optimizer"])
+        self.lr_scheduler.load_state_dict(self.vb_resume["scheduler"])
+
+    def _load_rng_state(self, checkpoint):
+        if checkpoint is not None:
+            set_rng_state(self.vb_resume["rng"][self.accelerator.process_index])
+
+
+def trainer_state_json(state) -> str:
+    """transformers' TrainerState as its `save_to_json` writes it."""
+    return json.dumps(dataclasses.asdict(state), indent=2, sort_keys=True) + "\n"

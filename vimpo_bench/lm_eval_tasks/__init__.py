@@ -4,7 +4,8 @@ The YAMLs in this folder (package data) read the same local JSONL files as the n
 (`dataset_path: json`) and score through `utils.process_results`, i.e. `vimpo_bench.grading`.
 `evaluate_with_lm_eval` runs lm-eval's own generation loop (its HF or vLLM model) on them with the
 run's prompt template and sampling protocol, then builds the same records and metrics as
-`evaluate.evaluate`. The completions are graded again by our process pool for the records; the
+`evaluate.evaluate`, through `vimpo_bench.eval_results`: `evaluate` imports this package, never the
+other way round. The completions are graded again by our process pool for the records; the
 per-problem accuracy lm-eval computed is compared and the difference is logged as
 `harness_disagreements` (0 unless a grading timeout fell differently).
 """
@@ -17,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from vimpo_bench import grading, prompts, tasks
+from vimpo_bench import eval_results, grading, prompts, tasks
 from vimpo_bench.lm_eval_tasks import utils
 
 TASK_DIR = Path(__file__).resolve().parent
@@ -119,11 +120,10 @@ def evaluate_with_lm_eval(
     progress=None,
     model: str | None = None,
 ):
-    """Run the suites of `config` through lm-eval; returns an `evaluate.EvalResult` (harness "lm-eval")."""
+    """Run the suites of `config` through lm-eval; returns an `eval_results.EvalResult` (harness "lm-eval")."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    from vimpo_bench import evaluate
     from vimpo_bench.tasks.math_benchmarks import default_data_dir
     from vimpo_bench.tracking import NullTracker
 
@@ -170,7 +170,7 @@ def evaluate_with_lm_eval(
             grades = task.grade_batch(completions, expanded, pool=pool)
             tokens = [len(ids) for ids in tokenizer(completions, add_special_tokens=False)["input_ids"]]
             finish = ["length" if t >= params.max_new_tokens else "stop" for t in tokens]
-            records = evaluate.make_records(
+            records = eval_results.make_records(
                 suite, problems, texts, completions, grades, params.n, config.template, tokens, finish
             )
             ours = [
@@ -180,7 +180,7 @@ def evaluate_with_lm_eval(
             disagreements = sum(
                 abs(o - float(s["accuracy"])) > 1e-9 for o, s in zip(ours, samples, strict=True)
             )
-            result = evaluate.finalize_suite(suite, records, params.n, task, config.template, out_dir)
+            result = eval_results.finalize_suite(suite, records, params.n, task, config.template, out_dir)
             result.metrics["harness_disagreements"] = disagreements
             key = "accuracy,all" if params.n > 1 else "accuracy,none"
             lm_eval_accuracy[suite] = out["results"][name].get(key)
@@ -188,7 +188,7 @@ def evaluate_with_lm_eval(
             results[suite] = result
             if progress is not None:
                 progress(
-                    evaluate.EvalProgress(
+                    eval_results.EvalProgress(
                         suite,
                         index,
                         len(suites),
@@ -201,7 +201,7 @@ def evaluate_with_lm_eval(
     finally:
         if pool is not None:
             pool.close()
-    result = evaluate.EvalResult(
+    result = eval_results.EvalResult(
         suites=results,
         config=config.record(),
         run_id=tracker.run_id,
@@ -212,5 +212,5 @@ def evaluate_with_lm_eval(
             "lm_eval": {"version": getattr(lm_eval, "__version__", "unknown"), "accuracy": lm_eval_accuracy}
         },
     )
-    evaluate.log_result(tracker, result, tokenizer, step=step)
+    eval_results.log_result(tracker, result, tokenizer, step=step)
     return result

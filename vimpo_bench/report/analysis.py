@@ -32,6 +32,25 @@ THRESHOLD_KEY = "val/sampled_accuracy"  # the curve "steps to reach a fixed accu
 # arm or a condition. The run.* ones are those vimpo_bench.config.Config.hash() leaves out (a test checks).
 # Eval-run metrics that measure the model (bookkeeping such as n_problems or grader_timeouts is left out).
 HEADLINE = re.compile(r"^(accuracy|(pass|maj|avg)_at_\d+|pass@\d+|.*_accuracy)$")
+# Metrics that are fractions of responses (accuracies, rates, means of a 0/1 reward): a t interval over a
+# few seeds can reach past 0 or 1, which no run can; such intervals are cut there (differences at -1, 1).
+FRACTION = re.compile(r"(^|/)((pass|maj|avg)_at_\d+|pass@\d+|accuracy|\w*_accuracy|\w*_rate|\w*_fraction|"
+                      r"clean_mean|trained_mean)$")
+
+
+def is_fraction(metric: object) -> bool:
+    return bool(FRACTION.search(str(metric)))
+
+
+def clip_to_range(frame: pd.DataFrame, metric: str | None, low: float = 0.0, high: float = 1.0,
+                  columns: tuple[str, ...] = ("ci_low", "ci_high")) -> pd.DataFrame:
+    """`frame` with the interval `columns` cut to [low, high] on rows whose metric (column `metric`; None:
+    every row) is a fraction (see FRACTION); NaN stays NaN."""
+    rows = frame[metric].map(is_fraction) if metric else pd.Series(True, index=frame.index)
+    out = frame.copy()
+    for col in columns:
+        out.loc[rows, col] = out.loc[rows, col].clip(lower=low, upper=high)
+    return out
 
 
 def is_vimpo(algo: str) -> bool:
@@ -57,10 +76,17 @@ def differing_keys(params: pd.DataFrame) -> list[str]:
     return sorted(c for c in p.columns if p[c].nunique() > 1)
 
 
+def compared(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs a comparison may use: finished ones. A running run has not reached its last step (its
+    final values are not final, and its curve stops early), and a failed or killed one never will."""
+    return runs[runs["status"] == "FINISHED"]
+
+
 def label_arms(data: ReportData, exclude: tuple[str, ...] = ()) -> pd.DataFrame:
-    """Training runs indexed by run_id with algo, seed, arm, condition (see the module doc).
-    Keys in `exclude` are left out of both labels (the noise panel puts the noise rate on its x axis)."""
-    train = data.of_kind("train").set_index("run_id")
+    """Finished training runs (see `compared`) indexed by run_id with algo, seed, arm, condition (see the
+    module doc). Keys in `exclude` are left out of both labels (the noise panel puts the noise rate on its
+    x axis)."""
+    train = compared(data.of_kind("train")).set_index("run_id")
     out = train[["algo", "seed"]].copy()
     if train.empty:
         return out.assign(arm=pd.Series(dtype=str), condition=pd.Series(dtype=str))
@@ -88,8 +114,11 @@ def label_arms(data: ReportData, exclude: tuple[str, ...] = ()) -> pd.DataFrame:
 
 
 def run_labels(data: ReportData, labels: pd.DataFrame) -> pd.DataFrame:
-    """arm, condition, seed of every eval run: its training parent's, else its own algo and seed."""
-    ev = data.of_kind("eval").set_index("run_id")
+    """arm, condition, seed of every finished eval run: its training parent's, else its own algo and seed.
+    An eval run of a training run that the comparison leaves out (not finished) is left out with it."""
+    ev = compared(data.of_kind("eval")).set_index("run_id")
+    left_out = set(data.of_kind("train")["run_id"]) - set(labels.index)
+    ev = ev[~ev["parent_run_id"].isin(left_out)]
     parent = ev["parent_run_id"]
     known = parent.isin(labels.index)
     out = pd.DataFrame(index=ev.index, columns=["arm", "condition", "seed", "algo", "train_run_id"], dtype=object)
@@ -179,15 +208,21 @@ def machine(tags: pd.DataFrame, here: dict[str, object]) -> pd.DataFrame:
 
 
 def curves(history: pd.DataFrame, labels: pd.DataFrame, keys) -> pd.DataFrame:
-    """Mean and 95% band over seeds per arm, condition, metric and step; time_s is the mean wall time
-    at which the seeds reached that step (curves against wall time use it as x)."""
+    """Mean and 95% band over seeds per arm, condition, metric and step (cut to [0, 1] for fractions);
+    time_s is the mean wall time at which the seeds reached that step (curves against wall time use it as
+    x), only where every seed of the arm has the point: a mean over fewer seeds past the point where a
+    fast seed stopped would make the time axis run backwards."""
     h = history[history["key"].isin(list(keys))].merge(labels[["arm", "condition"]], left_on="run_id", right_index=True)
     if h.empty:
         return pd.DataFrame(columns=["arm", "condition", "key", "step", "mean", "n", "ci_low", "ci_high", "time_s"])
     by = ["arm", "condition", "key", "step"]
-    out = summarize(h, by)
+    out = clip_to_range(summarize(h, by), "key")
     times = h[np.isfinite(h["value"])].groupby(by, dropna=False)["time_s"].mean().rename("time_s").reset_index()
-    return out.merge(times, on=by, how="left")
+    out = out.merge(times, on=by, how="left")
+    seeds = labels.groupby(["arm", "condition"]).size().rename("seeds").reset_index()
+    out = out.merge(seeds, on=["arm", "condition"], how="left")
+    out.loc[out["n"] < out["seeds"], "time_s"] = np.nan
+    return out.drop(columns="seeds")
 
 
 def first_reach(frame: pd.DataFrame, by: list[str], value: str = "mean") -> pd.DataFrame:
@@ -253,7 +288,7 @@ def final_eval_long(data: ReportData, labels: pd.DataFrame) -> pd.DataFrame:
     rows = []
     ev_labels = run_labels(data, labels)
     ev = data.of_kind("eval").sort_values("start_time")
-    for run_id in ev["run_id"]:
+    for run_id in ev["run_id"][ev["run_id"].isin(ev_labels.index)]:
         final = data.final.loc[run_id].dropna() if run_id in data.final.index else pd.Series(dtype=float)
         lab = ev_labels.loc[run_id]
         for name, value in final.items():
@@ -285,7 +320,7 @@ def final_eval_summary(long: pd.DataFrame) -> pd.DataFrame:
     use_run = (s["n"] == 1) & s["run_ci_low"].notna() & s["run_ci_high"].notna()
     s.loc[use_run, "ci_low"], s.loc[use_run, "ci_high"] = s.loc[use_run, "run_ci_low"], s.loc[use_run, "run_ci_high"]
     s["interval"] = np.where(s["n"] >= 2, "t over seeds", np.where(use_run, "within run (problems)", "none"))
-    return s.drop(columns=["run_ci_low", "run_ci_high"])
+    return clip_to_range(s.drop(columns=["run_ci_low", "run_ci_high"]), "metric")
 
 
 def paired_table(long: pd.DataFrame) -> pd.DataFrame:
@@ -308,7 +343,7 @@ def paired_table(long: pd.DataFrame) -> pd.DataFrame:
                     verdict = "not resolved (interval spans 0)"
                 rows.append([cond, suite, metric, v, b, d["mean"], d["ci_low"], d["ci_high"], d["n_pairs"],
                              ",".join(map(str, d["keys"])), verdict])
-    return pd.DataFrame(rows, columns=cols)
+    return clip_to_range(pd.DataFrame(rows, columns=cols), "metric", -1.0, 1.0)
 
 
 # --- Noisy rewards --------------------------------------------------------------------------------
@@ -359,7 +394,7 @@ def noisy_table(data: ReportData) -> tuple[pd.DataFrame, str]:
     df = labels.assign(noise_rate=noise_rates(data), value=acc.reindex(labels.index)).dropna(subset=["noise_rate", "value"])
     if df.empty:
         return pd.DataFrame(columns=["condition", "arm", "noise_rate", "mean", "n", "ci_low", "ci_high"]), what
-    return summarize(df, ["condition", "arm", "noise_rate"]), what
+    return clip_to_range(summarize(df, ["condition", "arm", "noise_rate"]), None), what  # accuracies
 
 
 # --- beta sweep -----------------------------------------------------------------------------------
@@ -496,18 +531,30 @@ def provenance(data: ReportData) -> tuple[pd.DataFrame, list[str]]:
     if not wanted or runs.empty:
         return pd.DataFrame(), []
     table = runs[["run_name", "kind", "algo", "seed"]].join(tags.reindex(runs.index)[wanted]).reset_index()
+    graded = task_or_suite(data.tags.reindex(runs.index)).to_numpy()
     notes = []
     for col in wanted:
-        values = table[col].dropna().unique()
         if col == "git_dirty":
             dirty = int(table[col].astype(str).str.lower().isin(["true", "1"]).sum())
             if dirty:
                 notes.append(f"{dirty} run(s) had uncommitted changes (git_dirty)")
-        elif len(values) > 1 and col != "vimpo.config_hash":
-            notes.append(f"runs disagree on {col}: {', '.join(map(str, natural_sorted(values)))}")
+        elif col == "grader_version":  # each task has its own grader: runs disagree only within one task
+            for what, values in table[col].groupby(graded).agg(lambda v: natural_sorted(v.dropna().unique())).items():
+                if len(values) > 1:
+                    notes.append(f"runs on {what} disagree on {col}: {', '.join(map(str, values))}")
+        elif col != "vimpo.config_hash" and table[col].nunique() > 1:
+            notes.append(f"runs disagree on {col}: {', '.join(map(str, natural_sorted(table[col].dropna().unique())))}")
         if table[col].isna().any() and col in ("git_commit", "grader_version"):
-            notes.append(f"{int(table[col].isna().sum())} run(s) lack the {col} tag")
+            lacking = table.loc[table[col].isna(), "kind"].value_counts()
+            notes.append(", ".join(f"{n} {kind}" for kind, n in lacking.items()) + f" run(s) lack the {col} tag")
     return table, notes
+
+
+def task_or_suite(tags: pd.DataFrame) -> pd.Series:
+    """What each run graded: a training run's task (tag vimpo.task), an eval run's suites (vimpo.suite)."""
+    task = tags["vimpo.task"] if "vimpo.task" in tags else pd.Series(np.nan, index=tags.index, dtype=object)
+    suite = tags["vimpo.suite"] if "vimpo.suite" in tags else pd.Series(np.nan, index=tags.index, dtype=object)
+    return task.fillna(suite).fillna("(unknown task)").astype(str)
 
 
 def provenance_summary(table: pd.DataFrame) -> pd.DataFrame:

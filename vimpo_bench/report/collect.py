@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from vimpo_bench import tracking
+from vimpo_bench import owners, tracking
 
 # Metric histories the panels plot (training runs only); everything else comes from latest values.
 HISTORY_KEYS = (
@@ -88,8 +88,11 @@ def select_runs(study=None, experiment=None, run_ids=None, tracking_uri=None) ->
                 if child["run_id"] not in records:
                     records[child["run_id"]] = child
                     frontier.append(child["run_id"])
-    # Runs a study rerun superseded (killed, then replaced by a new run of the same cell) are not results.
-    kept = [r for r in records.values() if r["tags"].get("vimpo.cell_status") != "superseded"]
+    # Runs a study rerun superseded (killed, then replaced by a new run of the same cell) are not results;
+    # nor are eval runs left RUNNING by a process that died (the next `eval` marks them KILLED; a report
+    # only reads, so it leaves them out).
+    kept = [r for r in records.values() if r["tags"].get("vimpo.cell_status") != "superseded"
+            and not (r["status"] == "RUNNING" and owners.owner_gone(r["tags"]))]
     return kept, title, selection
 
 

@@ -18,16 +18,9 @@ import pandas as pd
 
 from vimpo_bench.report import analysis as A
 from vimpo_bench.report import plots
+from vimpo_bench.report.html import Panel, cell_text
 from vimpo_bench.report.panels import CURVE_METRICS, REF_METRICS, STEPS_NOTE, build_panels, steps_display
-from vimpo_bench.report.render import (
-    Panel,
-    ReportFiles,
-    cell_text,
-    failures,
-    generated_at,
-    run_counts,
-    write_tables,
-)
+from vimpo_bench.report.render import ReportFiles, failures, generated_at, run_counts, write_tables
 from vimpo_bench.report.stats import format_interval
 
 MAX_ROWS = 60
@@ -134,7 +127,7 @@ def settings(page: Page, data, labels) -> None:
         page.add("No training runs, so no settings.")
         return
     shared, per_arm = A.settings(data, labels)
-    page.add(f"Config keys with one value in all {len(labels)} training runs:", "")
+    page.add(f"Config keys with one value in all {len(labels)} finished training runs:", "")
     page.table(shared)
     keys = [c for c in per_arm.columns if c not in ("arm", "condition", "runs")]
     page.add("Keys that differ between training runs, per arm" + (" and condition" if per_arm["condition"].ne("").any()
@@ -149,6 +142,11 @@ def settings(page: Page, data, labels) -> None:
 def runs_and_machine(page: Page, data) -> None:
     page.section("Runs, time and machine")
     page.add(f"{run_counts(data.runs) or 'no'} run(s).", "")
+    unfinished = data.runs[data.runs["status"] != "FINISHED"].groupby(["kind", "status"]).size()
+    if len(unfinished):
+        page.add("Not finished, so left out of every table and figure below but this one: "
+                 + ", ".join(f"{n} {kind} {status}" for (kind, status), n in unfinished.items()) + ".", "")
+    page.add(f"Finished training runs compared: {len(A.compared(data.of_kind('train')))}.", "")
     walls = A.wall_times(data.runs)
     if len(walls):
         shown = pd.DataFrame({

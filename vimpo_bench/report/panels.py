@@ -10,7 +10,7 @@ import pandas as pd
 
 from vimpo_bench.report import analysis as A
 from vimpo_bench.report.figures import Figure
-from vimpo_bench.report.render import Panel, esc, table_html
+from vimpo_bench.report.html import Panel, esc, table_html
 from vimpo_bench.report.stats import format_interval
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
@@ -55,7 +55,8 @@ def overview(p: Panel, data, labels, style):
     p.tables["overview"] = pd.concat([train, others], ignore_index=True)
     unfinished = data.runs[data.runs["status"] != "FINISHED"]["status"].value_counts()
     if len(unfinished):
-        p.say("not finished: " + ", ".join(f"{k} ({v})" for k, v in unfinished.items()), "warn")
+        p.say("not finished, so left out of every comparison (tables, curves, figures) and listed here only: "
+              + ", ".join(f"{k} ({v})" for k, v in unfinished.items()), "warn")
     if train.empty:
         p.say("no training runs (vimpo.kind=train) in this selection")
     else:

@@ -6,73 +6,14 @@ folder NAME/ beside it with one CSV per table (see docs/report.md for the list).
 
 from __future__ import annotations
 
-import html
-import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
-MAX_TABLE_ROWS = 200
-
-
-@dataclass
-class Panel:
-    """One section of the page. `body` is trusted HTML built by the helpers below (all text escaped);
-    `tables` go to CSV as NAME/<key>.csv; `notes` are the (kind, text) messages also in `body`; `meta`
-    holds what else a renderer other than HTML needs (axis labels, frames not written as CSV); `error`
-    is set when building the panel itself failed."""
-
-    id: str
-    title: str
-    question: str
-    body: list[str] = field(default_factory=list)
-    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
-    notes: list[tuple[str, str]] = field(default_factory=list)
-    meta: dict = field(default_factory=dict)
-    error: str | None = None
-
-    def say(self, text: str, kind: str = "missing") -> None:
-        """Add a visible message (see `note`) to the body and to `notes`."""
-        self.notes.append((kind, text))
-        self.body.append(note(text, kind))
-
-
-def esc(text: object) -> str:
-    return html.escape("" if text is None else str(text), quote=True)
-
-
-def note(text: str, kind: str = "missing") -> str:
-    """A visible one-paragraph message; kind "missing" for absent data, "warn" for doubts, "info"."""
-    return f'<p class="note {kind}">{esc(text)}</p>'
-
-
-def cell_text(value: object) -> str:
-    """A table cell's text in both formats: a dash for missing, 4 significant digits for floats."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def table_html(df: pd.DataFrame, csv_name: str | None = None, max_rows: int = MAX_TABLE_ROWS) -> str:
-    """An escaped HTML table of `df`; long tables are cut with a pointer to the full CSV."""
-    if df is None or df.empty:
-        return note("(empty table)")
-    shown = df.head(max_rows)
-    head = "".join(f"<th>{esc(c)}</th>" for c in shown.columns)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{esc(cell_text(v))}</td>" for v in row) + "</tr>"
-        for row in shown.itertuples(index=False, name=None)
-    )
-    out = f'<div class="tablewrap"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
-    if len(df) > max_rows:
-        where = f" (all rows in {csv_name}.csv)" if csv_name else ""
-        out += note(f"first {max_rows} of {len(df)} rows{where}", "info")
-    return out
-
+from vimpo_bench.report.html import Panel, esc, note
+from vimpo_bench.report.panels import build_panels
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1280px;padding:0 16px 48px;color:#1f2933;background:#fff}
@@ -128,9 +69,7 @@ def generated_at() -> str:
 
 def render(data, threshold: float | None = None) -> tuple[str, list[Panel]]:
     """The page for `data` (a collect.ReportData) and its panels (with their tables)."""
-    from plotly.offline import get_plotlyjs
-
-    from vimpo_bench.report.panels import build_panels
+    from plotly.offline import get_plotlyjs  # 4 MB of JavaScript: loaded only to write a page
 
     panels, _, _ = build_panels(data, threshold)
     subtitle = f"vimpo-bench report of {data.selection}: {run_counts(data.runs)} run(s); generated {generated_at()}"

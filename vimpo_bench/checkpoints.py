@@ -1,0 +1,131 @@
+"""Resumable checkpoints, one format for both engines (native `train.py`, trl `engines/`).
+
+    <output_dir>/<run id>/checkpoint/
+        policy/       the policy and its tokenizer (loads and evaluates on its own)
+        reference/    pi_ref, only when ref.schedule moves it (a frozen one is the starting model)
+        state.pt      RL step, optimizer, lr scheduler, RNG states, step-0 evaluation (+ an engine's `extra`)
+        config.json   the resolved config the run continues with
+        COMPLETE      written last: a folder without it is not a checkpoint
+
+A save is built in a `.checkpoint-*` folder beside and swapped in with `os.replace`, so a kill mid-save
+keeps the previous checkpoint (renamed `checkpoint.old` for the moment of the swap).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vimpo_bench import faults
+
+TEMP_PREFIX = ".checkpoint-"  # a save in progress; left behind only by a kill, removed at the next start
+
+
+def checkpoint_dir(config, tracker) -> Path:
+    return Path(config.run.output_dir) / (tracker.run_id or "local") / "checkpoint"
+
+
+def checkpoint_due(every: int, step: int, last_step: int) -> bool:
+    """Whether RL step `step` (1-based, done) ends with a save: every `every` steps (0: never) and at the last."""
+    return (every > 0 and step % every == 0) or step == last_step
+
+
+def save_checkpoint(path: Path, config, policy, reference, optimizer, scheduler, step: int, initial: dict,
+                    tokenizer=None, extra: dict | None = None, files: dict[str, str] | None = None,
+                    policy_weights: dict | None = None) -> None:
+    """Write the checkpoint atomically: build it beside, then swap; a kill mid-save keeps the old one.
+
+    `extra` joins state.pt (an engine's own loop state), `files` are written as text beside it, and
+    `policy_weights` replaces `policy.state_dict()` (weights gathered from shards). With `optimizer=None`
+    the folder holds the policy and config only: a trained model to evaluate, not a state to resume."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=path.parent))
+    policy.save_pretrained(tmp / "policy", state_dict=policy_weights)
+    faults.point("save")
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp / "policy")
+    if config.ref.schedule != "frozen":  # a frozen reference is the starting model, rebuilt on resume
+        reference.save_pretrained(tmp / "reference")
+    for name, text in (files or {}).items():
+        (tmp / name).write_text(text)
+    (tmp / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+    if optimizer is not None:
+        torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(), "initial": initial,
+                    **(extra or {})}, tmp / "state.pt")
+        (tmp / "COMPLETE").write_text(str(step))
+    old = path.with_name("checkpoint.old")
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def find_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint of a run (the previous one if a save was cut short)."""
+    for name in ("checkpoint", "checkpoint.old"):
+        if (run_dir / name / "COMPLETE").is_file():
+            return run_dir / name
+    return None
+
+
+def load_weights(path: Path, policy, reference) -> None:
+    """Copy the checkpoint's policy (and moved reference, when saved) into the models, in place."""
+    from transformers import AutoModelForCausalLM
+
+    def copy_weights(target, folder: Path):
+        source = AutoModelForCausalLM.from_pretrained(folder, dtype=next(target.parameters()).dtype)
+        target.load_state_dict(source.state_dict())
+
+    copy_weights(policy, path / "policy")
+    if (path / "reference").is_dir():
+        copy_weights(reference, path / "reference")
+
+
+def load_state(path: Path) -> dict:
+    """state.pt of a checkpoint, on the CPU (the optimizer moves its state to its parameters' device)."""
+    return torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+
+
+def load_checkpoint(path: Path, policy, reference, optimizer, scheduler) -> tuple[int, dict]:
+    """Restore a native-engine run in place; returns (RL step done, step-0 evaluation)."""
+    load_weights(path, policy, reference)
+    state = load_state(path)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    random.setstate(state["python_rng"])
+    return int(state["step"]), state["initial"]
+
+
+def rng_state() -> dict:
+    """This process's RNG states: Python, NumPy, torch CPU and (where present) every CUDA device."""
+    out = {"python": random.getstate(), "numpy": np.random.get_state(), "cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def remove_partial_saves(root: Path, live: Callable[[Path], bool]) -> None:
+    """Remove the temporary folders of saves cut short by a kill, under each run folder of `root` whose run
+    is not `live` (a live run may be saving right now)."""
+    for partial in root.glob(f"*/{TEMP_PREFIX}*"):
+        if not live(partial.parent):
+            shutil.rmtree(partial, ignore_errors=True)

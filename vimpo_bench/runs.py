@@ -1,0 +1,142 @@
+"""A training run's record and ownership, the same for both engines (`train`, the native loop, and
+`engines.trl_engine`): the run opened in MLflow and tagged before its first step, the config and
+provenance recorded, the owner lock that tells other processes the run is live, and the status it
+ends with. Errors: TrainingError (training cannot go on), EarlyStop (a pruned trial)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vimpo_bench import locks
+from vimpo_bench.checkpoints import find_checkpoint, remove_partial_saves
+from vimpo_bench.config import Config
+from vimpo_bench.provenance import git_state, machine_state, package_versions
+from vimpo_bench.tracking import MlflowTracker, Tracker
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (NaN loss, broken checkpoint); the message says where."""
+
+
+class EarlyStop(Exception):
+    """Raised by an `on_eval` hook to end a run early (a pruned sweep trial); the run is marked KILLED."""
+
+
+@dataclass
+class TrainResult:
+    run_id: str | None
+    steps: int
+    initial: dict[str, float]
+    final: dict[str, float]
+    wall_seconds: float
+    checkpoint: str | None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        return {
+            "run_id": self.run_id,
+            "steps": self.steps,
+            "split": "validation",
+            "initial_greedy_accuracy": self.initial.get("val/greedy_accuracy"),
+            "initial_sampled_accuracy": self.initial.get("val/sampled_accuracy"),
+            "final_greedy_accuracy": self.final.get("val/greedy_accuracy"),
+            "final_sampled_accuracy": self.final.get("val/sampled_accuracy"),
+            "wall_seconds": round(self.wall_seconds, 2),
+            "checkpoint": self.checkpoint,
+        }
+
+
+Progress = Callable[[str, int, int, dict], None]  # (phase, done, total, latest metrics)
+
+
+OnEval = Callable[[int, dict], None]  # (step, validation metrics) after each evaluation past step 0; may raise EarlyStop
+
+
+def checkpoint_engine(run_dir: Path) -> str | None:
+    """The run.engine a run's checkpoint was saved by (None: no checkpoint): a run resumes on its own engine,
+    whatever the resuming command's config says."""
+    checkpoint = find_checkpoint(run_dir)
+    if checkpoint is None:
+        return None
+    return json.loads((checkpoint / "config.json").read_text()).get("run", {}).get("engine", "native")
+
+
+def start_tracker(config: Config, tags: dict | None, parent_run_id: str | None, tracking_uri: str | None):
+    """A new MLflow run for `config`, tagged with its kind and config hash from the start, so that a run
+    failing before its first step is still found by them (both engines)."""
+    run_name = config.run.run_name or f"{config.algo['name']}-s{config.run.seed}-{config.hash()[:6]}"
+    first_tags = {"vimpo.kind": "train", "vimpo.config_hash": config.hash(), **(tags or {})}
+    return MlflowTracker.start(run_name, config.run.experiment, tags=first_tags, parent_run_id=parent_run_id,
+                               tracking_uri=tracking_uri)
+
+
+def train_to_status(tracker: Tracker, total_steps: int, call: Callable[[], TrainResult]) -> TrainResult:
+    """Run `call()` and close the run: FINISHED once all steps are done (a `stop_after` cut leaves it
+    RUNNING, to be resumed), KILLED on EarlyStop (a pruned trial), FAILED on any other exception."""
+    try:
+        result = call()
+    except EarlyStop:
+        tracker.finish("KILLED")
+        raise
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    if result.steps >= total_steps:
+        tracker.finish("FINISHED")
+    return result
+
+
+OWNER_LOCK = ".owner.lock"  # in <output_dir>/<run id>/: held by the process training that run
+
+
+def prepare_output_dir(root: Path) -> None:
+    """Fail now, not at the first checkpoint save, when checkpoints cannot be written there; and remove the
+    temporary folders of saves cut short by a kill (`.checkpoint-*` of runs whose process is gone)."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            pass
+    except OSError as exc:
+        raise TrainingError(f"run.output_dir {root}: not writable ({exc.strerror or exc})") from None
+    remove_partial_saves(root, live=lambda run_dir: locks.held(run_dir / OWNER_LOCK))
+
+
+def claim_run(run_dir: Path) -> locks.OwnerLock:
+    """Hold the run's owner lock for this process's life: another process then knows the run is live (the
+    kernel drops the lock when this one dies, kill -9 included). A run already held is refused."""
+    lock = locks.OwnerLock(run_dir / OWNER_LOCK)
+    if not lock.acquire():
+        raise TrainingError(f"run {run_dir.name} is being trained by another process ({locks.owner(lock.path)})")
+    return lock
+
+
+def run_is_live(output_dir: str | Path, run_id: str) -> bool:
+    """Whether a process is training this run now (it holds the run's owner lock)."""
+    return locks.held(Path(output_dir) / run_id / OWNER_LOCK)
+
+
+def record_run(tracker: Tracker, config: Config, task, tags: dict | None = None) -> None:
+    """Params = the resolved config; tags = provenance (+ the caller's); artifact = config.yaml (house rule 7)."""
+    from vimpo_bench import grading_version
+
+    tracker.log_params(config.to_dict())
+    tracker.set_tags({
+        "vimpo.kind": "train",
+        "vimpo.algo": config.algo["name"],
+        "vimpo.seed": config.run.seed,
+        "vimpo.task": config.task.name,
+        "vimpo.config_hash": config.hash(),
+        "grader_version": grading_version(config.task.name),
+        "data.train_sha256": task.data_hash("train"),
+        "data.validation_sha256": task.data_hash("validation"),
+        "data.test_sha256": task.data_hash("test"),
+        **git_state(),
+        **package_versions(),
+        **machine_state(),
+        **(tags or {}),
+    })
+    tracker.log_dict(config.to_dict(), "config.yaml")

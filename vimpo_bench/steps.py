@@ -1,0 +1,171 @@
+"""The parts of an RL step both engines run alike (`train`, the native loop, and `engines.trl_engine`):
+per-purpose seeds, prompts as text and how they are tokenized, sampling settings, log-probs at the sampling
+temperature, pi_ref moves with their value-loss diagnostics, validation evaluation, the advantage profile,
+and phase timing. The loops themselves (who calls these, in which order) live in the engines."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+
+import torch
+
+from vimpo_bench import faults
+from vimpo_bench.algorithms.core import masked_mean
+from vimpo_bench.algorithms.vimpo import value_loss
+from vimpo_bench.config import Config
+from vimpo_bench.logprobs import token_logprobs
+from vimpo_bench.reference import update_reference
+from vimpo_bench.rollout.base import Rollouts, SamplingParams
+from vimpo_bench.tracking import Tracker
+
+
+def step_seed(seed: int, step: int, stream: int) -> int:
+    """A seed per (run seed, step, purpose): draws depend only on these, so a resumed run repeats them."""
+    return (seed * 1_000_003 + step) * 16 + stream
+
+
+def move_reference(config, policy, reference, batch_info) -> dict:
+    """Move pi_ref; for VIMPO also log its value loss and mean terminal residual on this batch just before
+    and after (each move redefines V's zero point), with the run's own baseline and truncation rule."""
+    full, rollouts, algo = batch_info["full"], batch_info["rollouts"], batch_info["algo"]
+    out = {"vimpo/ref_update": 1.0}
+    if config.algo["name"] != "vimpo":
+        update_reference(reference, policy, config.ref.schedule, config.ref.alpha)
+        return out
+
+    def value_loss_against(ref_logp: torch.Tensor) -> tuple[float, float]:
+        loss, parts = value_loss(policy_logp - ref_logp, full.mask, full.rewards, full.group_ids, algo.beta,
+                                 algo.value_baseline, full.include)
+        kept = full.weights if full.weights is not None else torch.ones_like(parts["delta"])
+        return loss.item(), masked_mean(parts["delta"], kept).item()
+
+    with torch.no_grad(), eval_mode(policy):
+        policy_logp, _ = sampled_logprobs(config, policy, rollouts)
+        pre = value_loss_against(full.ref_logp)
+        update_reference(reference, policy, config.ref.schedule, config.ref.alpha)
+        post = value_loss_against(sampled_logprobs(config, reference, rollouts)[0])
+    out["vimpo/value_loss_pre_ref_update"], out["vimpo/residual_pre_ref_update"] = pre
+    out["vimpo/value_loss_post_ref_update"], out["vimpo/residual_post_ref_update"] = post
+    return out
+
+
+def sampled_logprobs(config: Config, model, rollouts: Rollouts, with_entropy: bool = False):
+    """Per-token log-probs (and entropy) of the rollouts at the sampling temperature; the caller sets
+    no_grad and the model's mode."""
+    return token_logprobs(model, rollouts.prompt_ids, rollouts.prompt_mask, rollouts.response_ids,
+                          rollouts.response_mask, with_entropy=with_entropy,
+                          microbatch_size=config.optim.logprob_microbatch, temperature=config.rollout.temperature)
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """Dropout off inside (old and reference log-probs are no-gradient measurements), mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def evaluate_heldout(config, generator, task, heldout, prompt_text, step: int, tracker: Tracker) -> dict:
+    """Validation accuracy: greedy (one sample) and sampled (eval.samples at the rollout temperature)."""
+    prompts = [prompt_text(p) for p in heldout]
+    out = {}
+    records = []
+    if config.eval.greedy:
+        greedy = generator.generate(prompts, sampling_params(config, n=1, greedy=True),
+                                    seed=step_seed(config.run.seed, step, 4))
+        correct = [task.grade(t, p) for t, p in zip(greedy.texts, heldout, strict=True)]
+        out["val/greedy_accuracy"] = sum(correct) / len(correct)
+        faults.point("heldout")
+        records += [{"step": step, "mode": "greedy", "id": p.id, "prompt": prompts[i], "completion": greedy.texts[i],
+                     "answer": task.extract(greedy.texts[i]), "gold": p.answer, "correct": correct[i]}
+                    for i, p in enumerate(heldout[: config.eval.completions_logged])]
+    sampled = generator.generate(prompts, sampling_params(config, n=config.eval.samples),
+                                 seed=step_seed(config.run.seed, step, 5))
+    graded = [task.grade(t, heldout[int(g)]) for t, g in zip(sampled.texts, sampled.group_ids, strict=True)]
+    out["val/sampled_accuracy"] = sum(graded) / len(graded)
+    shown = min(len(sampled.texts), config.eval.completions_logged)
+    records += [{"step": step, "mode": "sampled", "id": heldout[int(sampled.group_ids[i])].id,
+                 "completion": sampled.texts[i], "answer": task.extract(sampled.texts[i]),
+                 "gold": heldout[int(sampled.group_ids[i])].answer, "correct": graded[i]} for i in range(shown)]
+    tracker.log_text("\n".join(json.dumps(r) for r in records) + "\n", f"samples/step_{step:06d}.jsonl")
+    return out
+
+
+def log_advantage_profile(tracker: Tracker, batch_info: dict, step: int) -> None:
+    """Mean advantage by token position for correct and wrong responses (the VIMPO credit picture)."""
+    full, clean = batch_info["full"], batch_info["clean"]
+    lines = []
+    for correct in (True, False):
+        rows = (clean > 0.5) == correct
+        if not rows.any():
+            continue
+        adv, mask = full.advantages[rows], full.mask[rows]
+        counts = mask.sum(0)
+        means = (adv * mask).sum(0) / counts.clamp(min=1)
+        lines += [json.dumps({"step": step, "position": t, "correct": correct, "mean_adv": means[t].item(),
+                              "count": int(counts[t].item())}) for t in range(mask.shape[1]) if counts[t] > 0]
+    tracker.log_text("\n".join(lines) + "\n", f"diagnostics/adv_by_position_step_{step:06d}.jsonl")
+
+
+def sampling_params(config: Config, n: int, greedy: bool = False) -> SamplingParams:
+    """The rollout's sampling settings for n samples per prompt (greedy: temperature 0, one sample)."""
+    if greedy:
+        return SamplingParams(temperature=0.0, top_k=0, n=1, max_new_tokens=config.rollout.max_new_tokens)
+    return SamplingParams(temperature=config.rollout.temperature, top_p=config.rollout.top_p, top_k=0,
+                          max_new_tokens=config.rollout.max_new_tokens, n=n)
+
+
+def make_generator(config: Config, policy, tokenizer):
+    if config.rollout.backend != "hf":  # config validation already says so; kept for configs built by hand
+        raise ValueError(f"the native engine generates with transformers only (rollout.backend=hf), got "
+                         f"{config.rollout.backend!r}; use run.engine=trl for vLLM rollouts")
+    from vimpo_bench.rollout.hf import HFGenerator
+
+    return HFGenerator(policy, tokenizer, add_special_tokens=prompt_special_tokens(config, tokenizer))
+
+
+def prompt_special_tokens(config: Config, tokenizer) -> bool:
+    """Whether a rendered prompt is tokenized with the tokenizer's special tokens (BOS), in both engines:
+    tiny-arith learned its task without BOS, and chat templates write their own special tokens."""
+    from vimpo_bench.prompts import has_chat_template
+
+    templated = config.task.template != "none" and has_chat_template(tokenizer)
+    return config.model.name != "tiny-arith" and not templated
+
+
+def render_prompt(config: Config, task, problem, tokenizer) -> str:
+    if config.task.template == "none":
+        return task.prompt(problem)
+    from vimpo_bench.prompts import render
+
+    return render(config.task.template, problem.question, tokenizer)
+
+
+class PhaseTimer:
+    """Wall seconds per labelled phase of a step."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.start = time.perf_counter()
+
+    def __call__(self, phase: str):
+        timer = self
+
+        class _Phase:
+            def __enter__(self):
+                self.t = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.seconds[phase] = timer.seconds.get(phase, 0.0) + time.perf_counter() - self.t
+
+        return _Phase()
+
+    def metrics(self) -> dict[str, float]:
+        out = {f"perf/{k}_s": v for k, v in self.seconds.items()}
+        out["perf/step_s"] = time.perf_counter() - self.start
+        return out
