@@ -1,6 +1,6 @@
 """Owner locks for runs other than training runs (eval runs), found from the run's own record.
 
-A training run's lock sits at a path known from its run id (`train.claim_run`). An eval run's records can
+A training run's lock sits at a path known from its run id (`runs.claim_run`). An eval run's records can
 go anywhere (`--output-dir`), and its run id only exists once the MLflow run does, so the order here is:
 take a fresh lock file first, then create the run with a tag naming it (host and path), finish the run,
 and only then release the lock. A run is therefore never visible without its owner recorded, and

@@ -467,6 +467,7 @@ def run_cell(study: Study, planned: PlannedCell, parent_run_id: str, tracking_ur
     """Train (or resume) one cell, then evaluate it on the study's suites; never raises for a cell's own
     failure (the outcome says what went wrong; the training run is marked FAILED by `train.run`)."""
     from vimpo_bench import evaluate, tracking, train
+    from vimpo_bench.runs import claim_run
 
     cell, started = planned.cell, time.monotonic()
     config = copy.deepcopy(cell.config)
@@ -484,7 +485,7 @@ def run_cell(study: Study, planned: PlannedCell, parent_run_id: str, tracking_ur
             policy = Path(config.run.output_dir) / run_id / "checkpoint" / "policy"
             if not policy.is_dir():
                 raise FileNotFoundError(f"no trained policy at {policy} to evaluate")
-            owner = train.claim_run(Path(config.run.output_dir) / run_id)  # the cell is live while evaluated
+            owner = claim_run(Path(config.run.output_dir) / run_id)  # the cell is live while evaluated
             try:
                 result = evaluate.run_eval(str(policy), eval_config(study, study.suites), parent_run_id=run_id,
                                            experiment=study.experiment, tracking_uri=tracking_uri,

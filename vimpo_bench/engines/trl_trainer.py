@@ -100,7 +100,7 @@ class VimpoGRPOTrainer(GRPOTrainer):
         return self.lr_scheduler
 
     def _tokenize_prompts(self, prompts: list):
-        """Rendered prompts tokenized as the native loop's generator does (`train.prompt_special_tokens`):
+        """Rendered prompts tokenized as the native loop's generator does (`steps.prompt_special_tokens`):
         TRL's default adds BOS, a second one after a chat template's own."""
         if not isinstance(prompts[0], str):
             return super()._tokenize_prompts(prompts)
