@@ -238,6 +238,15 @@ def test_grader_versions_are_compared_within_a_task():
     assert "runs on math500 disagree on grader_version: math-1, math-2" in notes
 
 
+def test_pages_show_headline_metrics_and_the_csv_keeps_all():
+    sampled = ["accuracy", "avg_at_8", "maj_at_8"] + [f"pass_at_{k}" for k in range(1, 9)]
+    assert A.page_metrics(sampled) == {"avg_at_8", "maj_at_8", "pass_at_8"}
+    assert A.page_metrics(["accuracy", "pass_at_1"]) == {"accuracy", "pass_at_1"}  # greedy: nothing repeats
+    assert A.page_metrics(["greedy_accuracy", "sampled_accuracy"]) == {"greedy_accuracy", "sampled_accuracy"}
+    frame = pd.DataFrame({"suite": ["arith"] * len(sampled) + ["validation"], "metric": sampled + ["greedy_accuracy"]})
+    assert list(A.on_page(frame)["metric"]) == ["avg_at_8", "maj_at_8", "pass_at_8", "greedy_accuracy"]
+
+
 def test_machine_reads_run_tags_else_this_machine():
     tags = pd.DataFrame({"versions.torch": ["2.13.0", "2.13.0"], "machine.platform": [None, "Linux-x"]})
     m = A.machine(tags, {"platform": "here", "CPUs": 2, "torch": "9.9"}).set_index("item")
@@ -548,7 +557,7 @@ def test_markdown_final_eval_numbers_equal_the_csv(markdown_report):
             assert [float(x) for x in m.groups()[:3]] == [round(want[c], 3) for c in ("mean", "ci_low", "ci_high")]
             assert int(m.group(4)) == want["n"]
             checked += 1
-    assert checked == len(final) == 16  # 2 conditions x 4 suite/metric x 2 arms
+    assert checked == len(A.on_page(final)) == len(final) == 16  # 2 conditions x 4 suite/metric x 2 arms
 
 
 def test_markdown_has_the_command_settings_and_the_reading(markdown_report, store):

@@ -323,6 +323,24 @@ def final_eval_summary(long: pd.DataFrame) -> pd.DataFrame:
     return clip_to_range(s.drop(columns=["run_ci_low", "run_ci_high"]), "metric")
 
 
+def page_metrics(metrics) -> set[str]:
+    """Of one suite's metric names, those a results page shows: `accuracy` and `pass_at_1` say what
+    `avg_at_k` says when it is there, and of the pass@k curve only its largest k (the tables keep all)."""
+    names = set(metrics)
+    has_avg = any(m.startswith("avg_at_") for m in names)
+    passes = sorted((int(m.rsplit("_", 1)[1]), m) for m in names if re.fullmatch(r"pass_at_\d+", m))
+    keep = {m for m in names if not re.fullmatch(r"pass_at_\d+", m) and not (m == "accuracy" and has_avg)}
+    if passes and (passes[-1][0] > 1 or not has_avg):
+        keep.add(passes[-1][1])
+    return keep
+
+
+def on_page(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a per-suite metric table (columns suite, metric) that `page_metrics` keeps."""
+    keep = frame.groupby("suite")["metric"].transform(lambda m: m.isin(page_metrics(m)))
+    return frame[keep.astype(bool)] if len(frame) else frame
+
+
 def paired_table(long: pd.DataFrame) -> pd.DataFrame:
     """VIMPO arm minus each baseline arm, per condition, suite and metric, over the seeds both ran."""
     cols = ["condition", "suite", "metric", "vimpo", "baseline", "mean_diff", "ci_low", "ci_high", "n_pairs", "seeds", "verdict"]

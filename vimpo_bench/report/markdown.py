@@ -166,7 +166,7 @@ def final_eval(page: Page, panel: Panel, style) -> None:
     page.section("Final evaluation")
     if missing(page, panel, "no evaluation results"):
         return
-    summary, paired = panel.tables["final_eval"], panel.tables["paired_diff"]
+    summary, paired = A.on_page(panel.tables["final_eval"]), A.on_page(panel.tables["paired_diff"])
     cells = summary.assign(cell=[format_interval(m, lo, hi, n) + (" †" if k.startswith("within") else "")
                                  for m, lo, hi, n, k in summary[["mean", "ci_low", "ci_high", "n", "interval"]]
                                  .itertuples(index=False)])
@@ -175,7 +175,8 @@ def final_eval(page: Page, panel: Panel, style) -> None:
     wide = cells.pivot_table(index=index, columns="arm", values="cell", aggfunc="first").reset_index()
     page.add("Mean over seeds [95% t interval] n=seeds, per suite and arm. † one seed: the interval is the eval "
              f"run's own (over problems), not over seeds. Suite `{A.TRAIN_SUITE}` is the training run's own last "
-             "evaluation on the validation split; the others are test sets.", "")
+             "evaluation on the validation split; the others are test sets. Shown: avg@k, maj@k and the largest "
+             "k of pass@k (accuracy and pass@1 equal avg@k); every metric is in final_eval.csv.", "")
     page.table(wide[index + [a for a in arms if a in wide.columns]], "final_eval")
     page.image(plots.final_eval, "final_eval", "final evaluation: mean and 95% interval per arm", summary, arms, style)
     page.add("### VIMPO minus each baseline, paired by seed", "")
