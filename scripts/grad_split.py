@@ -34,7 +34,14 @@ from vimpo_bench.algorithms import Batch, get
 from vimpo_bench.config import from_dict
 from vimpo_bench.logprobs import token_logprobs
 from vimpo_bench.models import load_policy
-from vimpo_bench.steps import eval_mode, make_generator, render_prompt, sampled_logprobs, sampling_params, step_seed
+from vimpo_bench.steps import (
+    eval_mode,
+    make_generator,
+    render_prompt,
+    sampled_logprobs,
+    sampling_params,
+    step_seed,
+)
 from vimpo_bench.train import score
 
 
