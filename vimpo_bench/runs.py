@@ -140,3 +140,24 @@ def record_run(tracker: Tracker, config: Config, task, tags: dict | None = None)
         **(tags or {}),
     })
     tracker.log_dict(config.to_dict(), "config.yaml")
+
+
+def open_run(config: Config, resume_run_id, tags, parent_run_id, tracking_uri):
+    """(tracker, owner lock, checkpoint or None): a new MLflow run for `config`, or `resume_run_id` reopened with
+    its last checkpoint (a run without one is marked FAILED); the caller holds the lock while it trains."""
+    output = Path(config.run.output_dir)
+    prepare_output_dir(output)
+    if not resume_run_id:
+        tracker = start_tracker(config, tags, parent_run_id, tracking_uri)
+        return tracker, claim_run(output / tracker.run_id), None  # live while this process trains it
+    owner = claim_run(output / resume_run_id)
+    try:
+        tracker = MlflowTracker.resume(resume_run_id, tracking_uri)
+        checkpoint = find_checkpoint(output / resume_run_id)
+        if checkpoint is None:
+            tracker.finish("FAILED")
+            raise TrainingError(f"run {resume_run_id} has no checkpoint under {output}/{resume_run_id}")
+    except BaseException:
+        owner.release()
+        raise
+    return tracker, owner, checkpoint

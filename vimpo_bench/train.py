@@ -26,7 +26,6 @@ from vimpo_bench.algorithms.core import masked_mean
 from vimpo_bench.checkpoints import (
     checkpoint_dir,
     checkpoint_due,
-    find_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
@@ -42,10 +41,8 @@ from vimpo_bench.runs import (
     TrainingError,
     TrainResult,
     checkpoint_engine,
-    claim_run,
-    prepare_output_dir,
+    open_run,
     record_run,
-    start_tracker,
     train_to_status,
 )
 from vimpo_bench.steps import (
@@ -60,7 +57,7 @@ from vimpo_bench.steps import (
     sampling_params,
     step_seed,
 )
-from vimpo_bench.tracking import MlflowTracker, NullTracker, Tracker
+from vimpo_bench.tracking import NullTracker, Tracker
 
 # ------------------------------------------------------------------------------------ entry point
 
@@ -89,24 +86,13 @@ def run(
                               on_eval, run_started)
     if engine != "native":
         raise TrainingError(f"unknown run.engine={engine!r}; valid: native, trl")
-    output = Path(config.run.output_dir)
-    prepare_output_dir(output)
-    if resume_run_id:
-        owner = claim_run(output / resume_run_id)
+    tracker, owner, checkpoint = open_run(config, resume_run_id, tags, parent_run_id, tracking_uri)
+    if checkpoint is not None:  # a resumed run goes on with the config it was started with
         try:
-            tracker = MlflowTracker.resume(resume_run_id, tracking_uri)
-            checkpoint = find_checkpoint(output / resume_run_id)
-            if checkpoint is None:
-                tracker.finish("FAILED")
-                raise TrainingError(f"run {resume_run_id} has no checkpoint under {output}/{resume_run_id}")
             config = from_dict(json.loads((checkpoint / "config.json").read_text()), str(checkpoint / "config.json"))
         except BaseException:
             owner.release()
             raise
-    else:
-        tracker = start_tracker(config, tags, parent_run_id, tracking_uri)
-        owner = claim_run(output / tracker.run_id)
-        checkpoint = None
     if run_started:
         run_started(tracker.run_id)
     try:  # finished while still holding the lock: never "RUNNING, no owner"

@@ -23,7 +23,7 @@ from transformers import TrainerCallback
 
 from vimpo_bench import faults
 from vimpo_bench import tasks as task_registry
-from vimpo_bench.checkpoints import checkpoint_due, find_checkpoint, load_state
+from vimpo_bench.checkpoints import checkpoint_due, load_state
 from vimpo_bench.config import Config, from_dict
 from vimpo_bench.engines import trl_preflight
 from vimpo_bench.models import frozen_copy, load_policy
@@ -31,10 +31,8 @@ from vimpo_bench.reference import beta_at, is_ref_update_step
 from vimpo_bench.runs import (
     TrainingError,
     TrainResult,
-    claim_run,
-    prepare_output_dir,
+    open_run,
     record_run,
-    start_tracker,
     train_to_status,
 )
 from vimpo_bench.steps import (
@@ -44,7 +42,7 @@ from vimpo_bench.steps import (
     move_reference,
     render_prompt,
 )
-from vimpo_bench.tracking import MlflowTracker, NullTracker, Tracker
+from vimpo_bench.tracking import NullTracker, Tracker
 
 
 def run(config: Config, resume_run_id=None, progress=None, tracking_uri=None, stop_after=None, tags=None,
@@ -88,26 +86,6 @@ def run(config: Config, resume_run_id=None, progress=None, tracking_uri=None, st
             owner.release()
         if state.num_processes > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()  # else gloo aborts at exit now and then
-
-
-def open_run(config: Config, resume_run_id, tags, parent_run_id, tracking_uri):
-    """(tracker, owner lock, checkpoint or None) for a new run or the resumed `resume_run_id`, as train.run."""
-    output = Path(config.run.output_dir)
-    prepare_output_dir(output)
-    if not resume_run_id:
-        tracker = start_tracker(config, tags, parent_run_id, tracking_uri)
-        return tracker, claim_run(output / tracker.run_id), None  # live while this process trains it
-    owner = claim_run(output / resume_run_id)
-    try:
-        tracker = MlflowTracker.resume(resume_run_id, tracking_uri)
-        checkpoint = find_checkpoint(output / resume_run_id)
-        if checkpoint is None:
-            tracker.finish("FAILED")
-            raise TrainingError(f"run {resume_run_id} has no checkpoint under {output}/{resume_run_id}")
-    except BaseException:
-        owner.release()
-        raise
-    return tracker, owner, checkpoint
 
 
 def trainer_args(config: Config):
