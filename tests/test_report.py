@@ -247,6 +247,24 @@ def test_pages_show_headline_metrics_and_the_csv_keeps_all():
     assert list(A.on_page(frame)["metric"]) == ["avg_at_8", "maj_at_8", "pass_at_8", "greedy_accuracy"]
 
 
+def test_an_ablation_of_one_algorithm_compares_its_settings_with_the_defaults():
+    """One algorithm, settings varied alike for every seed: the settings make the arms (there is nothing
+    else to compare), and the paired table is each setting minus the arm at the algorithm's defaults."""
+    rows = [{"algo.name": "vimpo", "run.seed": s, "algo.advantage": a, "algo.lam": lam}
+            for s in (1, 2) for a, lam in (("implied", 1.0), ("none", 1.0), ("implied", 0.9))]
+    labels = A.label_arms(_data(rows))
+    assert labels.attrs["condition_keys"] == [] and set(labels["condition"]) == {""}
+    assert labels.attrs["default_arm"] == "vimpo[algo.advantage=implied, algo.lam=1.0]"
+    long = pd.DataFrame({"condition": "", "arm": labels["arm"], "algo": "vimpo", "seed": labels["seed"],
+                         "train_run_id": labels.index, "suite": "arith", "metric": "avg_at_8",
+                         "value": [0.40, 0.45, 0.38, 0.50, 0.55, 0.47], "run_ci_low": np.nan, "run_ci_high": np.nan})
+    paired = A.paired_table(long, labels.attrs["default_arm"]).set_index("vimpo")
+    assert set(paired["baseline"]) == {labels.attrs["default_arm"]} and len(paired) == 2
+    assert paired.loc["vimpo[algo.advantage=none, algo.lam=1.0]", "mean_diff"] == pytest.approx(0.05)
+    assert paired.loc["vimpo[algo.advantage=none, algo.lam=1.0]", "verdict"] == "variant higher"
+    assert A.paired_title(labels).startswith("Each setting minus the defaults")
+
+
 def test_machine_reads_run_tags_else_this_machine():
     tags = pd.DataFrame({"versions.torch": ["2.13.0", "2.13.0"], "machine.platform": [None, "Linux-x"]})
     m = A.machine(tags, {"platform": "here", "CPUs": 2, "torch": "9.9"}).set_index("item")

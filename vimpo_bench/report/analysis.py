@@ -101,7 +101,10 @@ def label_arms(data: ReportData, exclude: tuple[str, ...] = ()) -> pd.DataFrame:
         if replicated and out["seed"].groupby([out["algo"], p[key]]).nunique().max() < 2:
             continue  # no value of it is shared by two seeds: a per-run label (an output folder), not a setting
         value_sets = p[key].groupby(out["algo"]).agg(lambda s: tuple(natural_sorted(set(s))))
-        (cond_keys if value_sets.nunique() == 1 else variant_keys).append(key)
+        # With one algorithm there is nothing to compare within a condition: what varies is what the study
+        # compares (an ablation's settings), so it makes the arms.
+        alike = value_sets.nunique() == 1 and out["algo"].nunique() > 1
+        (cond_keys if alike else variant_keys).append(key)
     varies_within = {k: p[k].groupby(out["algo"]).transform("nunique") > 1 for k in variant_keys}
     arms, conditions = [], []
     for run_id in out.index:
@@ -110,7 +113,32 @@ def label_arms(data: ReportData, exclude: tuple[str, ...] = ()) -> pd.DataFrame:
         conditions.append(", ".join(f"{k}={p.at[run_id, k]}" for k in cond_keys))
     out["arm"], out["condition"] = arms, conditions
     out.attrs["condition_keys"], out.attrs["variant_keys"] = cond_keys, variant_keys
+    out.attrs["default_arm"] = default_arm(out, p, variant_keys)
     return out
+
+
+def default_arm(labels: pd.DataFrame, params: pd.DataFrame, variant_keys: list[str]) -> str | None:
+    """When every arm runs one algorithm: the arm whose varied `algo.*` settings are all that algorithm's
+    defaults (an ablation's reference), else None."""
+    from vimpo_bench.algorithms import get
+
+    if labels["algo"].nunique() != 1 or not variant_keys or not all(k.startswith("algo.") for k in variant_keys):
+        return None
+    try:
+        defaults = get(str(labels["algo"].iloc[0]))
+    except Exception:  # an algorithm this version does not know: no reference
+        return None
+
+    def same(value, default) -> bool:
+        try:
+            return float(value) == float(default)
+        except (TypeError, ValueError):
+            return str(value) == str(default)
+
+    for run_id, arm in labels["arm"].items():
+        if all(same(params.at[run_id, k], getattr(defaults, k[5:], None)) for k in variant_keys):
+            return arm
+    return None
 
 
 def run_labels(data: ReportData, labels: pd.DataFrame) -> pd.DataFrame:
@@ -341,26 +369,39 @@ def on_page(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[keep.astype(bool)] if len(frame) else frame
 
 
-def paired_table(long: pd.DataFrame) -> pd.DataFrame:
-    """VIMPO arm minus each baseline arm, per condition, suite and metric, over the seeds both ran."""
+def paired_title(labels: pd.DataFrame | None) -> str:
+    reference = None if labels is None else labels.attrs.get("default_arm")
+    if reference and labels["algo"].nunique() == 1:
+        return f"Each setting minus the defaults ({reference}), paired by seed"
+    return "VIMPO minus each baseline, paired by seed"
+
+
+def paired_table(long: pd.DataFrame, reference: str | None = None) -> pd.DataFrame:
+    """VIMPO arm minus each baseline arm, per condition, suite and metric, over the seeds both ran; when
+    every arm is VIMPO (an ablation), each arm minus `reference` (the default settings' arm) instead, the
+    reference standing in the `baseline` column."""
     cols = ["condition", "suite", "metric", "vimpo", "baseline", "mean_diff", "ci_low", "ci_high", "n_pairs", "seeds", "verdict"]
     rows = []
     for (cond, suite, metric), g in long.groupby(["condition", "suite", "metric"], sort=True):
         arms = arm_order(g["arm"])
         by_seed = {a: g[g["arm"] == a].groupby("seed")["value"].mean().to_dict() for a in arms}
-        for v in (a for a in arms if is_vimpo(a)):
-            for b in (a for a in arms if not is_vimpo(a)):
-                d = paired_difference(by_seed[v], by_seed[b])
-                if d["n_pairs"] < 2:
-                    verdict = "too few matched seeds"
-                elif d["ci_low"] > 0:
-                    verdict = "VIMPO higher"
-                elif d["ci_high"] < 0:
-                    verdict = "baseline higher"
-                else:
-                    verdict = "not resolved (interval spans 0)"
-                rows.append([cond, suite, metric, v, b, d["mean"], d["ci_low"], d["ci_high"], d["n_pairs"],
-                             ",".join(map(str, d["keys"])), verdict])
+        baselines = [a for a in arms if not is_vimpo(a)]
+        ablation = not baselines and reference in arms
+        pairs = ([(v, reference) for v in arms if v != reference] if ablation
+                 else [(v, b) for v in arms if is_vimpo(v) for b in baselines])
+        higher = ("variant higher", "default higher") if ablation else ("VIMPO higher", "baseline higher")
+        for v, b in pairs:
+            d = paired_difference(by_seed[v], by_seed[b])
+            if d["n_pairs"] < 2:
+                verdict = "too few matched seeds"
+            elif d["ci_low"] > 0:
+                verdict = higher[0]
+            elif d["ci_high"] < 0:
+                verdict = higher[1]
+            else:
+                verdict = "not resolved (interval spans 0)"
+            rows.append([cond, suite, metric, v, b, d["mean"], d["ci_low"], d["ci_high"], d["n_pairs"],
+                         ",".join(map(str, d["keys"])), verdict])
     return clip_to_range(pd.DataFrame(rows, columns=cols), "metric", -1.0, 1.0)
 
 

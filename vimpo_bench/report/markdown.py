@@ -179,7 +179,7 @@ def final_eval(page: Page, panel: Panel, style) -> None:
              "k of pass@k (accuracy and pass@1 equal avg@k); every metric is in final_eval.csv.", "")
     page.table(wide[index + [a for a in arms if a in wide.columns]], "final_eval")
     page.image(plots.final_eval, "final_eval", "final evaluation: mean and 95% interval per arm", summary, arms, style)
-    page.add("### VIMPO minus each baseline, paired by seed", "")
+    page.add(f"### {A.paired_title(panel.meta.get('labels'))}", "")
     if paired.empty:
         page.add("No paired difference: the runs need a VIMPO arm and a baseline arm evaluated on the same suite.", "")
     else:

@@ -153,8 +153,9 @@ def final_eval(p: Panel, data, labels, style):
               "in the training runs")
         return
     summary = A.final_eval_summary(long)
-    paired = A.paired_table(long)
+    paired = A.paired_table(long, labels.attrs.get("default_arm"))
     p.tables |= {"final_eval_runs": long, "final_eval": summary, "paired_diff": paired}
+    p.meta["labels"] = labels  # the Markdown page titles the paired table from them
     summary = summary.assign(cell=[format_interval(m, lo, hi, n) + (" †" if k.startswith("within") else "")
                                    for m, lo, hi, n, k in summary[["mean", "ci_low", "ci_high", "n", "interval"]].itertuples(index=False)])
     index = ["condition", "suite", "metric"] if summary["condition"].ne("").any() else ["suite", "metric"]
@@ -175,7 +176,7 @@ def final_eval(p: Panel, data, labels, style):
     fig.layout["scattermode"] = "group"
     fig.axis("y", title={"text": "final value"})
     p.body.append(fig.html("fig-final-0"))
-    p.body.append("<h3>VIMPO minus each baseline, paired by seed</h3>")
+    p.body.append(f"<h3>{esc(A.paired_title(labels))}</h3>")
     p.say("each row is its own 95% interval, with no correction for the number of rows: with many "
           "suites and conditions, expect about one row in twenty to exclude 0 by chance", "info")
     if paired.empty:
