@@ -429,10 +429,11 @@ def hub_cache_only(repo_id: str, timeout: float = 5.0) -> bool:
     """Whether hub id `repo_id` must load from the local Hugging Face cache (offline mode, or the hub does
     not answer within `timeout` s). Raises FileNotFoundError in one line when it must and the cache lacks
     it: the hub client would otherwise retry for about a minute and print several lines."""
-    import socket
     from urllib.parse import urlsplit
 
     from huggingface_hub import constants, try_to_load_from_cache
+
+    from vimpo_bench import net
 
     try:
         cached = isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
@@ -441,12 +442,11 @@ def hub_cache_only(repo_id: str, timeout: float = 5.0) -> bool:
     offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     why = "HF_HUB_OFFLINE is set"
     if not offline:
-        endpoint = urlsplit(constants.ENDPOINT)
         try:
-            port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
-            socket.create_connection((endpoint.hostname, port), timeout=timeout).close()
+            net.connect_url(constants.ENDPOINT, timeout)  # the lookup under the deadline too
         except OSError as exc:
-            offline, why = True, f"{endpoint.hostname} is unreachable ({exc.strerror or type(exc).__name__})"
+            host = urlsplit(constants.ENDPOINT).hostname
+            offline, why = True, f"{host} is unreachable ({exc.strerror or type(exc).__name__})"
     if offline and not cached:
         raise FileNotFoundError(f"model {repo_id!r} is not a local folder nor in the Hugging Face cache, and {why}")
     return offline

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-from vimpo_bench import locks
+from vimpo_bench import locks, net
 
 DEFAULT_EXPERIMENT = "vimpo-bench"
 # Seconds to wait for a tracking server to accept a connection; MLflow's own HTTP retries take minutes.
@@ -58,59 +57,14 @@ def check_reachable(uri: str, timeout: float = CONNECT_TIMEOUT) -> None:
     """Raise TrackingUnavailable within about `timeout` seconds unless an http(s) tracking server accepts a
     TCP connection (MLflow would retry for minutes without a word). The deadline covers the name lookup
     too: the system resolver has no timeout of its own and can hang far longer on a bad DNS setup."""
-    parts = urlsplit(uri)
-    if parts.scheme not in ("http", "https"):
+    if urlsplit(uri).scheme not in ("http", "https"):
         return
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    deadline = time.monotonic() + timeout
     try:
-        addresses = resolve(parts.hostname or "localhost", port, timeout)
-        connect_any(addresses, deadline)
+        net.connect_url(uri, timeout)
     except OSError as exc:
         reason = exc.strerror or str(exc) or type(exc).__name__
         raise TrackingUnavailable(f"MLflow tracking server {redact_uri(uri)} is unreachable: {reason} "
                                   "(check MLFLOW_TRACKING_URI)") from None
-
-
-def resolve(host: str, port: int, timeout: float) -> list[tuple]:
-    """socket.getaddrinfo(host, port) for TCP, or TimeoutError after `timeout` seconds. The lookup runs in a
-    daemon thread because getaddrinfo cannot be interrupted: a hung lookup is left behind, not waited for
-    (and never keeps the process alive at exit)."""
-    import threading
-
-    box: dict[str, Any] = {}
-
-    def lookup() -> None:
-        try:
-            box["addresses"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except OSError as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(target=lookup, name=f"resolve {host}", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        raise TimeoutError(f"looking up the host name {host!r} took over {timeout:g} s")
-    if "error" in box:
-        raise box["error"]
-    return box["addresses"]
-
-
-def connect_any(addresses: list[tuple], deadline: float) -> None:
-    """Open (and close) a TCP connection to the first of `addresses` that accepts one before `deadline`."""
-    error: OSError = TimeoutError("timed out")
-    for family, kind, proto, _, address in addresses:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        try:
-            with socket.socket(family, kind, proto) as sock:
-                sock.settimeout(left)
-                sock.connect(address)
-            return
-        except OSError as exc:
-            error = exc
-    raise error
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
