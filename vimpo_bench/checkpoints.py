@@ -25,12 +25,21 @@ import numpy as np
 import torch
 
 from vimpo_bench import faults
+from vimpo_bench.config import Config, from_dict
 
 TEMP_PREFIX = ".checkpoint-"  # a save in progress; left behind only by a kill, removed at the next start
 
 
-def checkpoint_dir(config, tracker) -> Path:
-    return Path(config.run.output_dir) / (tracker.run_id or "local") / "checkpoint"
+def checkpoint_dir(config, run_id: str | None) -> Path:
+    """Where run `run_id` keeps its checkpoint (a run without an id, e.g. untracked, under `local/`)."""
+    return Path(config.run.output_dir) / (run_id or "local") / "checkpoint"
+
+
+def saved_config(checkpoint: Path) -> Config:
+    """The resolved config a checkpoint was saved with: a resumed run goes on with it, whatever the
+    resuming command's config says."""
+    path = checkpoint / "config.json"
+    return from_dict(json.loads(path.read_text()), str(path))
 
 
 def checkpoint_due(every: int, step: int, last_step: int) -> bool:

@@ -5,14 +5,13 @@ ends with. Errors: TrainingError (training cannot go on), EarlyStop (a pruned tr
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vimpo_bench import locks
-from vimpo_bench.checkpoints import find_checkpoint, remove_partial_saves
+from vimpo_bench.checkpoints import find_checkpoint, remove_partial_saves, saved_config
 from vimpo_bench.config import Config
 from vimpo_bench.provenance import git_state, machine_state, package_versions
 from vimpo_bench.tracking import MlflowTracker, Tracker
@@ -62,7 +61,7 @@ def checkpoint_engine(run_dir: Path) -> str | None:
     checkpoint = find_checkpoint(run_dir)
     if checkpoint is None:
         return None
-    return json.loads((checkpoint / "config.json").read_text()).get("run", {}).get("engine", "native")
+    return saved_config(checkpoint).run.engine
 
 
 def start_tracker(config: Config, tags: dict | None, parent_run_id: str | None, tracking_uri: str | None):

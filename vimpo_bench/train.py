@@ -10,7 +10,6 @@ ownership in `runs`, the parts of a step in `steps`, checkpoints in `checkpoints
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 import time
 from collections import defaultdict
@@ -28,8 +27,9 @@ from vimpo_bench.checkpoints import (
     checkpoint_due,
     load_checkpoint,
     save_checkpoint,
+    saved_config,
 )
-from vimpo_bench.config import Config, from_dict
+from vimpo_bench.config import Config
 from vimpo_bench.logprobs import token_logprobs
 from vimpo_bench.models import frozen_copy, load_policy
 from vimpo_bench.reference import beta_at, is_ref_update_step, lr_factor
@@ -89,7 +89,7 @@ def run(
     tracker, owner, checkpoint = open_run(config, resume_run_id, tags, parent_run_id, tracking_uri)
     if checkpoint is not None:  # a resumed run goes on with the config it was started with
         try:
-            config = from_dict(json.loads((checkpoint / "config.json").read_text()), str(checkpoint / "config.json"))
+            config = saved_config(checkpoint)
         except BaseException:
             owner.release()
             raise
@@ -180,7 +180,7 @@ def train(
             tracker.log_metrics(metrics, step=done)
         history.append({"step": done, **metrics})
         if checkpoint_due(config.run.checkpoint_every, done, end_step):
-            save_checkpoint(checkpoint_dir(config, tracker), config, policy, reference, optimizer, scheduler,
+            save_checkpoint(checkpoint_dir(config, tracker.run_id), config, policy, reference, optimizer, scheduler,
                             done, initial, tokenizer)
         if progress:
             progress("train", done, config.optim.steps, metrics)
@@ -188,7 +188,7 @@ def train(
             on_eval(done, {k: v for k, v in metrics.items() if k.startswith("val/")})
         faults.point("step")
 
-    final_dir = checkpoint_dir(config, tracker)
+    final_dir = checkpoint_dir(config, tracker.run_id)
     if end_step == config.optim.steps and config.run.log_checkpoint and tracker.run_id:
         tracker.log_artifact(final_dir / "policy", "checkpoint")
     return TrainResult(tracker.run_id, end_step, initial, last_eval, time.perf_counter() - started,

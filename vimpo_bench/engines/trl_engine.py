@@ -11,7 +11,6 @@ by the callback; a resumed run continues through Trainer's resume path. See docs
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import random
 import time
@@ -23,8 +22,8 @@ from transformers import TrainerCallback
 
 from vimpo_bench import faults
 from vimpo_bench import tasks as task_registry
-from vimpo_bench.checkpoints import checkpoint_due, load_state
-from vimpo_bench.config import Config, from_dict
+from vimpo_bench.checkpoints import checkpoint_dir, checkpoint_due, load_state, saved_config
+from vimpo_bench.config import Config
 from vimpo_bench.engines import trl_preflight
 from vimpo_bench.models import frozen_copy, load_policy
 from vimpo_bench.reference import beta_at, is_ref_update_step
@@ -74,7 +73,7 @@ def run(config: Config, resume_run_id=None, progress=None, tracking_uri=None, st
             raise TrainingError(f"the main process failed: {shared[2]}")
         run_id, checkpoint = shared[0], shared[1] and Path(shared[1])
         if checkpoint is not None:
-            config = from_dict(json.loads((checkpoint / "config.json").read_text()), str(checkpoint / "config.json"))
+            config = saved_config(checkpoint)
             args = trainer_args(config)
         if run_started and state.is_main_process:
             run_started(run_id)
@@ -192,7 +191,7 @@ def train(config: Config, args, tracker: Tracker, run_id: str | None, progress=N
     if resume_from is None:
         record_run(tracker, config, task, {**(tags or {}), "vimpo.engine": "trl"})
     trainer, vb = make_trainer(config, args, policy, tokenizer, task, tracker, progress, on_eval)
-    final_dir = Path(config.run.output_dir) / (run_id or "local") / "checkpoint"
+    final_dir = checkpoint_dir(config, run_id)
     vb.checkpoint = final_dir
     if resume_from is not None:
         resume_state(trainer, vb, resume_from, tracker)
