@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from vimpo_bench import algorithms, ranges
-from vimpo_bench.ranges import Range, num, short  # noqa: F401 - the schema's field helpers, re-exported
+from vimpo_bench.ranges import Range, clip, num, short  # noqa: F401 - the schema's field helpers, re-exported
 
 STUDIES_DIR = Path(__file__).parent / "studies"
 DEFAULT_STUDY = "tiny_demo"
@@ -30,11 +30,6 @@ ENGINES = ("native", "trl")
 
 class ConfigError(ValueError):
     """A config problem a user can fix; the message names the file and key."""
-
-
-def clip(text: str, limit: int = 300) -> str:
-    """Text cut to `limit` characters (with ... when cut), for plain text echoed in messages."""
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # ------------------------------------------------------------------------------- numeric ranges

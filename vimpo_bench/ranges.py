@@ -101,5 +101,9 @@ def _is_number(value: Any) -> bool:
 def short(value: Any, limit: int = 200) -> str:
     """repr(value) cut to about `limit` characters: messages echo user input, never a whole megabyte of it
     (reprlib also stops early inside huge or deeply shared containers)."""
-    text = _REPR.repr(value)
+    return clip(_REPR.repr(value), limit)
+
+
+def clip(text: str, limit: int = 300) -> str:
+    """Text cut to `limit` characters (with ... when cut), for plain text echoed in messages."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
