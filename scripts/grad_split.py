@@ -36,6 +36,7 @@ from vimpo_bench.logprobs import token_logprobs
 from vimpo_bench.models import load_policy
 from vimpo_bench.steps import (
     eval_mode,
+    load_starting_policy,
     make_generator,
     render_prompt,
     sampled_logprobs,
@@ -68,11 +69,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)
     task = task_registry.get(config.task.name, **config.task.options)
-    warm = {"steps": config.model.warm_start_steps, "batch_size": config.model.warm_start_batch_size,
-            "lr": config.model.warm_start_lr, "seed": config.run.seed}
-    options = config.task.options if config.task.name == "arith" else None
-    reference, tokenizer = load_policy(config.model.name, config.model.dtype, config.model.cache_dir,
-                                       task_options=options, warm_start=warm)
+    reference, tokenizer = load_starting_policy(config)  # the frozen pi_ref: the run's starting model
     policy, _ = load_policy(str(args.run_dir / "checkpoint" / "policy"), config.model.dtype, None)
     policy.train()
     reference.eval()

@@ -51,6 +51,20 @@ def move_reference(config, policy, reference, batch_info) -> dict:
     return out
 
 
+def load_starting_policy(config: Config, progress=None):
+    """(policy, tokenizer) a run starts from: `model.name` loaded, the built-in model warm-started on the
+    run's arith task (cached: the same seed gives the same start to every algorithm); `progress(phase,
+    done, total, metrics)` sees the warm start."""
+    from vimpo_bench.models import load_policy
+
+    warm = {"steps": config.model.warm_start_steps, "batch_size": config.model.warm_start_batch_size,
+            "lr": config.model.warm_start_lr, "seed": config.run.seed}
+    if progress:
+        warm["progress"] = lambda done, total, loss: progress("warm start", done, total, {"loss": loss})
+    return load_policy(config.model.name, config.model.dtype, config.model.cache_dir,
+                       task_options=config.task.options if config.task.name == "arith" else None, warm_start=warm)
+
+
 def sampled_logprobs(config: Config, model, rollouts: Rollouts, with_entropy: bool = False):
     """Per-token log-probs (and entropy) of the rollouts at the sampling temperature; the caller sets
     no_grad and the model's mode."""

@@ -31,7 +31,7 @@ from vimpo_bench.checkpoints import (
 )
 from vimpo_bench.config import Config
 from vimpo_bench.logprobs import token_logprobs
-from vimpo_bench.models import frozen_copy, load_policy
+from vimpo_bench.models import frozen_copy
 from vimpo_bench.reference import beta_at, is_ref_update_step, lr_factor
 from vimpo_bench.rewards import noisy_rewards, truncation_rule, verifier_rewards
 from vimpo_bench.rollout.base import Rollouts
@@ -49,6 +49,7 @@ from vimpo_bench.steps import (
     PhaseTimer,
     eval_mode,
     evaluate_heldout,
+    load_starting_policy,
     log_advantage_profile,
     make_generator,
     move_reference,
@@ -129,13 +130,7 @@ def train(
     task = task_registry.get(config.task.name, **config.task.options)
     train_pool = task.problems("train")
     heldout = task.problems("validation", limit=config.eval.problems)
-    warm = {"steps": config.model.warm_start_steps, "batch_size": config.model.warm_start_batch_size,
-            "lr": config.model.warm_start_lr, "seed": config.run.seed}
-    if progress:
-        warm["progress"] = lambda done, total, loss: progress("warm start", done, total, {"loss": loss})
-    policy, tokenizer = load_policy(config.model.name, config.model.dtype, config.model.cache_dir,
-                                    task_options=config.task.options if config.task.name == "arith" else None,
-                                    warm_start=warm)
+    policy, tokenizer = load_starting_policy(config, progress)
     reference = frozen_copy(policy)
     policy.train()
     generator = make_generator(config, policy, tokenizer)

@@ -25,7 +25,7 @@ from vimpo_bench import tasks as task_registry
 from vimpo_bench.checkpoints import checkpoint_dir, checkpoint_due, load_state, saved_config
 from vimpo_bench.config import Config
 from vimpo_bench.engines import trl_preflight
-from vimpo_bench.models import frozen_copy, load_policy
+from vimpo_bench.models import frozen_copy
 from vimpo_bench.reference import beta_at, is_ref_update_step
 from vimpo_bench.runs import (
     TrainingError,
@@ -36,6 +36,7 @@ from vimpo_bench.runs import (
 )
 from vimpo_bench.steps import (
     evaluate_heldout,
+    load_starting_policy,
     log_advantage_profile,
     make_generator,
     move_reference,
@@ -180,14 +181,8 @@ def train(config: Config, args, tracker: Tracker, run_id: str | None, progress=N
 
     # -- setup: task, policy, the trainer ---------------------------------------------------------
     task = task_registry.get(config.task.name, **config.task.options)
-    warm = {"steps": config.model.warm_start_steps, "batch_size": config.model.warm_start_batch_size,
-            "lr": config.model.warm_start_lr, "seed": config.run.seed}
-    if progress:
-        warm["progress"] = lambda done, total, loss: progress("warm start", done, total, {"loss": loss})
     with state.main_process_first():  # the built-in model's warm start is cached once
-        policy, tokenizer = load_policy(config.model.name, config.model.dtype, config.model.cache_dir,
-                                        task_options=config.task.options if config.task.name == "arith" else None,
-                                        warm_start=warm)
+        policy, tokenizer = load_starting_policy(config, progress)
     if resume_from is None:
         record_run(tracker, config, task, {**(tags or {}), "vimpo.engine": "trl"})
     trainer, vb = make_trainer(config, args, policy, tokenizer, task, tracker, progress, on_eval)
