@@ -22,6 +22,7 @@ from vimpo_bench.tracking import MlflowTracker
 
 T_2 = 4.302652729749464  # t_{0.975} with 2 degrees of freedom
 T_1 = 12.706204736174707
+GRID_BETAS = (0.005, 0.05, 0.5)  # synthetic.grid_shift: best at 0.05 for VIMPO, 0.005 for GRPO, 0.1 per decade
 
 
 # --- statistics, by hand -------------------------------------------------------------------------
@@ -265,6 +266,34 @@ def test_an_ablation_of_one_algorithm_compares_its_settings_with_the_defaults():
     assert A.paired_title(labels).startswith("Each setting minus the defaults")
 
 
+def test_a_grid_is_chosen_per_arm_on_validation_never_on_test():
+    """Two algorithms x 3 betas x 2 seeds. On validation VIMPO is best at 0.05 and GRPO at 0.01; on test both
+    would be best at 0.2 (a choice made on test would pick it). The arms are compared at their own choices."""
+    val = {("vimpo", 0.01): (0.30, 0.34), ("vimpo", 0.05): (0.50, 0.44), ("vimpo", 0.2): (0.40, 0.40),
+           ("grpo", 0.01): (0.45, 0.47), ("grpo", 0.05): (0.41, 0.43), ("grpo", 0.2): (0.30, 0.30)}
+    rows = []
+    for (algo, beta), seeds in val.items():
+        for seed, v in zip((1, 2), seeds, strict=True):
+            run = f"{algo}-{beta}-{seed}"
+            rows.append([algo, seed, run, A.TRAIN_SUITE, A.SELECT_METRIC, v, beta])
+            test = 0.9 if beta == 0.2 else v - 0.05 * seed  # test is never looked at by the choice
+            rows.append([algo, seed, run, "arith", "avg_at_8", test, beta])
+    long = pd.DataFrame(rows, columns=["arm", "seed", "train_run_id", "suite", "metric", "value", "grid"])
+    long = long.assign(condition="", algo=long["arm"], run_ci_low=np.nan, run_ci_high=np.nan)
+    choice = A.grid_choice(long).set_index("arm")
+    assert choice.loc["vimpo", "grid"] == 0.05 and choice.loc["grpo", "grid"] == 0.01
+    assert choice.loc["vimpo", "selection_mean"] == pytest.approx(0.47) and choice.loc["vimpo", "values_tried"] == 3
+    chosen = A.at_choice(long, A.grid_choice(long))
+    assert set(zip(chosen["arm"], chosen["grid"], strict=True)) == {("vimpo", 0.05), ("grpo", 0.01)} and len(chosen) == 8
+    paired = A.paired_table(chosen).query("suite == 'arith'").iloc[0]
+    # test at the choices: vimpo 0.45, 0.34; grpo 0.40, 0.37 -> differences +0.05, -0.03
+    assert paired["mean_diff"] == pytest.approx(0.01)
+    assert paired["ci_low"] == pytest.approx(0.01 - T_1 * np.std([0.05, -0.03], ddof=1) / math.sqrt(2))
+    # a tie goes to the smaller value
+    tie = long.assign(value=np.where(long["suite"] == A.TRAIN_SUITE, 0.5, long["value"]))
+    assert set(A.grid_choice(tie)["grid"]) == {0.01}
+
+
 def test_machine_reads_run_tags_else_this_machine():
     tags = pd.DataFrame({"versions.torch": ["2.13.0", "2.13.0"], "machine.platform": [None, "Linux-x"]})
     m = A.machine(tags, {"platform": "here", "CPUs": 2, "torch": "9.9"}).set_index("item")
@@ -301,8 +330,11 @@ def store(tmp_path_factory):
                                    with_sweep=False, with_artifacts=False)
         oneseed = log_synthetic_study(uri, study="oneseed", seeds=(1,), noise_ps=(0.0, 0.1, 0.2), steps=6,
                                       with_sweep=False, with_artifacts=False)
+        grid = log_synthetic_study(uri, study="grid", seeds=(1, 2, 3), betas=GRID_BETAS, steps=12,
+                                   with_sweep=False, with_artifacts=False)
         evalfmt = _log_eval_like_vimpo_bench_eval(uri)
-    return {"uri": uri, "root": root, "full": full, "bare": bare, "oneseed": oneseed, "evalfmt": evalfmt}
+    return {"uri": uri, "root": root, "full": full, "bare": bare, "oneseed": oneseed, "grid": grid,
+            "evalfmt": evalfmt}
 
 
 def _log_eval_like_vimpo_bench_eval(uri: str) -> dict[str, str]:
@@ -532,6 +564,34 @@ def markdown_report(store, tmp_path_factory):
 
 def _links(md: str) -> list[str]:
     return re.findall(r"\]\(([^)\s]+)\)", md)
+
+
+def test_a_grid_study_page_chooses_each_algorithms_beta_on_validation(store, tmp_path):
+    """The synthetic grid (best beta 0.05 for VIMPO, 0.005 for GRPO, 0.1 accuracy per decade away): the page
+    picks those, shows validation and test against beta, and compares the arms at their own choices."""
+    from urllib.parse import unquote
+
+    files = build_report(study="grid", out=tmp_path / "grid.md", tracking_uri=store["uri"], format="markdown")
+    md = files.page.read_text(encoding="utf-8")
+    assert files.failed_panels == []
+    assert "### algo.beta: a grid over training runs, chosen per arm on validation" in md
+    choice = pd.read_csv(files.page.with_suffix("") / "grid_choice.csv").set_index("arm")
+    assert choice.loc["vimpo", "grid"] == 0.05 and choice.loc["grpo", "grid"] == 0.005
+    assert (choice["values_tried"] == 3).all() and (choice["seeds"] == 3).all()
+    # the chosen arms' test accuracy is the mean of those runs' eval results
+    data = collect(study="grid", tracking_uri=store["uri"])
+    long = A.grid_long(data, "algo.beta")
+    vimpo = long.query("arm == 'vimpo' and grid == 0.05 and suite == 'math500' and metric == 'accuracy'")["value"]
+    final = pd.read_csv(files.page.with_suffix("") / "grid_final.csv")
+    row = final.query("arm == 'vimpo' and suite == 'math500' and metric == 'accuracy'").iloc[0]
+    assert len(vimpo) == 3 and row["mean"] == pytest.approx(vimpo.mean())
+    paired = pd.read_csv(files.page.with_suffix("") / "grid_paired.csv")
+    assert set(paired["vimpo"]) == {"vimpo"} and set(paired["baseline"]) == {"grpo"} and (paired["n_pairs"] == 3).all()
+    assert "vimpo (algo.beta=0.05)" in md and "grpo (algo.beta=0.005)" in md
+    grid_png = [link for link in _links(md) if link.endswith("grid.png")]
+    assert len(grid_png) == 1 and (files.page.parent / unquote(grid_png[0])).stat().st_size > 5000
+    html = build_report(study="grid", out=tmp_path / "grid.html", tracking_uri=store["uri"])
+    assert html.failed_panels == [] and "fig-grid-0" in (tmp_path / "grid.html").read_text(encoding="utf-8")
 
 
 def test_markdown_page_links_real_pngs_and_csvs(markdown_report):

@@ -476,6 +476,78 @@ def sweep_table(data: ReportData) -> pd.DataFrame:
     return out.sort_values(["trial", "run_name"]).reset_index()
 
 
+# --- A grid of a hyperparameter, chosen on validation ----------------------------------------------
+
+GRID_KEYS = ("algo.beta",)  # hyperparameters a grid study varies and a page tunes per algorithm
+SELECT_METRIC = "sampled_accuracy"  # chosen on the validation split's sampled accuracy, as sweeps are
+GRID_COLUMNS = ["condition", "arm", "grid", "suite", "metric", "mean", "n", "ci_low", "ci_high"]
+
+
+def grid_key(data: ReportData) -> str | None:
+    """The first of GRID_KEYS that takes two or more values within one algorithm's finished training
+    runs (a grid study over it), else None."""
+    train = compared(data.of_kind("train"))
+    for key in GRID_KEYS:
+        if key in data.params and len(train):
+            values = pd.to_numeric(data.params.reindex(train["run_id"])[key], errors="coerce").to_numpy()
+            if pd.Series(values).groupby(train["algo"].to_numpy()).nunique().max() >= 2:
+                return key
+    return None
+
+
+def grid_long(data: ReportData, key: str) -> pd.DataFrame:
+    """`final_eval_long` with the grid key left out of the arm and condition labels (it is the x axis
+    here) and its value per training run in column `grid`."""
+    labels = label_arms(data, exclude=(key,))
+    long = final_eval_long(data, labels)
+    value = pd.to_numeric(data.params.reindex(labels.index)[key], errors="coerce")
+    return long.assign(grid=long["train_run_id"].map(value)).dropna(subset=["grid"])
+
+
+def grid_summary(long: pd.DataFrame) -> pd.DataFrame:
+    """Mean over seeds [95% t interval] per condition, arm, grid value, suite and metric."""
+    if long.empty:
+        return pd.DataFrame(columns=GRID_COLUMNS)
+    return clip_to_range(summarize(long, ["condition", "arm", "grid", "suite", "metric"]), "metric")[GRID_COLUMNS]
+
+
+def grid_choice(long: pd.DataFrame) -> pd.DataFrame:
+    """Per condition and arm, the grid value whose mean over seeds of the validation split's sampled
+    accuracy is highest (a tie goes to the smaller value). Test sets play no part in the choice, so the
+    test numbers at the chosen value are not tuned on test. The chosen value's validation mean is
+    optimistic (the best of several noisy means); its test numbers are not."""
+    cols = ["condition", "arm", "grid", "selection_mean", "seeds", "values_tried"]
+    sel = long[(long["suite"] == TRAIN_SUITE) & (long["metric"] == SELECT_METRIC)]
+    if sel.empty:
+        return pd.DataFrame(columns=cols)
+    means = sel.groupby(["condition", "arm", "grid"])["value"].agg(["mean", "count"]).reset_index()
+    tried = means.groupby(["condition", "arm"])["grid"].transform("nunique")
+    means = means.assign(values_tried=tried).sort_values(["condition", "arm", "mean", "grid"],
+                                                         ascending=[True, True, False, True])
+    best = means.groupby(["condition", "arm"], sort=False).head(1)
+    best = best.rename(columns={"mean": "selection_mean", "count": "seeds"})[cols]
+    return by_condition_and_arm(best.reset_index(drop=True))
+
+
+def at_choice(long: pd.DataFrame, choice: pd.DataFrame) -> pd.DataFrame:
+    """The rows of `long` at each arm's chosen grid value (its other values left out)."""
+    chosen = choice[["condition", "arm", "grid"]].assign(_chosen=True)
+    merged = long.merge(chosen, on=["condition", "arm", "grid"], how="left")
+    return merged[merged["_chosen"].eq(True)].drop(columns="_chosen").reset_index(drop=True)
+
+
+def grid_test_metric(summary: pd.DataFrame) -> tuple[str, str] | None:
+    """(suite, metric) of the test number a grid figure plots: the most common test suite's avg@k (the
+    largest k), else its accuracy, else its first metric shown on pages; None without test suites."""
+    test = on_page(summary[summary["suite"] != TRAIN_SUITE])
+    if test.empty:
+        return None
+    suite = test["suite"].value_counts().index[0]
+    metrics = natural_sorted(set(test.loc[test["suite"] == suite, "metric"]))
+    avg = [m for m in metrics if m.startswith("avg_at_")]
+    return suite, (avg[-1] if avg else "accuracy" if "accuracy" in metrics else metrics[0])
+
+
 # --- Moving pi_ref --------------------------------------------------------------------------------
 
 

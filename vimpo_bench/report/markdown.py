@@ -247,14 +247,70 @@ def noisy_rewards(page: Page, panel: Panel, style) -> None:
     page.tables_line("noisy_rewards")
 
 
-def beta_sweep(page: Page, panel: Panel) -> None:
+def cells(frame: pd.DataFrame) -> list[str]:
+    """"mean [low, high] n=K" for each row of a frame with mean, ci_low, ci_high, n."""
+    return [format_interval(m, lo, hi, n) for m, lo, hi, n in frame[["mean", "ci_low", "ci_high", "n"]]
+            .itertuples(index=False)]
+
+
+def grid(page: Page, panel: Panel, style) -> None:
+    """A grid study's part of the beta-sweep section: the arms at each value, the value chosen per arm on
+    validation, and the arms compared at their chosen values on the test sets."""
+    key, summary, choice = panel.meta["grid_key"], panel.tables["grid"], panel.tables["grid_choice"]
+    multi = summary["condition"].ne("").any()
+    page.add(f"### {key}: a grid over training runs, chosen per arm on validation", "")
+    page.image(plots.grid, "grid", f"validation and test against {key}, per arm", summary, choice,
+               panel.meta["grid_shown"], key, style)
+    page.add(sentence(panel.meta["grid_note"]), "")
+    shown = choice.rename(columns={"grid": f"chosen {key}", "selection_mean": f"mean {A.TRAIN_SUITE}/{A.SELECT_METRIC}"})
+    page.table(shown if multi else shown.drop(columns="condition"), "grid_choice")
+    final = A.on_page(panel.tables["grid_final"])
+    if len(final):
+        picked = dict(zip(zip(choice["condition"], choice["arm"], strict=True), choice["grid"], strict=True))
+        final = final.assign(cell=cells(final), arm=[f"{a} ({key}={picked[(c, a)]:g})" for c, a in
+                                                     zip(final["condition"], final["arm"], strict=True)])
+        index = ["condition", "suite", "metric"] if multi else ["suite", "metric"]
+        order = list(dict.fromkeys(f"{a} ({key}={picked[(c, a)]:g})" for c, a in
+                                   A.by_condition_and_arm(choice)[["condition", "arm"]].itertuples(index=False)))
+        wide = final.pivot_table(index=index, columns="arm", values="cell", aggfunc="first").reset_index()
+        wide = wide[index + [a for a in order if a in wide.columns]]
+        page.add("Each arm at its chosen value: mean over seeds [95% t interval] n=seeds.", "")
+        page.table(wide, "grid_final")
+    paired = panel.tables["grid_paired"]
+    if len(paired):
+        paired = A.on_page(paired)
+        shown = paired.assign(difference=[format_interval(m, lo, hi, n) for m, lo, hi, n in
+                                          paired[["mean_diff", "ci_low", "ci_high", "n_pairs"]].itertuples(index=False)])
+        page.add("At the chosen values, VIMPO minus each baseline, paired by seed:", "")
+        page.table(shown[(["condition"] if multi else []) + ["suite", "metric", "vimpo", "baseline", "difference",
+                                                              "seeds", "verdict"]], "grid_paired")
+    every = summary[[(s, m) in set(panel.meta["grid_shown"]) for s, m in zip(summary["suite"], summary["metric"],
+                                                                             strict=True)]]
+    every = every.assign(column=every["suite"] + "/" + every["metric"], cell=cells(every))
+    index = ["condition", "arm", "grid"] if multi else ["arm", "grid"]
+    wide = A.by_condition_and_arm(every.pivot_table(index=["condition", "arm", "grid"], columns="column", values="cell",
+                                                    aggfunc="first").reset_index(), then=("grid",))
+    page.add(f"Every {key} tried:", "")
+    page.table(wide[index + [c for c in wide.columns if c not in ("condition", "arm", "grid")]].rename(
+        columns={"grid": key}), "grid")
+    page.tables_line("grid", "grid_choice", "grid_final", "grid_paired")
+
+
+def beta_sweep(page: Page, panel: Panel, style) -> None:
     page.section("beta sweep")
     if missing(page, panel, "no beta-sweep trials in these runs"):
         return
+    if "grid" in panel.tables:
+        grid(page, panel, style)
+    elif "grid_key" in panel.meta:
+        page.add(sentence(f"the training runs vary {panel.meta['grid_key']}, but none has a final evaluation"), "")
+    if "beta_sweep" not in panel.tables:
+        return
     t = panel.tables["beta_sweep"]
+    page.add("### Optuna trials", "")
     if t[["beta", "objective"]].notna().all(axis=1).any():
         page.image(plots.sweep, "beta_sweep", "sweep/objective against beta per trial", t)
-    page.add(*(sentence(text) for _, text in panel.notes), "")
+    page.add(*(sentence(text) for _, text in panel.notes if text != panel.meta.get("grid_note")), "")
     page.table(t[["trial", "state", "beta", "objective", "run_name"]], "beta_sweep")
     page.tables_line("beta_sweep")
 
@@ -313,7 +369,7 @@ def write_markdown(data, out: str | Path, command: str, reading: str | None = No
     learning_curves(page, by_id["curves"], style)
     steps_to_threshold(page, by_id["curves"], threshold)
     noisy_rewards(page, by_id["noisy"], style)
-    beta_sweep(page, by_id["sweep"])
+    beta_sweep(page, by_id["sweep"], style)
     moving_ref(page, by_id["moving-ref"], style)
     diagnostics(page, by_id["diagnostics"], style)
     provenance(page, by_id["provenance"])

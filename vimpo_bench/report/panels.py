@@ -220,10 +220,61 @@ def noisy_rewards(p: Panel, data, labels, style):
               "warn")
 
 
+def grid(p: Panel, data, key: str, style) -> None:
+    """A grid study over `key` (e.g. algo.beta for every algorithm): validation and test against the grid
+    value per arm, each arm's value chosen on validation, and the arms compared at their chosen values."""
+    long = A.grid_long(data, key)
+    summary, choice = A.grid_summary(long), A.grid_choice(long)
+    p.meta["grid_key"] = key
+    if summary.empty:
+        p.say(f"the training runs vary {key}, but none has a final evaluation")
+        return
+    chosen = A.at_choice(long, choice)
+    p.tables |= {"grid": summary, "grid_choice": choice, "grid_final": A.final_eval_summary(chosen),
+                 "grid_paired": A.paired_table(chosen)}
+    p.body.append(f"<h3>{esc(key)}: a grid over training runs, chosen per arm on validation</h3>")
+    test = A.grid_test_metric(summary)
+    shown = [(A.TRAIN_SUITE, A.SELECT_METRIC)] + ([test] if test else [])
+    fig = Figure(1, len(shown), titles=[f"{s}/{m}" for s, m in shown], height=420)
+    for cell, (suite, metric) in enumerate(shown):
+        rows = summary[(summary["suite"] == suite) & (summary["metric"] == metric)]
+        for (arm, cond), g in rows.groupby(["arm", "condition"], sort=False):
+            g = g.sort_values("grid")
+            fig.add({"x": g["grid"], "y": g["mean"], "mode": "lines+markers", "name": style.name(arm, cond),
+                     "line": {"color": style.color(arm)}, "error_y": _error_bars(g), "showlegend": cell == 0}, cell)
+        picked = rows.merge(choice[["condition", "arm", "grid"]], on=["condition", "arm", "grid"]) if len(choice) else rows[:0]
+        fig.add({"x": picked["grid"], "y": picked["mean"], "mode": "markers", "name": "chosen on validation",
+                 "marker": {"symbol": "star", "size": 16, "color": "#ff7f0e"}, "showlegend": cell == 0}, cell)
+        grid_values = summary["grid"]
+        log = grid_values.min() > 0 and grid_values.max() / grid_values.min() > 20
+        fig.axis("x", cell, title={"text": key}, type="log" if log else "linear")
+    p.body.append(fig.html("fig-grid-0"))
+    p.body.append(table_html(choice, "grid_choice"))
+    p.meta["grid_note"] = (f"each arm's {key} is the value with the highest mean over seeds of "
+                           f"{A.TRAIN_SUITE}/{A.SELECT_METRIC} (the sweeps' objective); test sets play no part in "
+                           "the choice. The chosen value's validation mean is optimistic (the best of several noisy "
+                           "means), its test numbers are not")
+    p.meta["grid_shown"] = shown
+    p.say(p.meta["grid_note"], "info")
+    if len(p.tables["grid_paired"]):
+        paired = p.tables["grid_paired"]
+        paired = paired.assign(difference=[format_interval(m, lo, hi, n) for m, lo, hi, n in
+                                           paired[["mean_diff", "ci_low", "ci_high", "n_pairs"]].itertuples(index=False)])
+        p.body.append("<h3>At the chosen values: VIMPO minus each baseline, paired by seed</h3>")
+        p.body.append(table_html(paired[["condition", "suite", "metric", "vimpo", "baseline", "difference", "seeds",
+                                         "verdict"]], "grid_paired"))
+
+
 def beta_sweep(p: Panel, data, labels, style):
     t = A.sweep_table(data)
+    key = A.grid_key(data)
+    if t.empty and key is None:
+        p.say("no beta-sweep trials in these runs (runs tagged vimpo.kind=sweep), and no training runs that "
+              f"vary {' or '.join(A.GRID_KEYS)} within an algorithm")
+        return
+    if key is not None:
+        grid(p, data, key, style)
     if t.empty:
-        p.say("no beta-sweep trials in these runs (runs tagged vimpo.kind=sweep)")
         return
     p.tables["beta_sweep"] = t
     plotted = t.dropna(subset=["beta", "objective"])

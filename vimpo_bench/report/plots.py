@@ -139,6 +139,31 @@ def sweep(table: pd.DataFrame, path: Path) -> Path:
     return _save(fig, path)
 
 
+def grid(summary: pd.DataFrame, choice: pd.DataFrame, shown: list[tuple[str, str]], key: str, style,
+         path: Path) -> Path:
+    """Per (suite, metric) in `shown`, each arm's mean and 95% bar against the grid value; a star at the
+    value chosen on validation."""
+    fig, axes = _figure(len(shown), width=4.8)
+    log = summary["grid"].min() > 0 and summary["grid"].max() / summary["grid"].min() > 20
+    for ax, (suite, metric) in zip(axes, shown, strict=True):
+        rows = summary[(summary["suite"] == suite) & (summary["metric"] == metric)]
+        multi = rows["condition"].nunique() > 1
+        for (arm, cond), g in groups(rows, ["arm", "condition"], style):
+            g = g.sort_values("grid")
+            ax.errorbar(g["grid"], g["mean"], yerr=_yerr(g), marker="o", capsize=3, color=style.color(arm),
+                        label=f"{arm} | {cond}" if multi and cond else arm)
+        picked = rows.merge(choice[["condition", "arm", "grid"]], on=["condition", "arm", "grid"]) if len(choice) else rows[:0]
+        ax.scatter(picked["grid"], picked["mean"], marker="*", s=220, color="#ff7f0e", zorder=3,
+                   label="chosen on validation")
+        if log:
+            ax.set_xscale("log")
+        ax.set_xlabel(key)
+        ax.set_title(f"{suite}/{metric}", fontsize=10)
+    axes[0].set_ylabel("final value, mean over seeds")
+    _legend(axes[0])
+    return _save(fig, path)
+
+
 def ref_windows(windows: pd.DataFrame, metrics: list[tuple[str, str]], style, path: Path) -> Path:
     """Each metric at steps around a pi_ref update (offset 0 = first step with the new reference)."""
     fig, axes = _figure(len(metrics), width=4.4)

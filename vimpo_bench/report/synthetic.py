@@ -42,12 +42,11 @@ def _rng(*parts: object) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
-def _config(algo: str, seed: int, noise_p: float, steps: int, ref_every: int, beta: float) -> dict:
+def _config(algo: str, seed: int, noise_p: float, steps: int, ref_every: int, beta: float, name: str) -> dict:
     # The sections and names of vimpo_bench.config (a few of its keys).
     return {
         "algo": {"name": algo, "beta": beta, "eps_low": 0.2, "eps_high": 0.2},
-        "run": {"seed": seed, "experiment": "vimpo-bench", "run_name": f"{algo}-{seed}-p{noise_p}",
-                "output_dir": f"runs/{algo}-{seed}-p{noise_p}", "threads": 1},
+        "run": {"seed": seed, "experiment": "vimpo-bench", "run_name": name, "output_dir": f"runs/{name}", "threads": 1},
         "optim": {"steps": steps, "lr": 1e-4},
         "rollout": {"prompts_per_step": 16, "group_size": 8},
         "reward": {"noise": "symmetric" if noise_p > 0 else "none", "p": noise_p, "fp": 0.0, "fn": 0.0},
@@ -69,16 +68,23 @@ def _tags(kind: str, algo: str, seed: int, study: str) -> dict:
     }
 
 
-def _history(algo, seed, noise_p, steps, ref_every, beta0, start_ms):
-    """(key, value, timestamp_ms, step) rows for one training run, and its final clean reward."""
-    rng = _rng("hist", algo, seed, noise_p)
+def grid_shift(algo: str, beta: float) -> float:
+    """How much a grid study's beta moves a run's accuracy: 0 at the algorithm's best beta (0.05 for VIMPO,
+    0.005 for the others), 0.1 lower per decade away from it."""
+    return -0.1 * abs(math.log10(beta / (0.05 if algo == "vimpo" else 0.005)))
+
+
+def _history(algo, seed, noise_p, steps, ref_every, beta0, start_ms, shift=0.0):
+    """(key, value, timestamp_ms, step) rows for one training run, and its final clean reward; `shift`
+    moves its accuracy (a grid study's setting that helps or hurts)."""
+    rng = _rng("hist", algo, seed, noise_p, *([shift] if shift else []))
     vimpo = algo == "vimpo"
     speed = 1.5 if vimpo else 1.0
     gain = 0.5 * (1 - (0.6 if not vimpo else 0.3) * noise_p / 0.5)
     rows, t_ms, last_update, acc = [], float(start_ms), 0, 0.0
     for step in range(steps):
         progress = step / max(steps - 1, 1)
-        acc = float(np.clip(0.2 + gain * (1 - math.exp(-speed * 4 * progress)) + rng.normal(0, 0.03), 0, 1))
+        acc = float(np.clip(0.2 + shift + gain * (1 - math.exp(-speed * 4 * progress)) + rng.normal(0, 0.03), 0, 1))
         update = vimpo and step > 0 and step % ref_every == 0
         if update:
             last_update = step
@@ -135,17 +141,17 @@ def _adv_by_position(algo: str, seed: int, steps: int) -> str:
     return "\n".join(json.dumps(x) for x in lines) + "\n"
 
 
-def _solve_p(algo: str, problem: int, noise_p: float) -> float:
+def _solve_p(algo: str, problem: int, noise_p: float, shift: float = 0.0) -> float:
     difficulty = (problem * 7919 % PROBLEMS) / PROBLEMS
-    handicap = (0.0 if algo == "vimpo" else 0.25) + (0.3 if algo == "vimpo" else 0.6) * noise_p
+    handicap = (0.0 if algo == "vimpo" else 0.25) + (0.3 if algo == "vimpo" else 0.6) * noise_p - shift
     return float(np.clip(1.1 - difficulty - handicap, 0.02, 0.98))
 
 
-def _eval_samples(algo: str, seed: int, noise_p: float, evil: bool) -> tuple[str, float]:
-    rng = _rng("samples", algo, seed, noise_p)
+def _eval_samples(algo: str, seed: int, noise_p: float, evil: bool, shift: float = 0.0) -> tuple[str, float]:
+    rng = _rng("samples", algo, seed, noise_p, *([shift] if shift else []))
     lines, correct_total = [], 0
     for i in range(PROBLEMS):
-        correct = bool(rng.random() < _solve_p(algo, i, noise_p))
+        correct = bool(rng.random() < _solve_p(algo, i, noise_p, shift))
         correct_total += correct
         gold = str(i * 3 + 1)
         completion = f"Step 1: think. The answer is \\boxed{{{gold if correct else i}}}."
@@ -171,21 +177,25 @@ def log_synthetic_study(
     with_artifacts: bool = True,
     sweep_trials: int = 12,
     evil_text: bool = False,
+    betas: tuple[float, ...] | None = None,
 ) -> dict[str, list[str]]:
-    """Log algos x seeds x noise_ps training runs (plus, optionally, one eval child run each and a
-    beta sweep of `sweep_trials` Optuna-like trials) and return their ids by kind."""
+    """Log algos x seeds x noise_ps training runs (x betas: a grid study over algo.beta, each algorithm at
+    each value, when given; else each algorithm at its own beta) plus, optionally, one eval child run each
+    and a beta sweep of `sweep_trials` Optuna-like trials, and return their ids by kind."""
     ids: dict[str, list[str]] = {"train": [], "eval": [], "sweep": [], "study": []}
     for algo in algos:
         for seed in seeds:
-            for p in noise_ps:
-                beta = 0.1 if algo == "vimpo" else 0.04
-                tr = MlflowTracker.start(f"{algo}-s{seed}-p{p}", experiment, _tags("train", algo, seed, study),
+            for p, beta in ((p, b) for p in noise_ps for b in (betas or (None,))):
+                shift = 0.0 if beta is None else grid_shift(algo, beta)
+                suffix = "" if beta is None else f"-b{beta:g}"
+                beta = (0.1 if algo == "vimpo" else 0.04) if beta is None else beta
+                tr = MlflowTracker.start(f"{algo}-s{seed}-p{p}{suffix}", experiment, _tags("train", algo, seed, study),
                                          tracking_uri=tracking_uri)
-                config = _config(algo, seed, p, steps, ref_every, beta)
+                config = _config(algo, seed, p, steps, ref_every, beta, f"{algo}-{seed}-p{p}{suffix}")
                 tr.log_params(config)
                 tr.set_tags({"vimpo.config_hash": hashlib.sha1(repr(config).encode()).hexdigest()[:12]})
                 start = int(time.time() * 1000)  # the run's start, so wall times begin at 0
-                rows, final_acc = _history(algo, seed, p, steps, ref_every, beta, start)
+                rows, final_acc = _history(algo, seed, p, steps, ref_every, beta, start, shift)
                 log_metric_rows(tr, rows)
                 if with_artifacts:
                     tr.log_dict(config, "config.yaml")
@@ -195,10 +205,10 @@ def log_synthetic_study(
                 tr.finish()
                 ids["train"].append(tr.run_id)
                 if with_eval:
-                    ev = MlflowTracker.start(f"eval-{algo}-s{seed}-p{p}", experiment,
+                    ev = MlflowTracker.start(f"eval-{algo}-s{seed}-p{p}{suffix}", experiment,
                                              _tags("eval", algo, seed, study), parent_run_id=tr.run_id,
                                              tracking_uri=tracking_uri)
-                    text, acc = _eval_samples(algo, seed, p, evil_text)
+                    text, acc = _eval_samples(algo, seed, p, evil_text, shift)
                     half = 1.96 * math.sqrt(max(acc * (1 - acc), 1e-4) / PROBLEMS)
                     ev.log_metrics({"eval/math500/accuracy": acc, "eval/math500/accuracy_ci_low": acc - half,
                                     "eval/math500/accuracy_ci_high": acc + half,
