@@ -49,4 +49,4 @@ study:
     run.seed: [3]
   budget: {steps: 80, max_cells: 4}
 YAML
-(cd "$work" && PYTHONPATH="$repo" "$python" -m vimpo_bench study run "$work/seed3_collapse.yaml" --workers 1)
+(cd "$work" && PYTHONPATH="$repo" "$python" -m vimpo_bench study run "$work/seed3_collapse.yaml" --workers 2)
