@@ -4,7 +4,8 @@
 #   1. the code of that run (2a44556^, before the comparison was levelled), VIMPO and GRPO on seed 3, in its
 #      own worktree, cache and store, so nothing it builds is mixed with today's;
 #   2. today's code from the same starting policy (that run's seed-3 warm start, loaded as a local model):
-#      VIMPO at its defaults, GRPO, VIMPO without its actor term and VIMPO with a 5x smaller value-loss step.
+#      VIMPO at its defaults, GRPO, VIMPO without its actor term and VIMPO with a 5x smaller value-loss step,
+#      each with run seeds 3, 4 and 5 (same start, different samples).
 # Usage: scripts/seed3_collapse.sh [WORK_DIR]   (default ./seed3-collapse; resumable: finished cells skip)
 # Then:  vimpo-bench report --study seed3_collapse --format markdown \
 #          --tracking-uri sqlite:///WORK_DIR/mlflow.db --out reports/seed3_collapse.md
@@ -46,7 +47,7 @@ study:
       - {label: grpo, algo.name: grpo}
       - {label: vimpo_no_actor, algo.name: vimpo, algo.advantage: none}
       - {label: vimpo_value_scale_0.1, algo.name: vimpo, algo.value_scale: 0.1}
-    run.seed: [3]
-  budget: {steps: 80, max_cells: 4}
+    run.seed: [3, 4, 5]  # the starting policy is fixed: the seed only changes sampling and prompt order
+  budget: {steps: 80, max_cells: 12}
 YAML
 (cd "$work" && PYTHONPATH="$repo" "$python" -m vimpo_bench study run "$work/seed3_collapse.yaml" --workers 2)
