@@ -126,6 +126,25 @@ def test_bookkeeping_keys_never_define_arms_even_with_one_seed():
     assert sorted(set(noisy["arm"])) == ["grpo", "vimpo"] and set(noisy["condition"]) == {""}
 
 
+def test_asymmetric_noise_is_never_pooled_with_a_symmetric_rate():
+    """A lenient verifier (fp 0.2, fn 0) sits at rate 0.1 on the x axis, like symmetric p = 0.1; the two are
+    different conditions, so each is its own row (the bug: one mean over both, n = 6 from 3 seeds)."""
+    noise = [{"reward.noise": "symmetric", "reward.p": 0.1, "reward.fp": 0.0, "reward.fn": 0.0},
+             {"reward.noise": "asymmetric", "reward.p": 0.0, "reward.fp": 0.2, "reward.fn": 0.0}]
+    rows = [{"algo.name": a, "run.seed": s, **n} for a in ("vimpo", "grpo") for s in (1, 2, 3) for n in noise]
+    data = _data(rows)
+    accuracy = [0.30 + 0.01 * i + (0.2 if r["reward.noise"] == "asymmetric" else 0.0) for i, r in enumerate(rows)]
+    runs = data.runs.assign(parent_run_id=None, start_time=0)  # no eval runs: the accuracy is validation's
+    data = ReportData(data.title, data.selection, runs, data.params, data.tags,
+                      pd.DataFrame({"val/greedy_accuracy": accuracy}, index=data.runs["run_id"]), data.history)
+    table, what = A.noisy_table(data)
+    assert what == "final validation greedy accuracy"
+    assert len(table) == 4 and set(table["n"]) == {3} and set(table["noise_rate"]) == {0.1}
+    vimpo = table[table["arm"] == "vimpo"].set_index("noise_kind")["mean"]
+    assert vimpo["symmetric"] == pytest.approx(np.mean([0.30, 0.32, 0.34]))
+    assert vimpo["asymmetric fp=0.2, fn=0"] == pytest.approx(np.mean([0.51, 0.53, 0.55]))
+
+
 def test_bookkeeping_keys_cover_what_config_hash_leaves_out():
     """Every run.* key whose value does not change Config.hash() is a bookkeeping key of the report."""
     import dataclasses

@@ -411,23 +411,36 @@ def paired_table(long: pd.DataFrame, reference: str | None = None) -> pd.DataFra
 def noise_rates(data: ReportData) -> pd.Series:
     """Noise rate per training run: the first of NOISE_RATE_KEYS; 0 when `reward.noise` is none; the
     mean of reward.fp and reward.fn for asymmetric noise (attrs["asymmetric"] counts those runs)."""
+    settings = noise_settings(data)
+    rate = settings["noise_rate"].rename(None)
+    rate.attrs["asymmetric"] = settings.attrs["asymmetric"]
+    return rate
+
+
+def noise_settings(data: ReportData) -> pd.DataFrame:
+    """Per training run: `noise_rate` (see `noise_rates`) and `noise_kind`: "symmetric" (none counts as
+    symmetric at rate 0), or "asymmetric fp=X, fn=Y", which is never pooled with a symmetric rate: a
+    verifier that only rewards wrong answers is a different condition from one that flips both ways."""
     train_ids = data.of_kind("train")["run_id"]
     p = data.params.reindex(train_ids)
     rate = pd.Series(np.nan, index=train_ids.values)
+    kind = pd.Series("symmetric", index=train_ids.values, dtype=object)
     for key in NOISE_RATE_KEYS:
         if key in p:
             rate = rate.fillna(pd.Series(pd.to_numeric(p[key], errors="coerce").to_numpy(), index=rate.index))
     asymmetric = 0
     if NOISE_KIND_KEY in p:
-        kind = p[NOISE_KIND_KEY].astype(str).str.lower().to_numpy()
-        rate[np.isin(kind, ["none", "off", "false", "null", ""])] = 0.0
-        asym = kind == "asymmetric"
+        named = p[NOISE_KIND_KEY].astype(str).str.lower().to_numpy()
+        rate[np.isin(named, ["none", "off", "false", "null", ""])] = 0.0
+        asym = named == "asymmetric"
         if asym.any() and all(k in p for k in ASYMMETRIC_KEYS):
             fp, fn = (pd.to_numeric(p[k], errors="coerce").to_numpy() for k in ASYMMETRIC_KEYS)
             rate[asym] = ((fp + fn) / 2)[asym]
+            kind[asym] = [f"asymmetric fp={a:g}, fn={b:g}" for a, b in zip(fp[asym], fn[asym], strict=True)]
             asymmetric = int(asym.sum())
-    rate.attrs["asymmetric"] = asymmetric
-    return rate
+    out = pd.DataFrame({"noise_rate": rate, "noise_kind": kind})
+    out.attrs["asymmetric"] = asymmetric
+    return out
 
 
 def final_accuracy(data: ReportData, labels: pd.DataFrame) -> tuple[pd.Series, str]:
@@ -447,13 +460,20 @@ def final_accuracy(data: ReportData, labels: pd.DataFrame) -> tuple[pd.Series, s
     return pd.Series(dtype=float), ""
 
 
+NOISY_COLUMNS = ["condition", "arm", "noise_kind", "noise_rate", "mean", "n", "ci_low", "ci_high"]
+
+
 def noisy_table(data: ReportData) -> tuple[pd.DataFrame, str]:
+    """Final accuracy per condition, arm, noise kind and rate: mean over seeds and its 95% t interval."""
     labels = label_arms(data, exclude=(NOISE_KIND_KEY, *NOISE_RATE_KEYS, *ASYMMETRIC_KEYS))
     acc, what = final_accuracy(data, labels)
-    df = labels.assign(noise_rate=noise_rates(data), value=acc.reindex(labels.index)).dropna(subset=["noise_rate", "value"])
+    noise = noise_settings(data).reindex(labels.index)
+    df = labels.assign(noise_rate=noise["noise_rate"], noise_kind=noise["noise_kind"],
+                       value=acc.reindex(labels.index)).dropna(subset=["noise_rate", "value"])
     if df.empty:
-        return pd.DataFrame(columns=["condition", "arm", "noise_rate", "mean", "n", "ci_low", "ci_high"]), what
-    return clip_to_range(summarize(df, ["condition", "arm", "noise_rate"]), None), what  # accuracies
+        return pd.DataFrame(columns=NOISY_COLUMNS), what
+    table = summarize(df, ["condition", "arm", "noise_kind", "noise_rate"])[NOISY_COLUMNS]
+    return clip_to_range(table, None), what  # accuracies
 
 
 # --- beta sweep -----------------------------------------------------------------------------------

@@ -234,9 +234,9 @@ def noisy_rewards(page: Page, panel: Panel, style) -> None:
     if missing(page, panel, "no noise rates"):
         return
     t, what = panel.tables["noisy_rewards"], panel.meta.get("y_label", "final accuracy")
-    t = A.by_condition_and_arm(t, then=("noise_rate",))
+    t = A.by_condition_and_arm(t, then=("noise_kind", "noise_rate"))
     page.image(plots.noisy, "noisy_rewards", f"{what} against the reward noise rate", t, what, style)
-    shown = pd.DataFrame({"arm": t["arm"], "noise rate": t["noise_rate"],
+    shown = pd.DataFrame({"arm": t["arm"], "noise": t["noise_kind"], "noise rate": t["noise_rate"],
                           what: [format_interval(m, lo, hi, n) for m, lo, hi, n in
                                  t[["mean", "ci_low", "ci_high", "n"]].itertuples(index=False)]})
     if t["condition"].ne("").any():

@@ -207,17 +207,21 @@ def noisy_rewards(p: Panel, data, labels, style):
     p.meta["y_label"] = what
     fig = Figure(height=420)
     multi = table["condition"].nunique() > 1
-    for (arm, cond), g in table.groupby(["arm", "condition"], sort=False):
+    for (arm, cond, kind), g in table.groupby(["arm", "condition", "noise_kind"], sort=False):
         g = g.sort_values("noise_rate")
-        fig.add({"x": g["noise_rate"], "y": g["mean"], "mode": "lines+markers", "name": f"{arm} | {cond}" if multi and cond else arm,
-                 "line": {"color": style.color(arm)}, "error_y": _error_bars(g)})
+        name = (f"{arm} | {cond}" if multi and cond else arm) + ("" if kind == "symmetric" else f" | {kind}")
+        asym = kind != "symmetric"  # its own series, never joined to the symmetric line
+        fig.add({"x": g["noise_rate"], "y": g["mean"], "mode": "markers" if asym else "lines+markers", "name": name,
+                 "line": {"color": style.color(arm)},
+                 "marker": {"color": style.color(arm), "symbol": "diamond-open" if asym else "circle", "size": 10},
+                 "error_y": _error_bars(g)})
     fig.axis("x", title={"text": "reward noise rate"})
     fig.axis("y", title={"text": what})
     p.body.append(fig.html("fig-noisy-0"))
     p.say(f"y: {what}; mean over seeds, bars = 95% t interval", "info")
     if all_rates.attrs.get("asymmetric"):
-        p.say(f"{all_rates.attrs['asymmetric']} run(s) with asymmetric noise are plotted at (fp + fn) / 2",
-              "warn")
+        p.say(f"{all_rates.attrs['asymmetric']} run(s) with asymmetric noise are their own series (open "
+              "diamonds), plotted at (fp + fn) / 2 and never pooled with the symmetric rate there", "warn")
 
 
 def grid(p: Panel, data, key: str, style) -> None:

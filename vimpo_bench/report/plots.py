@@ -109,10 +109,12 @@ def noisy(table: pd.DataFrame, y_label: str, style, path: Path) -> Path:
     """Final accuracy against the reward noise rate, one line per arm (and condition), 95% bars."""
     fig, (ax,) = _figure()
     multi = table["condition"].nunique() > 1
-    for (arm, cond), g in groups(table, ["arm", "condition"], style):
+    for (arm, cond, kind), g in groups(table, ["arm", "condition", "noise_kind"], style):
         g = g.sort_values("noise_rate")
-        ax.errorbar(g["noise_rate"], g["mean"], yerr=_yerr(g), marker="o", capsize=3, color=style.color(arm),
-                    label=f"{arm} | {cond}" if multi and cond else arm)
+        asym = kind != "symmetric"  # its own series: a marker, never joined to the symmetric line
+        ax.errorbar(g["noise_rate"], g["mean"], yerr=_yerr(g), marker="D" if asym else "o", capsize=3,
+                    color=style.color(arm), linestyle="none" if asym else "-", markerfacecolor="none" if asym else None,
+                    label=(f"{arm} | {cond}" if multi and cond else arm) + (f" | {kind}" if asym else ""))
     ax.set_xlabel("reward noise rate")
     ax.set_ylabel(y_label)
     _legend(ax)
