@@ -313,6 +313,25 @@ def test_a_grid_is_chosen_per_arm_on_validation_never_on_test():
     assert set(A.grid_choice(tie)["grid"]) == {0.01}
 
 
+def test_each_run_aligns_its_own_window_around_pi_ref_updates():
+    """A hard reset every 10 steps and an EMA every step in one study: the hard arm keeps +-5 steps (the bug:
+    one median gap over all runs, 1, cut every arm to +-1) and the EMA arm gets +-1."""
+    rows = []
+    for run, every in (("hard", 10), ("ema", 1)):
+        for step in range(40):
+            rows.append([run, "vimpo/ref_update", step, float(step > 0 and step % every == 0), 0.0])
+            rows.append([run, "loss/value", step, float(step % 10), 0.0])
+    history = pd.DataFrame(rows, columns=["run_id", "key", "step", "value", "time_s"])
+    events = A.ref_update_steps(history)
+    assert A.ref_update_windows(events).to_dict() == {"ema": 1, "hard": 5}
+    labels = pd.DataFrame({"arm": ["vimpo[hard]", "vimpo[ema]"], "condition": ""}, index=["hard", "ema"])
+    w = A.ref_windows(history, labels, ["loss/value"])
+    assert sorted(w.loc[w["arm"] == "vimpo[hard]", "offset"]) == list(range(-5, 6))
+    assert sorted(w.loc[w["arm"] == "vimpo[ema]", "offset"]) == [-1, 0, 1]
+    hard = w[w["arm"] == "vimpo[hard]"].set_index("offset")["mean"]
+    assert hard[0] == 0.0 and hard[-1] == 9.0 and hard[5] == 5.0  # the value loss restarts at each reset
+
+
 def test_machine_reads_run_tags_else_this_machine():
     tags = pd.DataFrame({"versions.torch": ["2.13.0", "2.13.0"], "machine.platform": [None, "Linux-x"]})
     m = A.machine(tags, {"platform": "here", "CPUs": 2, "torch": "9.9"}).set_index("item")

@@ -576,15 +576,27 @@ def ref_update_steps(history: pd.DataFrame) -> pd.DataFrame:
     return upd[["run_id", "step"]].rename(columns={"step": "update_step"}).reset_index(drop=True)
 
 
-def ref_windows(history: pd.DataFrame, labels: pd.DataFrame, keys, window: int = 5) -> pd.DataFrame:
-    """Metrics at steps u-window..u+window around every pi_ref update u, averaged over a run's updates
-    and then summarized over runs (seeds) per arm: offset 0 is the first step after the new reference."""
+def ref_update_windows(events: pd.DataFrame, most: int = 5) -> pd.Series:
+    """Per run, how many steps either side of an update to show: half its median gap between updates, at
+    least 1 and at most `most` (a run that moves pi_ref every step gets +-1, one every 10 steps +-5; a single
+    update, `most`). Per run, so an EMA arm does not shrink a hard-reset arm's window."""
+    gaps = events.sort_values(["run_id", "update_step"]).groupby("run_id")["update_step"].diff()
+    median = gaps.groupby(events["run_id"]).median()
+    return (median // 2).clip(lower=1, upper=most).fillna(most).astype(int)
+
+
+def ref_windows(history: pd.DataFrame, labels: pd.DataFrame, keys, window: int | None = None) -> pd.DataFrame:
+    """Metrics at steps u-w..u+w around every pi_ref update u, averaged over a run's updates and then
+    summarized over runs (seeds) per arm: offset 0 is the first step after the new reference. `w` is
+    `window`, else each run's own (`ref_update_windows`)."""
     events = ref_update_steps(history)
     cols = ["arm", "condition", "key", "offset", "mean", "n", "ci_low", "ci_high"]
     if events.empty:
         return pd.DataFrame(columns=cols)
-    offsets = pd.DataFrame({"offset": np.arange(-window, window + 1)})
+    widths = ref_update_windows(events) if window is None else pd.Series(window, index=events["run_id"].unique())
+    offsets = pd.DataFrame({"offset": np.arange(-int(widths.max()), int(widths.max()) + 1)})
     grid = events.merge(offsets, how="cross")
+    grid = grid[grid["offset"].abs() <= grid["run_id"].map(widths)]
     grid["step"] = grid["update_step"] + grid["offset"]
     vals = history[history["key"].isin(list(keys))]
     per_event = grid.merge(vals, on=["run_id", "step"])

@@ -314,9 +314,8 @@ def moving_ref(p: Panel, data, labels, style):
     if events.empty:
         p.say("no pi_ref updates in these runs (vimpo/ref_update is never 1): nothing to align")
         return
-    gaps = events.sort_values(["run_id", "update_step"]).groupby("run_id")["update_step"].diff().dropna()
-    window = int(min(5, max(1, gaps.median() // 2))) if len(gaps) else 5
-    w = A.ref_windows(data.history, labels, [k for k, _ in REF_METRICS], window)
+    widths = A.ref_update_windows(events)
+    w = A.ref_windows(data.history, labels, [k for k, _ in REF_METRICS])
     p.tables |= {"ref_update_windows": w, "ref_updates": A.ref_update_table(data.history, labels)}
     fig = Figure(rows=1, cols=3, titles=[t for _, t in REF_METRICS], height=400)
     shown = set()
@@ -325,9 +324,10 @@ def moving_ref(p: Panel, data, labels, style):
         fig.vline(-0.5, cell=j)
         fig.axis("x", j, title={"text": "steps from the pi_ref update"})
     p.body.append(fig.html("fig-ref-0"))
-    p.say(f"{len(events)} update(s) in {events['run_id'].nunique()} run(s); window ±{window} steps "
-          "(offset 0 = first step with the new reference); mean over a run's updates, then over seeds",
-          "info")
+    spans = ", ".join(f"±{k} ({n} run{'s' if n > 1 else ''})" for k, n in widths.value_counts().sort_index().items())
+    p.say(f"{len(events)} update(s) in {events['run_id'].nunique()} run(s); window per run, half its typical gap "
+          f"between updates, at most ±5 steps: {spans} (offset 0 = first step with the new reference); mean over "
+          "a run's updates, then over seeds", "info")
     beta = A.curves(data.history, labels, ["vimpo/beta", "loss/value"])
     fig = Figure(height=380, secondary_y=True)
     for (arm, cond, key), g in beta.groupby(["arm", "condition", "key"], sort=False):
