@@ -408,19 +408,12 @@ def paired_table(long: pd.DataFrame, reference: str | None = None) -> pd.DataFra
 # --- Noisy rewards --------------------------------------------------------------------------------
 
 
-def noise_rates(data: ReportData) -> pd.Series:
-    """Noise rate per training run: the first of NOISE_RATE_KEYS; 0 when `reward.noise` is none; the
-    mean of reward.fp and reward.fn for asymmetric noise (attrs["asymmetric"] counts those runs)."""
-    settings = noise_settings(data)
-    rate = settings["noise_rate"].rename(None)
-    rate.attrs["asymmetric"] = settings.attrs["asymmetric"]
-    return rate
-
-
 def noise_settings(data: ReportData) -> pd.DataFrame:
-    """Per training run: `noise_rate` (see `noise_rates`) and `noise_kind`: "symmetric" (none counts as
-    symmetric at rate 0), or "asymmetric fp=X, fn=Y", which is never pooled with a symmetric rate: a
-    verifier that only rewards wrong answers is a different condition from one that flips both ways."""
+    """Per training run: `noise_rate`, the first of NOISE_RATE_KEYS, 0 when `reward.noise` is none, the
+    mean of reward.fp and reward.fn for asymmetric noise (attrs["asymmetric"] counts those runs); and
+    `noise_kind`: "symmetric" (none counts as symmetric at rate 0), or "asymmetric fp=X, fn=Y", which is
+    never pooled with a symmetric rate: a verifier that only rewards wrong answers is a different condition
+    from one that flips both ways."""
     train_ids = data.of_kind("train")["run_id"]
     p = data.params.reindex(train_ids)
     rate = pd.Series(np.nan, index=train_ids.values)
@@ -550,10 +543,16 @@ def grid_choice(long: pd.DataFrame) -> pd.DataFrame:
 
 
 def at_choice(long: pd.DataFrame, choice: pd.DataFrame) -> pd.DataFrame:
-    """The rows of `long` at each arm's chosen grid value (its other values left out)."""
-    chosen = choice[["condition", "arm", "grid"]].assign(_chosen=True)
-    merged = long.merge(chosen, on=["condition", "arm", "grid"], how="left")
-    return merged[merged["_chosen"].eq(True)].drop(columns="_chosen").reset_index(drop=True)
+    """The rows of `long` (or of a grid summary) at each arm's chosen grid value (its other values left out)."""
+    if choice.empty:  # nothing chosen: an empty choice's object columns would not merge with the float grid
+        return long[:0]
+    return long.merge(choice[["condition", "arm", "grid"]], on=["condition", "arm", "grid"])
+
+
+def log_axis(values) -> bool:
+    """Whether an axis over these values reads better on a log scale: all positive, spanning more than 20x."""
+    values = pd.Series(values, dtype=float).dropna()
+    return len(values) > 0 and values.min() > 0 and values.max() / values.min() > 20
 
 
 def grid_test_metric(summary: pd.DataFrame) -> tuple[str, str] | None:
@@ -585,15 +584,15 @@ def ref_update_windows(events: pd.DataFrame, most: int = 5) -> pd.Series:
     return (median // 2).clip(lower=1, upper=most).fillna(most).astype(int)
 
 
-def ref_windows(history: pd.DataFrame, labels: pd.DataFrame, keys, window: int | None = None) -> pd.DataFrame:
+def ref_windows(history: pd.DataFrame, labels: pd.DataFrame, keys, widths: pd.Series | None = None) -> pd.DataFrame:
     """Metrics at steps u-w..u+w around every pi_ref update u, averaged over a run's updates and then
-    summarized over runs (seeds) per arm: offset 0 is the first step after the new reference. `w` is
-    `window`, else each run's own (`ref_update_windows`)."""
+    summarized over runs (seeds) per arm: offset 0 is the first step after the new reference. `w` is the
+    run's entry in `widths` (default: `ref_update_windows`)."""
     events = ref_update_steps(history)
     cols = ["arm", "condition", "key", "offset", "mean", "n", "ci_low", "ci_high"]
     if events.empty:
         return pd.DataFrame(columns=cols)
-    widths = ref_update_windows(events) if window is None else pd.Series(window, index=events["run_id"].unique())
+    widths = ref_update_windows(events) if widths is None else widths
     offsets = pd.DataFrame({"offset": np.arange(-int(widths.max()), int(widths.max()) + 1)})
     grid = events.merge(offsets, how="cross")
     grid = grid[grid["offset"].abs() <= grid["run_id"].map(widths)]

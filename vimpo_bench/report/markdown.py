@@ -19,9 +19,16 @@ import pandas as pd
 from vimpo_bench.report import analysis as A
 from vimpo_bench.report import plots
 from vimpo_bench.report.html import Panel, cell_text
-from vimpo_bench.report.panels import CURVE_METRICS, REF_METRICS, STEPS_NOTE, build_panels, steps_display
+from vimpo_bench.report.panels import (
+    CURVE_METRICS,
+    REF_METRICS,
+    STEPS_NOTE,
+    build_panels,
+    paired_display,
+    steps_display,
+)
 from vimpo_bench.report.render import ReportFiles, failures, generated_at, run_counts, write_tables
-from vimpo_bench.report.stats import format_interval
+from vimpo_bench.report.stats import interval_cells
 
 MAX_ROWS = 60
 READING_PLACEHOLDER = "<!-- reading: written by a person from the numbers above -->"
@@ -167,9 +174,8 @@ def final_eval(page: Page, panel: Panel, style) -> None:
     if missing(page, panel, "no evaluation results"):
         return
     summary, paired = A.on_page(panel.tables["final_eval"]), A.on_page(panel.tables["paired_diff"])
-    cells = summary.assign(cell=[format_interval(m, lo, hi, n) + (" †" if k.startswith("within") else "")
-                                 for m, lo, hi, n, k in summary[["mean", "ci_low", "ci_high", "n", "interval"]]
-                                 .itertuples(index=False)])
+    cells = summary.assign(cell=[c + (" †" if k.startswith("within") else "")
+                                 for c, k in zip(interval_cells(summary), summary["interval"], strict=True)])
     index = ["condition", "suite", "metric"] if cells["condition"].ne("").any() else ["suite", "metric"]
     arms = A.arm_order(cells["arm"])
     wide = cells.pivot_table(index=index, columns="arm", values="cell", aggfunc="first").reset_index()
@@ -183,11 +189,7 @@ def final_eval(page: Page, panel: Panel, style) -> None:
     if paired.empty:
         page.add("No paired difference: the runs need a VIMPO arm and a baseline arm evaluated on the same suite.", "")
     else:
-        shown = paired.assign(difference=[format_interval(m, lo, hi, n) for m, lo, hi, n in
-                                          paired[["mean_diff", "ci_low", "ci_high", "n_pairs"]].itertuples(index=False)])
-        cols = (["condition"] if paired["condition"].ne("").any() else []) + [
-            "suite", "metric", "vimpo", "baseline", "difference", "seeds", "verdict"]
-        page.table(shown[cols], "paired_diff")
+        page.table(paired_display(paired), "paired_diff")
         page.add("Each row is its own 95% interval, with no correction for the number of rows: expect about one row "
                  "in twenty to exclude 0 by chance.", "")
     page.tables_line("final_eval", "paired_diff", "final_eval_runs")
@@ -237,20 +239,13 @@ def noisy_rewards(page: Page, panel: Panel, style) -> None:
     t = A.by_condition_and_arm(t, then=("noise_kind", "noise_rate"))
     page.image(plots.noisy, "noisy_rewards", f"{what} against the reward noise rate", t, what, style)
     shown = pd.DataFrame({"arm": t["arm"], "noise": t["noise_kind"], "noise rate": t["noise_rate"],
-                          what: [format_interval(m, lo, hi, n) for m, lo, hi, n in
-                                 t[["mean", "ci_low", "ci_high", "n"]].itertuples(index=False)]})
+                          what: interval_cells(t)})
     if t["condition"].ne("").any():
         shown.insert(0, "condition", t["condition"])
     page.add(f"y: {what}; mean over seeds [95% t interval] n=seeds.", "")
     page.table(shown, "noisy_rewards")
     page.add(*(sentence(text) for kind, text in panel.notes if kind == "warn"))
     page.tables_line("noisy_rewards")
-
-
-def cells(frame: pd.DataFrame) -> list[str]:
-    """"mean [low, high] n=K" for each row of a frame with mean, ci_low, ci_high, n."""
-    return [format_interval(m, lo, hi, n) for m, lo, hi, n in frame[["mean", "ci_low", "ci_high", "n"]]
-            .itertuples(index=False)]
 
 
 def grid(page: Page, panel: Panel, style) -> None:
@@ -266,27 +261,22 @@ def grid(page: Page, panel: Panel, style) -> None:
     page.table(shown if multi else shown.drop(columns="condition"), "grid_choice")
     final = A.on_page(panel.tables["grid_final"])
     if len(final):
-        picked = dict(zip(zip(choice["condition"], choice["arm"], strict=True), choice["grid"], strict=True))
-        final = final.assign(cell=cells(final), arm=[f"{a} ({key}={picked[(c, a)]:g})" for c, a in
-                                                     zip(final["condition"], final["arm"], strict=True)])
+        named = {(c, a): f"{a} ({key}={g:g})" for c, a, g in choice[["condition", "arm", "grid"]].itertuples(index=False)}
+        final = final.assign(cell=interval_cells(final), arm=[named[ca] for ca in zip(final["condition"], final["arm"],
+                                                                                         strict=True)])
         index = ["condition", "suite", "metric"] if multi else ["suite", "metric"]
-        order = list(dict.fromkeys(f"{a} ({key}={picked[(c, a)]:g})" for c, a in
-                                   A.by_condition_and_arm(choice)[["condition", "arm"]].itertuples(index=False)))
+        order = [named[ca] for ca in A.by_condition_and_arm(choice)[["condition", "arm"]].itertuples(index=False)]
         wide = final.pivot_table(index=index, columns="arm", values="cell", aggfunc="first").reset_index()
         wide = wide[index + [a for a in order if a in wide.columns]]
         page.add("Each arm at its chosen value: mean over seeds [95% t interval] n=seeds.", "")
         page.table(wide, "grid_final")
     paired = panel.tables["grid_paired"]
     if len(paired):
-        paired = A.on_page(paired)
-        shown = paired.assign(difference=[format_interval(m, lo, hi, n) for m, lo, hi, n in
-                                          paired[["mean_diff", "ci_low", "ci_high", "n_pairs"]].itertuples(index=False)])
         page.add("At the chosen values, VIMPO minus each baseline, paired by seed:", "")
-        page.table(shown[(["condition"] if multi else []) + ["suite", "metric", "vimpo", "baseline", "difference",
-                                                              "seeds", "verdict"]], "grid_paired")
+        page.table(paired_display(A.on_page(paired)), "grid_paired")
     every = summary[[(s, m) in set(panel.meta["grid_shown"]) for s, m in zip(summary["suite"], summary["metric"],
                                                                              strict=True)]]
-    every = every.assign(column=every["suite"] + "/" + every["metric"], cell=cells(every))
+    every = every.assign(column=every["suite"] + "/" + every["metric"], cell=interval_cells(every))
     index = ["condition", "arm", "grid"] if multi else ["arm", "grid"]
     wide = A.by_condition_and_arm(every.pivot_table(index=["condition", "arm", "grid"], columns="column", values="cell",
                                                     aggfunc="first").reset_index(), then=("grid",))

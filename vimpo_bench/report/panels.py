@@ -11,7 +11,7 @@ import pandas as pd
 from vimpo_bench.report import analysis as A
 from vimpo_bench.report.figures import Figure
 from vimpo_bench.report.html import Panel, esc, table_html
-from vimpo_bench.report.stats import format_interval
+from vimpo_bench.report.stats import interval_cells
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
 DASHES = ["solid", "dash", "dot", "dashdot", "longdash", "longdashdot"]
@@ -107,6 +107,15 @@ STEPS_NOTE = (f"first step at which the mean over seeds of {A.THRESHOLD_KEY} rea
               "a seed that never reaches counting as later than any (so \"not reached\" unless more than half did)")
 
 
+def paired_display(paired: pd.DataFrame) -> pd.DataFrame:
+    """A paired-difference table as pages show it: "difference" as mean [95% interval] n=pairs, and the
+    condition column only when some row has one."""
+    shown = paired.assign(difference=interval_cells(paired, mean="mean_diff", n="n_pairs"))
+    cols = (["condition"] if paired["condition"].ne("").any() else []) + ["suite", "metric", "vimpo", "baseline",
+                                                                          "difference", "seeds", "verdict"]
+    return shown[cols]
+
+
 def learning_curves(p: Panel, data, labels, style, threshold: float | None = None):
     if labels.empty:
         p.say("no training runs in this selection, so no learning curves")
@@ -156,8 +165,8 @@ def final_eval(p: Panel, data, labels, style):
     paired = A.paired_table(long, labels.attrs.get("default_arm"))
     p.tables |= {"final_eval_runs": long, "final_eval": summary, "paired_diff": paired}
     p.meta["labels"] = labels  # the Markdown page titles the paired table from them
-    summary = summary.assign(cell=[format_interval(m, lo, hi, n) + (" †" if k.startswith("within") else "")
-                                   for m, lo, hi, n, k in summary[["mean", "ci_low", "ci_high", "n", "interval"]].itertuples(index=False)])
+    summary = summary.assign(cell=[c + (" †" if k.startswith("within") else "")
+                                   for c, k in zip(interval_cells(summary), summary["interval"], strict=True)])
     index = ["condition", "suite", "metric"] if summary["condition"].ne("").any() else ["suite", "metric"]
     wide = summary.pivot_table(index=index, columns="arm", values="cell", aggfunc="first").reset_index()
     wide = wide[index + [a for a in A.arm_order(summary["arm"]) if a in wide.columns]]
@@ -183,17 +192,13 @@ def final_eval(p: Panel, data, labels, style):
         p.say("no paired difference: the runs need a VIMPO arm and a baseline arm evaluated on the same "
               "suite")
     else:
-        shown = paired.assign(difference=[format_interval(m, lo, hi, n) for m, lo, hi, n in
-                                          paired[["mean_diff", "ci_low", "ci_high", "n_pairs"]].itertuples(index=False)])
-        cols = (["condition"] if paired["condition"].ne("").any() else []) + ["suite", "metric", "vimpo", "baseline",
-                                                                              "difference", "seeds", "verdict"]
-        p.body.append(table_html(shown[cols], "paired_diff"))
+        p.body.append(table_html(paired_display(paired), "paired_diff"))
 
 
 def noisy_rewards(p: Panel, data, labels, style):
     table, what = A.noisy_table(data)
-    all_rates = A.noise_rates(data)
-    rates = all_rates.dropna().unique()
+    noise = A.noise_settings(data)
+    rates = noise["noise_rate"].dropna().unique()
     if len(rates) == 0:
         p.say("no training run logged a noise rate (" + " or ".join(A.NOISE_RATE_KEYS) + ")")
         return
@@ -219,8 +224,8 @@ def noisy_rewards(p: Panel, data, labels, style):
     fig.axis("y", title={"text": what})
     p.body.append(fig.html("fig-noisy-0"))
     p.say(f"y: {what}; mean over seeds, bars = 95% t interval", "info")
-    if all_rates.attrs.get("asymmetric"):
-        p.say(f"{all_rates.attrs['asymmetric']} run(s) with asymmetric noise are their own series (open "
+    if noise.attrs.get("asymmetric"):
+        p.say(f"{noise.attrs['asymmetric']} run(s) with asymmetric noise are their own series (open "
               "diamonds), plotted at (fp + fn) / 2 and never pooled with the symmetric rate there", "warn")
 
 
@@ -246,12 +251,10 @@ def grid(p: Panel, data, key: str, style) -> None:
             g = g.sort_values("grid")
             fig.add({"x": g["grid"], "y": g["mean"], "mode": "lines+markers", "name": style.name(arm, cond),
                      "line": {"color": style.color(arm)}, "error_y": _error_bars(g), "showlegend": cell == 0}, cell)
-        picked = rows.merge(choice[["condition", "arm", "grid"]], on=["condition", "arm", "grid"]) if len(choice) else rows[:0]
+        picked = A.at_choice(rows, choice)
         fig.add({"x": picked["grid"], "y": picked["mean"], "mode": "markers", "name": "chosen on validation",
                  "marker": {"symbol": "star", "size": 16, "color": "#ff7f0e"}, "showlegend": cell == 0}, cell)
-        grid_values = summary["grid"]
-        log = grid_values.min() > 0 and grid_values.max() / grid_values.min() > 20
-        fig.axis("x", cell, title={"text": key}, type="log" if log else "linear")
+        fig.axis("x", cell, title={"text": key}, type="log" if A.log_axis(summary["grid"]) else "linear")
     p.body.append(fig.html("fig-grid-0"))
     p.body.append(table_html(choice, "grid_choice"))
     p.meta["grid_note"] = (f"each arm's {key} is the value with the highest mean over seeds of "
@@ -261,12 +264,8 @@ def grid(p: Panel, data, key: str, style) -> None:
     p.meta["grid_shown"] = shown
     p.say(p.meta["grid_note"], "info")
     if len(p.tables["grid_paired"]):
-        paired = p.tables["grid_paired"]
-        paired = paired.assign(difference=[format_interval(m, lo, hi, n) for m, lo, hi, n in
-                                           paired[["mean_diff", "ci_low", "ci_high", "n_pairs"]].itertuples(index=False)])
         p.body.append("<h3>At the chosen values: VIMPO minus each baseline, paired by seed</h3>")
-        p.body.append(table_html(paired[["condition", "suite", "metric", "vimpo", "baseline", "difference", "seeds",
-                                         "verdict"]], "grid_paired"))
+        p.body.append(table_html(paired_display(p.tables["grid_paired"]), "grid_paired"))
 
 
 def beta_sweep(p: Panel, data, labels, style):
@@ -300,8 +299,7 @@ def beta_sweep(p: Panel, data, labels, style):
             fig.add({"x": [best["beta"]], "y": [best["objective"]], "mode": "markers", "name": "best complete",
                      "marker": {"symbol": "star", "size": 16, "color": "#ff7f0e"}})
             p.say(f"best complete trial: beta={best['beta']:.4g}, objective={best['objective']:.4g}", "info")
-        log = plotted["beta"].min() > 0 and plotted["beta"].max() / plotted["beta"].min() > 20
-        fig.axis("x", title={"text": "beta"}, type="log" if log else "linear")
+        fig.axis("x", title={"text": "beta"}, type="log" if A.log_axis(plotted["beta"]) else "linear")
         fig.axis("y", title={"text": "sweep/objective"})
         p.body.append(fig.html("fig-sweep-0"))
     states = t["state"].value_counts()
@@ -315,7 +313,7 @@ def moving_ref(p: Panel, data, labels, style):
         p.say("no pi_ref updates in these runs (vimpo/ref_update is never 1): nothing to align")
         return
     widths = A.ref_update_windows(events)
-    w = A.ref_windows(data.history, labels, [k for k, _ in REF_METRICS])
+    w = A.ref_windows(data.history, labels, [k for k, _ in REF_METRICS], widths)
     p.tables |= {"ref_update_windows": w, "ref_updates": A.ref_update_table(data.history, labels)}
     fig = Figure(rows=1, cols=3, titles=[t for _, t in REF_METRICS], height=400)
     shown = set()

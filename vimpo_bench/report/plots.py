@@ -14,6 +14,8 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from vimpo_bench.report.analysis import at_choice, log_axis
+
 GRID = "#e4e7eb"
 LINESTYLES = {"solid": "-", "dash": "--", "dot": ":", "dashdot": "-.", "longdash": (0, (8, 3)),
               "longdashdot": (0, (8, 3, 1, 3))}
@@ -133,7 +135,7 @@ def sweep(table: pd.DataFrame, path: Path) -> Path:
         best = done.loc[done["objective"].idxmax()]
         ax.scatter([best["beta"]], [best["objective"]], marker="*", s=220, color="#ff7f0e", label="best complete",
                    zorder=3)
-    if len(plotted) and plotted["beta"].min() > 0 and plotted["beta"].max() / plotted["beta"].min() > 20:
+    if log_axis(plotted["beta"]):
         ax.set_xscale("log")
     ax.set_xlabel("beta")
     ax.set_ylabel("sweep/objective")
@@ -146,7 +148,7 @@ def grid(summary: pd.DataFrame, choice: pd.DataFrame, shown: list[tuple[str, str
     """Per (suite, metric) in `shown`, each arm's mean and 95% bar against the grid value; a star at the
     value chosen on validation."""
     fig, axes = _figure(len(shown), width=4.8)
-    log = summary["grid"].min() > 0 and summary["grid"].max() / summary["grid"].min() > 20
+    log = log_axis(summary["grid"])
     for ax, (suite, metric) in zip(axes, shown, strict=True):
         rows = summary[(summary["suite"] == suite) & (summary["metric"] == metric)]
         multi = rows["condition"].nunique() > 1
@@ -154,7 +156,7 @@ def grid(summary: pd.DataFrame, choice: pd.DataFrame, shown: list[tuple[str, str
             g = g.sort_values("grid")
             ax.errorbar(g["grid"], g["mean"], yerr=_yerr(g), marker="o", capsize=3, color=style.color(arm),
                         label=f"{arm} | {cond}" if multi and cond else arm)
-        picked = rows.merge(choice[["condition", "arm", "grid"]], on=["condition", "arm", "grid"]) if len(choice) else rows[:0]
+        picked = at_choice(rows, choice)
         ax.scatter(picked["grid"], picked["mean"], marker="*", s=220, color="#ff7f0e", zorder=3,
                    label="chosen on validation")
         if log:

@@ -96,6 +96,11 @@ def natural_sorted(values: Iterable[Any]) -> list[Any]:
     return sorted(values, key=_natural_key)
 
 
+def interval_cells(frame, mean: str = "mean", n: str = "n") -> list[str]:
+    """`format_interval` of each row of a table with columns `mean`, ci_low, ci_high and `n`."""
+    return [format_interval(m, lo, hi, k) for m, lo, hi, k in frame[[mean, "ci_low", "ci_high", n]].itertuples(index=False)]
+
+
 def format_interval(mean: float, low: float, high: float, n: int, digits: int = 3) -> str:
     """"0.512 [0.470, 0.554] n=3"; "0.512 (n=1, no interval)"; "—" when n = 0."""
     if not n or not np.isfinite(mean):
