@@ -335,8 +335,9 @@ def torchrun(script, cwd, *args, kill_at=None):
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                           str(29500 + os.getpid() % 1000), str(script), "train", "--engine", "trl", *args, "--json"],
                          capture_output=True, text=True, cwd=cwd, env=env, timeout=900)
-    # Each rank writes its own file: printed to the pipe the two ranks share, a rank's line was once cut
-    # by the other's output (CI, stop 15) and the hash went unread although both ranks finished.
+    # Each rank writes its own file. Printed to the pipe the two ranks share, rank 1's hash once went unread
+    # although both ranks exited 0 (CI, stop 15), most likely cut by rank 0's output; a file also tells a
+    # rank that never got there from a garbled line.
     return out, {path.suffix[1:]: path.read_text() for path in cwd.glob("params.*")}
 
 
