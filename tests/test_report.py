@@ -83,12 +83,14 @@ def test_format_interval():
 # --- arms and conditions, on hand-made frames -----------------------------------------------------
 
 
-def _data(rows: list[dict]) -> ReportData:
+def _data(rows: list[dict], tags: list[dict] | None = None) -> ReportData:
     runs = pd.DataFrame([{"run_id": f"r{i}", "run_name": f"r{i}", "kind": "train", "algo": r["algo.name"],
                           "seed": str(r["run.seed"]), "status": "FINISHED"} for i, r in enumerate(rows)])
     params = pd.DataFrame([{k: str(v) for k, v in r.items()} for r in rows], index=runs["run_id"])
     empty = pd.DataFrame(index=runs["run_id"])
-    return ReportData("t", "t", runs, params, empty, empty, pd.DataFrame(columns=["run_id", "key", "step", "value", "time_s"]))
+    tag_frame = empty if tags is None else pd.DataFrame(tags, index=runs["run_id"])
+    return ReportData("t", "t", runs, params, tag_frame, empty,
+                      pd.DataFrame(columns=["run_id", "key", "step", "value", "time_s"]))
 
 
 def test_noise_rate_is_a_condition_and_algorithm_settings_are_not():
@@ -285,6 +287,38 @@ def test_an_ablation_of_one_algorithm_compares_its_settings_with_the_defaults():
     assert A.paired_title(labels).startswith("Each setting minus the defaults")
 
 
+def test_labeled_study_axes_name_arms_and_conditions_and_the_config_defaults_make_the_reference():
+    """A labeled axis that sets several keys names them by its label (ref=hard10, not four key=value pairs);
+    an axis of plain values (beta) keeps key=value. With one algorithm the arm at the config's defaults
+    (frozen pi_ref, constant beta: not algo.* keys) is the paired table's reference."""
+    refs = {"frozen": {"ref.schedule": "frozen", "ref.every": 10, "beta_schedule.kind": "constant"},
+            "hard10": {"ref.schedule": "hard", "ref.every": 10, "beta_schedule.kind": "constant"},
+            "ema": {"ref.schedule": "ema", "ref.every": 1, "beta_schedule.kind": "constant"},
+            "cosine": {"ref.schedule": "frozen", "ref.every": 10, "beta_schedule.kind": "cosine"}}
+    rows = [{"algo.name": "vimpo", "run.seed": s, **keys} for s in (1, 2) for keys in refs.values()]
+    tags = [{"vimpo.axis.ref": name, "vimpo.axis.run.seed": str(s)} for s in (1, 2) for name in refs]
+    labels = A.label_arms(_data(rows, tags))
+    assert set(labels["arm"]) == {f"vimpo[ref={name}]" for name in refs}
+    assert labels.attrs["default_arm"] == "vimpo[ref=frozen]"
+    assert A.paired_title(labels).startswith("Each setting minus the defaults (vimpo[ref=frozen])")
+
+    noise = {"clean": {"reward.noise": "none", "reward.p": 0.0}, "flip0.2": {"reward.noise": "symmetric", "reward.p": 0.2}}
+    rows = [{"algo.name": a, "run.seed": s, "algo.beta": b, **keys}
+            for a in ("vimpo", "grpo") for s in (1, 2) for b in (0.05, 0.1) for keys in noise.values()]
+    tags = [{"vimpo.axis.noise": name, "vimpo.axis.algo.beta": str(b)}
+            for a in ("vimpo", "grpo") for s in (1, 2) for b in (0.05, 0.1) for name in noise]
+    labels = A.label_arms(_data(rows, tags))
+    assert set(labels["condition"]) == {"algo.beta=0.05, noise=clean", "algo.beta=0.05, noise=flip0.2",
+                                        "algo.beta=0.1, noise=clean", "algo.beta=0.1, noise=flip0.2"}
+    assert set(labels["arm"]) == {"vimpo", "grpo"} and labels.attrs["default_arm"] is None
+
+    # A label that does not tell the keys' values apart (two settings under one label) is not used.
+    rows = [{"algo.name": "vimpo", "run.seed": s, "algo.lam": lam} for s in (1, 2) for lam in (1.0, 0.9, 0.8)]
+    tags = [{"vimpo.axis.variant": "a" if lam == 1.0 else "b"} for s in (1, 2) for lam in (1.0, 0.9, 0.8)]
+    assert set(A.label_arms(_data(rows, tags))["arm"]) == {"vimpo[algo.lam=1.0]", "vimpo[algo.lam=0.9]",
+                                                           "vimpo[algo.lam=0.8]"}
+
+
 def test_a_grid_is_chosen_per_arm_on_validation_never_on_test():
     """Two algorithms x 3 betas x 2 seeds. On validation VIMPO is best at 0.05 and GRPO at 0.01; on test both
     would be best at 0.2 (a choice made on test would pick it). The arms are compared at their own choices."""
@@ -315,12 +349,14 @@ def test_a_grid_is_chosen_per_arm_on_validation_never_on_test():
 
 def test_each_run_aligns_its_own_window_around_pi_ref_updates():
     """A hard reset every 10 steps and an EMA every step in one study: the hard arm keeps +-5 steps (the bug:
-    one median gap over all runs, 1, cut every arm to +-1) and the EMA arm gets +-1."""
+    one median gap over all runs, 1, cut every arm to +-1) and the EMA arm gets +-1. Offset 0 is the first
+    step with the new reference: the step after the one logged with vimpo/ref_update = 1 (a moving_ref run
+    had its KL restart there, one step after the window's old offset 0)."""
     rows = []
     for run, every in (("hard", 10), ("ema", 1)):
         for step in range(40):
             rows.append([run, "vimpo/ref_update", step, float(step > 0 and step % every == 0), 0.0])
-            rows.append([run, "loss/value", step, float(step % 10), 0.0])
+            rows.append([run, "loss/value", step, float((step - 1) % 10), 0.0])  # restarts after each move
     history = pd.DataFrame(rows, columns=["run_id", "key", "step", "value", "time_s"])
     events = A.ref_update_steps(history)
     assert A.ref_update_windows(events).to_dict() == {"ema": 1, "hard": 5}

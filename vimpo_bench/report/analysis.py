@@ -26,6 +26,7 @@ NOISE_KIND_KEY = "reward.noise"  # none | symmetric (rate reward.p) | asymmetric
 NOISE_RATE_KEYS = ("reward.p", "reward.noise_p")
 ASYMMETRIC_KEYS = ("reward.fp", "reward.fn")
 UNSET = "<unset>"
+AXIS_TAG = "vimpo.axis."  # + axis name: the label of a study cell's value on that axis (see vimpo_bench.study)
 VAL_METRICS = ("greedy_accuracy", "sampled_accuracy")  # logged by training runs as val/<metric>
 THRESHOLD_KEY = "val/sampled_accuracy"  # the curve "steps to reach a fixed accuracy" reads
 # Config keys that never change a result (names, output places, threads, checkpointing, logging): never an
@@ -106,27 +107,81 @@ def label_arms(data: ReportData, exclude: tuple[str, ...] = ()) -> pd.DataFrame:
         alike = value_sets.nunique() == 1 and out["algo"].nunique() > 1
         (cond_keys if alike else variant_keys).append(key)
     varies_within = {k: p[k].groupby(out["algo"]).transform("nunique") > 1 for k in variant_keys}
+    tags = data.tags.reindex(train.index)
+    arm_parts = setting_names(tags, p, variant_keys)
+    condition_parts = setting_names(tags, p, cond_keys)
     arms, conditions = [], []
     for run_id in out.index:
-        parts = [f"{k}={p.at[run_id, k]}" for k in variant_keys if varies_within[k][run_id]]
+        parts = [name(run_id) for keys, name in arm_parts if any(varies_within[k][run_id] for k in keys)]
         arms.append(out.at[run_id, "algo"] + (f"[{', '.join(parts)}]" if parts else ""))
-        conditions.append(", ".join(f"{k}={p.at[run_id, k]}" for k in cond_keys))
+        conditions.append(", ".join(name(run_id) for _, name in condition_parts))
     out["arm"], out["condition"] = arms, conditions
     out.attrs["condition_keys"], out.attrs["variant_keys"] = cond_keys, variant_keys
     out.attrs["default_arm"] = default_arm(out, p, variant_keys)
     return out
 
 
-def default_arm(labels: pd.DataFrame, params: pd.DataFrame, variant_keys: list[str]) -> str | None:
-    """When every arm runs one algorithm: the arm whose varied `algo.*` settings are all that algorithm's
-    defaults (an ablation's reference), else None."""
-    from vimpo_bench.algorithms import get
+def setting_names(tags: pd.DataFrame, params: pd.DataFrame, keys: list[str]) -> list[tuple[list[str], object]]:
+    """How arm or condition labels name the settings `keys`: a list of (keys, run_id -> "name=value").
 
-    if labels["algo"].nunique() != 1 or not variant_keys or not all(k.startswith("algo.") for k in variant_keys):
+    A study axis whose values carry labels (tag `vimpo.axis.NAME`, e.g. `ref: [{label: frozen, ...}]`)
+    names the keys it sets as NAME=LABEL when, on these runs, its label and those keys' values determine
+    each other: "ref=hard10" instead of four ref.* and beta_schedule.* values. An axis of plain values (its
+    label is the value) and every key no such axis covers keep `key=value`, in the keys' order."""
+    named: dict[str, tuple[str, pd.Series]] = {}
+    for column in sorted(c for c in tags.columns if str(c).startswith(AXIS_TAG)):
+        label = tags[column]
+        free = [k for k in keys if k not in named]
+        if label.isna().any() or not free:
+            continue
+        covered = [k for k in free if params[k].groupby(label).nunique().max() == 1]
+        if not covered:
+            continue
+        together = params[covered].astype(str).agg("\x1f".join, axis=1)
+        if label.groupby(together).nunique().max() != 1:
+            continue  # the keys' values do not tell the label apart: say the values
+        if len(covered) == 1 and (label.astype(str) == params[covered[0]].astype(str)).all():
+            continue  # the label is the value: key=value says more
+        for k in covered:
+            named[k] = (column[len(AXIS_TAG):], label)
+    out, done = [], set()
+    for k in keys:
+        if k not in named:
+            out.append(([k], lambda run_id, k=k: f"{k}={params.at[run_id, k]}"))
+        elif named[k][0] not in done:
+            axis, label = named[k]
+            done.add(axis)
+            out.append(([c for c in keys if named.get(c, ("",))[0] == axis],
+                        lambda run_id, axis=axis, label=label: f"{axis}={label[run_id]}"))
+    return out
+
+
+def setting_default(algo: str, key: str) -> object:
+    """The value a run of `algo` takes for config `key` when nothing sets it (KeyError if none is known)."""
+    from vimpo_bench.algorithms import get
+    from vimpo_bench.config import Config
+
+    section, _, rest = key.partition(".")
+    if section == "algo":
+        value = get(algo)
+        for part in rest.split("."):
+            value = getattr(value, part)
+        return value
+    value = Config()
+    for part in key.split("."):
+        value = value[part] if isinstance(value, dict) else getattr(value, part)
+    return value
+
+
+def default_arm(labels: pd.DataFrame, params: pd.DataFrame, variant_keys: list[str]) -> str | None:
+    """When every arm runs one algorithm: the arm whose varied settings are all defaults (the algorithm's
+    for `algo.*` keys, the config's for the rest): an ablation's reference, else None."""
+    if labels["algo"].nunique() != 1 or not variant_keys:
         return None
+    algo = str(labels["algo"].iloc[0])
     try:
-        defaults = get(str(labels["algo"].iloc[0]))
-    except Exception:  # an algorithm this version does not know: no reference
+        defaults = {k: setting_default(algo, k) for k in variant_keys}
+    except Exception:  # an algorithm or key this version does not know: no reference
         return None
 
     def same(value, default) -> bool:
@@ -136,7 +191,7 @@ def default_arm(labels: pd.DataFrame, params: pd.DataFrame, variant_keys: list[s
             return str(value) == str(default)
 
     for run_id, arm in labels["arm"].items():
-        if all(same(params.at[run_id, k], getattr(defaults, k[5:], None)) for k in variant_keys):
+        if all(same(params.at[run_id, k], defaults[k]) for k in variant_keys):
             return arm
     return None
 
@@ -571,6 +626,8 @@ def grid_test_metric(summary: pd.DataFrame) -> tuple[str, str] | None:
 
 
 def ref_update_steps(history: pd.DataFrame) -> pd.DataFrame:
+    """run_id, update_step: the steps logged with vimpo/ref_update = 1. pi_ref moves at the end of such a
+    step (its own losses still used the old reference); the first step with the new one is update_step + 1."""
     upd = history[(history["key"] == "vimpo/ref_update") & (history["value"] >= 0.5)]
     return upd[["run_id", "step"]].rename(columns={"step": "update_step"}).reset_index(drop=True)
 
@@ -586,8 +643,9 @@ def ref_update_windows(events: pd.DataFrame, most: int = 5) -> pd.Series:
 
 def ref_windows(history: pd.DataFrame, labels: pd.DataFrame, keys, widths: pd.Series | None = None) -> pd.DataFrame:
     """Metrics at steps u-w..u+w around every pi_ref update u, averaged over a run's updates and then
-    summarized over runs (seeds) per arm: offset 0 is the first step after the new reference. `w` is the
-    run's entry in `widths` (default: `ref_update_windows`)."""
+    summarized over runs (seeds) per arm: offset 0 is the first step with the new reference (u + 1, see
+    `ref_update_steps`), offset -1 the step that ended with the move. `w` is the run's entry in `widths`
+    (default: `ref_update_windows`)."""
     events = ref_update_steps(history)
     cols = ["arm", "condition", "key", "offset", "mean", "n", "ci_low", "ci_high"]
     if events.empty:
@@ -596,7 +654,7 @@ def ref_windows(history: pd.DataFrame, labels: pd.DataFrame, keys, widths: pd.Se
     offsets = pd.DataFrame({"offset": np.arange(-int(widths.max()), int(widths.max()) + 1)})
     grid = events.merge(offsets, how="cross")
     grid = grid[grid["offset"].abs() <= grid["run_id"].map(widths)]
-    grid["step"] = grid["update_step"] + grid["offset"]
+    grid["step"] = grid["update_step"] + 1 + grid["offset"]
     vals = history[history["key"].isin(list(keys))]
     per_event = grid.merge(vals, on=["run_id", "step"])
     per_run = per_event.groupby(["run_id", "key", "offset"])["value"].mean().reset_index()
