@@ -662,6 +662,12 @@ def test_a_grid_study_page_chooses_each_algorithms_beta_on_validation(store, tmp
     paired = pd.read_csv(files.page.with_suffix("") / "grid_paired.csv")
     assert set(paired["vimpo"]) == {"vimpo"} and set(paired["baseline"]) == {"grpo"} and (paired["n_pairs"] == 3).all()
     assert "vimpo (algo.beta=0.05)" in md and "grpo (algo.beta=0.005)" in md
+    # The final-evaluation section pairs the algorithms at equal beta (beta is a condition here: both ran the
+    # same grid) and says that the page's comparison is the one at the validation choices.
+    final_section = md.split("## Final evaluation")[1].split("\n## ")[0]
+    assert "the value chosen on validation: the beta sweep section below" in final_section
+    paired_all = pd.read_csv(files.page.with_suffix("") / "paired_diff.csv")
+    assert set(paired_all["condition"]) == {"algo.beta=0.005", "algo.beta=0.05", "algo.beta=0.5"}
     grid_png = [link for link in _links(md) if link.endswith("grid.png")]
     assert len(grid_png) == 1 and (files.page.parent / unquote(grid_png[0])).stat().st_size > 5000
     html = build_report(study="grid", out=tmp_path / "grid.html", tracking_uri=store["uri"])

@@ -24,6 +24,7 @@ from vimpo_bench.report.panels import (
     REF_METRICS,
     STEPS_NOTE,
     build_panels,
+    grid_pairs_note,
     paired_display,
     steps_display,
 )
@@ -186,6 +187,8 @@ def final_eval(page: Page, panel: Panel, style) -> None:
     page.table(wide[index + [a for a in arms if a in wide.columns]], "final_eval")
     page.image(plots.final_eval, "final_eval", "final evaluation: mean and 95% interval per arm", summary, arms, style)
     page.add(f"### {A.paired_title(panel.meta.get('labels'))}", "")
+    if panel.meta.get("grid_key") and not paired.empty:
+        page.add(sentence(grid_pairs_note(panel.meta["grid_key"])), "")
     if paired.empty:
         page.add("No paired difference: the runs need a VIMPO arm and a baseline arm evaluated on the same suite.", "")
     else:

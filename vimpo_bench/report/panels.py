@@ -165,6 +165,7 @@ def final_eval(p: Panel, data, labels, style):
     paired = A.paired_table(long, labels.attrs.get("default_arm"))
     p.tables |= {"final_eval_runs": long, "final_eval": summary, "paired_diff": paired}
     p.meta["labels"] = labels  # the Markdown page titles the paired table from them
+    p.meta["grid_key"] = A.grid_key(data)  # a grid study pairs its arms at their validation choices instead
     summary = summary.assign(cell=[c + (" †" if k.startswith("within") else "")
                                    for c, k in zip(interval_cells(summary), summary["interval"], strict=True)])
     index = ["condition", "suite", "metric"] if summary["condition"].ne("").any() else ["suite", "metric"]
@@ -186,6 +187,8 @@ def final_eval(p: Panel, data, labels, style):
     fig.axis("y", title={"text": "final value"})
     p.body.append(fig.html("fig-final-0"))
     p.body.append(f"<h3>{esc(A.paired_title(labels))}</h3>")
+    if p.meta["grid_key"] and not paired.empty:
+        p.say(grid_pairs_note(p.meta["grid_key"]), "info")
     p.say("each row is its own 95% interval, with no correction for the number of rows: with many "
           "suites and conditions, expect about one row in twenty to exclude 0 by chance", "info")
     if paired.empty:
@@ -193,6 +196,14 @@ def final_eval(p: Panel, data, labels, style):
               "suite")
     else:
         p.body.append(table_html(paired_display(paired), "paired_diff"))
+
+
+def grid_pairs_note(key: str) -> str:
+    """What a grid study's rows of paired differences are, and which comparison the page makes."""
+    return (f"a grid over {key}: these rows pair the algorithms at each {key} value (or every value with every "
+            f"other, when their grids differ), and {key} need not mean the same for two algorithms; picking "
+            "the best row would tune on the test sets. The comparison this page makes pairs each algorithm at "
+            "the value chosen on validation: the beta sweep section below")
 
 
 def noisy_rewards(p: Panel, data, labels, style):
