@@ -22,13 +22,15 @@ LINESTYLES = {"solid": "-", "dash": "--", "dot": ":", "dashdot": "-.", "longdash
 STATE_MARKS = {"COMPLETE": ("o", "#1f77b4"), "PRUNED": ("x", "#d62728"), "RUNNING": ("D", "#7f7f7f")}
 
 
-def _figure(cols: int = 1, width: float = 5.6, height: float = 3.8, bottom: float = 0.55) -> tuple[Figure, list]:
-    """A row of `cols` axes. Margins are fixed, in inches (`bottom` below the axes): matplotlib's
-    constrained layout would fit them to the labels but costs a third of the drawing time."""
-    fig = Figure(figsize=(width * cols, height), dpi=100)
+def _figure(cols: int = 1, width: float = 5.6, height: float = 3.8, bottom: float = 0.55,
+            right: float = 0.2) -> tuple[Figure, list]:
+    """A row of `cols` axes. Margins are fixed, in inches (`bottom` below the axes, `right` beside the last,
+    where an outside legend goes): matplotlib's constrained layout would fit them to the labels but costs a
+    third of the drawing time."""
+    fig = Figure(figsize=(width * cols + right - 0.2, height), dpi=100)
     FigureCanvasAgg(fig)
-    w, h = width * cols, height
-    fig.subplots_adjust(left=0.8 / w, right=1 - 0.2 / w, bottom=bottom / h, top=1 - 0.4 / h, wspace=0.28)
+    w, h = width * cols + right - 0.2, height
+    fig.subplots_adjust(left=0.8 / w, right=1 - right / w, bottom=bottom / h, top=1 - 0.4 / h, wspace=0.28)
     axes = list(fig.subplots(1, cols, squeeze=False)[0])
     for ax in axes:
         ax.grid(True, color=GRID, linewidth=0.8)
@@ -41,9 +43,14 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def _legend(ax) -> None:
+def _legend(ax, outside: bool = False) -> None:
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8, frameon=False)
+        where = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0)} if outside else {}
+        ax.legend(fontsize=8, frameon=False, **where)
+
+
+LEGEND_INSIDE = 4  # series a legend may hold over the data; more go beside the axes (room from `_figure`)
+OUTSIDE_LEGEND_WIDTH = 2.6  # inches beside the axes for a legend of "arm | condition" names
 
 
 def _missing(ax, text: str = "not logged") -> None:
@@ -90,10 +97,11 @@ def curve(frame: pd.DataFrame, title: str, style, path: Path) -> Path:
 
 def final_eval(summary: pd.DataFrame, arms: list[str], style, path: Path) -> Path:
     """Dot and 95% bar per arm (and condition) for each suite/metric."""
-    fig, (ax,) = _figure(width=max(5.6, 1.4 * summary[["suite", "metric"]].drop_duplicates().shape[0] + 2),
-                         height=4.4, bottom=1.2)
-    cats = list(dict.fromkeys(summary["suite"] + "/" + summary["metric"]))
     series = [(a, c) for a in arms for c in sorted(summary.loc[summary["arm"] == a, "condition"].unique())]
+    outside = len(series) > LEGEND_INSIDE
+    fig, (ax,) = _figure(width=max(5.6, 1.4 * summary[["suite", "metric"]].drop_duplicates().shape[0] + 2),
+                         height=4.4, bottom=1.2, right=OUTSIDE_LEGEND_WIDTH if outside else 0.2)
+    cats = list(dict.fromkeys(summary["suite"] + "/" + summary["metric"]))
     width = 0.8 / max(len(series), 1)
     multi = summary["condition"].nunique() > 1
     for i, (arm, cond) in enumerate(series):
@@ -103,7 +111,7 @@ def final_eval(summary: pd.DataFrame, arms: list[str], style, path: Path) -> Pat
                     label=f"{arm} | {cond}" if multi and cond else arm)
     ax.set_xticks(range(len(cats)), cats, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("final value")
-    _legend(ax)
+    _legend(ax, outside)
     return _save(fig, path)
 
 
