@@ -27,9 +27,9 @@ def _figure(cols: int = 1, width: float = 5.6, height: float = 3.8, bottom: floa
     """A row of `cols` axes. Margins are fixed, in inches (`bottom` below the axes, `right` beside the last,
     where an outside legend goes): matplotlib's constrained layout would fit them to the labels but costs a
     third of the drawing time."""
-    fig = Figure(figsize=(width * cols + right - 0.2, height), dpi=100)
+    w, h = width * cols + right - 0.2, height  # `width` includes the default 0.2 in right margin
+    fig = Figure(figsize=(w, h), dpi=100)
     FigureCanvasAgg(fig)
-    w, h = width * cols + right - 0.2, height
     fig.subplots_adjust(left=0.8 / w, right=1 - right / w, bottom=bottom / h, top=1 - 0.4 / h, wspace=0.28)
     axes = list(fig.subplots(1, cols, squeeze=False)[0])
     for ax in axes:
