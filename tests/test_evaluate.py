@@ -431,6 +431,23 @@ def test_cli_eval_of_an_mlflow_run_checkpoint_with_sampling(tiny_model, mlflow_s
     assert metrics["eval/aime25/pass_at_1"] == pytest.approx(metrics["eval/aime25/accuracy"])
 
 
+def test_cli_eval_of_arith_with_the_training_tasks_options(tiny_model, mlflow_store):
+    """`--arith-option` generates the arith suite as a training config's task.options do (a policy trained
+    on 4-term problems is tested on 4-term problems); the eval run records the options and the data hash."""
+    from vimpo_bench.tasks.arith import ArithTask
+
+    out = _cli(["eval", "--suite", "arith", "--model", str(tiny_model), "--limit", "3", "--max-tokens", "4",
+                "--arith-option", "terms=4", "--arith-option", "operators=+", "--grader-workers", "0", "--json"])
+    summary = json.loads(out.output.strip().splitlines()[-1])
+    assert summary["arith_options"]["terms"] == 4 and summary["arith_options"]["digits"] == 2
+    run = mlflow_store.get_run(summary["run_id"])
+    assert run.data.params["data.arith.sha256"] == ArithTask(terms=4).data_hash("test")
+    assert run.data.params["data.arith.sha256"] != ArithTask().data_hash("test")
+    assert run.data.params["arith_options.terms"] == "4"
+    records = pd.read_parquet(mlflow_store.download_artifacts(run.info.run_id, "records/arith.parquet"))
+    assert all(q.count("+") == 3 for q in records["prompt"])  # 4 terms
+
+
 def test_cli_rejects_bad_options_with_one_line():
     from typer.testing import CliRunner
 
@@ -439,6 +456,14 @@ def test_cli_rejects_bad_options_with_one_line():
 
     result = CliRunner().invoke(app, ["eval", "--model", "x", "--suite", "gsm8k"])
     assert result.exit_code == 2 and "unknown suite 'gsm8k'" in result.output
+    for options, message in ((["tems=4"], "unknown arith option(s) tems"), (["terms"], "expected KEY=VALUE"),
+                             (["terms=1"], "terms"), (["digits=two"], "digits")):
+        args = ["eval", "--model", "x", "--suite", "arith"] + [a for o in options for a in ("--arith-option", o)]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1
+    result = CliRunner().invoke(app, ["eval", "--model", "x", "--suite", "math500", "--arith-option", "terms=4"])
+    assert result.exit_code == 2 and "arith options apply to the arith suite only" in result.output
 
 
 # ------------------------------------------------------------------------------------ vLLM

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -99,6 +100,8 @@ def test_every_shipped_study_expands():
     ("study: {axes: {run.seed: [0, 0.5]}}", "run.seed: expected an integer, got 0.5"),
     ("study: {suites: [math501]}", "study.suites: unknown suite 'math501'"),
     ("study: {suites: [arith], eval: {n_samples: 4}}", "study.eval: unknown key(s) n_samples"),
+    ("study: {suites: [arith], eval: {max_tokens: 20}}", "study.eval.max_tokens: 20 is below rollout.max_new_tokens 28"),
+    ("study: {suites: [arith], eval: {arith_options: {terms: 1}}}", "terms"),
     ("study: {budget: {steps: 0}}", "study.budget.steps: must be > 0"),
     ("study: [1, 2]", "study: must be a mapping"),
     ("study: {axes: {run.seed: [0}", "not valid YAML"),
@@ -227,3 +230,51 @@ study:
                  .replace("study:", "study:\n  name: cut\n  budget: {minutes: 0.00001}"))
     result = run_study(load_study(more), tracking_uri=store)
     assert [o.status for o in result.outcomes] == ["skipped", "not started", "not started"]
+
+
+def test_a_cells_final_evaluation_follows_its_task_and_is_redone_when_the_settings_change(
+        tmp_path, easy_model_cache, easy_study_yaml, monkeypatch):
+    """The study's final test evaluation of the built-in task is generated with the cell's task options
+    (it once tested 4-term policies on the default 3-term problems with the 3-term token budget: all
+    truncated, all 0). A done cell whose evaluation was made with other settings is evaluated again from
+    its checkpoint: its training run is kept, the old evaluation is superseded and leaves the report."""
+    from conftest import EASY_TASK
+
+    from vimpo_bench.report.collect import select_runs
+    from vimpo_bench.tasks.arith import ArithTask
+
+    monkeypatch.chdir(tmp_path)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    body = easy_study_yaml(easy_model_cache, tmp_path / "runs", """
+study:
+  name: follows
+  axes: {run.seed: [0]}
+  suites: [arith]
+  eval: {limit: 6, max_tokens: MAX, grader_workers: 0}
+""")
+    first = load_study(write(tmp_path / "first.yaml", body.replace("MAX", "24")))
+    (outcome,) = run_study(first, tracking_uri=store).outcomes
+    assert outcome.status == "done", outcome.error
+    client = MlflowClient(store)
+    (old_eval,) = [r for r in runs_of(client, "follows") if r.data.tags.get("vimpo.kind") == "eval"]
+    assert old_eval.data.params["data.arith.sha256"] == ArithTask(**EASY_TASK).data_hash("test")
+    assert old_eval.data.params["arith_options.digits"] == "1"
+    records = client.download_artifacts(old_eval.info.run_id, "records/arith.parquet", str(tmp_path))
+    assert all(len(q.split("+")[0]) == 1 for q in pd.read_parquet(records)["prompt"])  # one-digit operands
+
+    second = load_study(write(tmp_path / "second.yaml", body.replace("MAX", "30")))
+    (planned,) = plan(second, expand(second), store)
+    assert (planned.action, planned.run_id, planned.stale_evals) == ("eval", outcome.run_id, [old_eval.info.run_id])
+    (again,) = run_study(second, tracking_uri=store).outcomes
+    assert (again.status, again.run_id) == ("done", outcome.run_id)  # the same training run, evaluated again
+    evals = {r.info.run_id: r for r in runs_of(client, "follows") if r.data.tags.get("vimpo.kind") == "eval"}
+    assert len(evals) == 2
+    old = evals.pop(old_eval.info.run_id)
+    assert old.info.status == "FINISHED" and old.data.tags["vimpo.cell_status"] == "superseded"
+    (new,) = evals.values()
+    assert new.data.params["sampling.max_new_tokens"] == "30"
+    assert new.data.tags["mlflow.parentRunId"] == outcome.run_id
+    kept = {r["run_id"] for r in select_runs(study="follows", tracking_uri=store)[0]}
+    assert new.info.run_id in kept and old_eval.info.run_id not in kept
+    assert [p.action for p in plan(second, expand(second), store)] == ["skip"]
+    assert [p.action for p in plan(first, expand(first), store)] == ["eval"]  # the first settings are stale now

@@ -276,6 +276,7 @@ class EvalResult:
             "grader_version": self.grader_version,
             "template": self.config.get("template"),
             "sampling": self.config.get("sampling"),
+            **({"arith_options": self.config["arith_options"]} if self.config.get("arith_options") else {}),
             "output_dir": self.output_dir,
             "suites": {name: s.summary() for name, s in self.suites.items()},
             **self.extra,
@@ -350,6 +351,8 @@ def log_result(tracker: Tracker, result: EvalResult, tokenizer: Any = None, step
     }
     if result.model:
         params["model"] = result.model
+    if config.get("arith_options"):  # what generated the arith problems (their hash is data.arith.sha256)
+        params["arith_options"] = config["arith_options"]
     for name, suite in result.suites.items():
         params[f"data.{name}.sha256"] = suite.data_sha256
         params[f"data.{name}.source"] = suite.data_source

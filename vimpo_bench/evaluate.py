@@ -88,10 +88,18 @@ class EvalConfig:
     batch_size: int = num(32, ge=1)  # prompts per generate call
     grader_workers: int | None = num(None, ge=0)  # grading processes (None: min(cpus, 8); 0: in this process)
     grader_timeout: float = num(grading.DEFAULT_TIMEOUT, gt=0)  # seconds per answer
+    # The built-in `arith` suite's task options (digits, terms, operators, ...: a training config's
+    # `task.options`), so that a policy trained on 4-term problems is tested on 4-term problems.
+    # None: the task's defaults. Resolved to the full option set, which the eval run records.
+    arith_options: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         check_ranges(self, "eval")  # every number finite and in its declared range (NaN passes `x < 0`)
-        tasks.expand_suites(self.suites)
+        suites = tasks.expand_suites(self.suites)
+        if self.arith_options is not None:
+            if "arith" not in suites:
+                raise ValueError("arith options apply to the arith suite only; it is not among the suites")
+            self.arith_options = tasks.resolve_arith_options(self.arith_options)
         prompts.check_template(self.template)
         if self.preset not in PRESETS:
             raise ValueError(f"unknown sampling preset {self.preset!r}; valid presets: {', '.join(PRESETS)}")
@@ -128,6 +136,29 @@ class EvalConfig:
             "sampling": asdict(self.sampling()),
             "suite_list": tasks.expand_suites(self.suites),
         }
+
+    def suite_task(self, suite: str):
+        """The task behind one expanded suite name, with this config's data folder and arith options."""
+        options = (self.arith_options or {}) if suite == "arith" else {}
+        return tasks.get_suite_task(suite, self.data_dir, **options)
+
+
+def settings_params(config: EvalConfig) -> dict[str, str]:
+    """The eval-run params that determine its numbers, as the run stores them (`log_result`): the
+    suites, template, sampling, seed, limit and each suite's test-data hash (which the arith options
+    determine). An existing eval run was made with `config` iff its params hold all of these."""
+    from vimpo_bench.tracking import flatten
+
+    record = config.record()
+    params = {key: record[key] for key in ("template", "sampling", "limit", "seed", "suites")}
+    for suite in record["suite_list"]:
+        params[f"data.{suite}.sha256"] = config.suite_task(suite).data_hash("test")
+    return {key: str(value) for key, value in flatten(params).items()}
+
+
+def made_with(run_params: dict[str, str], config: EvalConfig) -> bool:
+    """Whether an eval run with these (MLflow) params was made with `config`'s settings."""
+    return all(run_params.get(key) == value for key, value in settings_params(config).items())
 
 
 # ------------------------------------------------------------------------------------ evaluation
@@ -177,7 +208,7 @@ def evaluate(
     results: dict[str, SuiteResult] = {}
     try:
         for index, suite in enumerate(suites):
-            task = tasks.get_suite_task(suite, config.data_dir)
+            task = config.suite_task(suite)
             problems = task.problems("test", config.limit)
             template = "plain" if suite == "arith" else config.template
             prompt_texts = [prompts.render(template, task.prompt(p), tokenizer) for p in problems]
@@ -297,7 +328,7 @@ def run_eval(
     if backend not in ("hf", "vllm"):
         raise ValueError(f"unknown backend {backend!r}; valid: hf, vllm")
     for suite in tasks.expand_suites(config.suites):  # data errors first, before loading a model
-        tasks.get_suite_task(suite, config.data_dir).problems("test", config.limit)
+        config.suite_task(suite).problems("test", config.limit)
     with tempfile.TemporaryDirectory(prefix="vimpo-eval-") as tmp:
         source, source_run = resolve_model(model, Path(tmp), tracking_uri)
         parent = parent_run_id or source_run

@@ -37,6 +37,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from vimpo_bench import tasks as task_registry
 from vimpo_bench.rollout.base import SamplingParams
 from vimpo_bench.rollout.hf import HFGenerator
 from vimpo_bench.tasks.arith import ArithTask
@@ -164,14 +165,6 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("VIMPO_BENCH_CACHE") or Path.home() / ".cache" / "vimpo-bench")
 
 
-def resolve_task_options(task_options: dict | None) -> dict:
-    """Full, canonical arith options (defaults filled in); ValueError on unknown keys or bad values."""
-    task_options = dict(task_options or {})
-    valid = ArithTask().options
-    unknown = set(task_options) - set(valid)
-    if unknown:
-        raise ValueError(f"unknown arith option(s) {sorted(unknown)}; valid: {', '.join(valid)}")
-    return ArithTask(**task_options).options
 
 
 def warm_start_settings(
@@ -184,7 +177,7 @@ def warm_start_settings(
     eval_every: int = 25,
 ) -> dict:
     """Everything the warm-start result depends on (the cache key)."""
-    task = resolve_task_options(task_options)
+    task = task_registry.resolve_arith_options(task_options)
     probe = ArithTask(**{**task, "n_train": 3, "n_test": 1})
     return {
         "version": WARM_START_VERSION,

@@ -218,8 +218,14 @@ def parse_budget(budget: Any, where: str) -> Budget:
     return parsed
 
 
-def eval_config(study: Study, suites: list[str]):
-    """The `vimpo-bench eval` settings of the study's suites (`study.eval`), checked."""
+def eval_config(study: Study, suites: list[str], config: Config | None = None):
+    """The `vimpo-bench eval` settings of the study's suites (`study.eval`), checked.
+
+    With a cell's training `config`, the final evaluation follows the cell's task: the built-in `arith`
+    suite is generated with the cell's `task.options` (unless `study.eval.arith_options` names others),
+    and a token budget below the cell's `rollout.max_new_tokens` is refused: it would cut answers the
+    training allowed (a 4-term study evaluated with the 3-term budget scored 0 on truncated answers).
+    """
     from vimpo_bench.evaluate import EvalConfig
 
     where = f"{study.path}: study.eval"
@@ -227,10 +233,18 @@ def eval_config(study: Study, suites: list[str]):
     unknown = sorted(set(study.eval) - set(valid), key=str)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {clip(', '.join(map(str, unknown)))}; valid: {', '.join(valid)}")
+    settings = dict(study.eval)
+    if config is not None and "arith" in suites and config.task.name == "arith":
+        settings.setdefault("arith_options", dict(config.task.options))
     try:
-        return EvalConfig(suites=",".join(suites), **study.eval)
+        resolved = EvalConfig(suites=",".join(suites), **settings)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    if config is not None and resolved.max_tokens < config.rollout.max_new_tokens:
+        raise ConfigError(f"{where}.max_tokens: {resolved.max_tokens} is below rollout.max_new_tokens "
+                          f"{config.rollout.max_new_tokens} of cell {config.run.run_name}: the final evaluation "
+                          "would cut answers the training allowed; raise it")
+    return resolved
 
 
 # ------------------------------------------------------------------------------------------- grid
@@ -252,6 +266,8 @@ def expand(study: Study) -> list[Cell]:
         config = study.base_config(overrides, where)
         config.run.run_name = f"{study.name}/" + ("-".join(labels.values()) or "base")
         cell = Cell(index, labels, config)
+        if study.suites:
+            eval_config(study, study.suites, config)  # the cell's final evaluation is valid too
         digest = config.hash()
         if digest in seen:
             raise ConfigError(f"{study.path}: study.axes: cells {seen[digest].label} and {cell.label} have the "
@@ -273,10 +289,14 @@ def cell_tags(study: Study, cell: Cell) -> dict[str, str]:
 class PlannedCell:
     cell: Cell
     action: str
-    """run (new) | resume (cut short; continues from its checkpoint) | eval (trained; evaluation missing) | skip (done)."""
+    """run (new) | resume (cut short; continues from its checkpoint) | eval (trained; evaluation missing, or
+    made with settings other than the study's now) | skip (done)."""
     run_id: str | None = None
     superseded: list[str] = field(default_factory=list)
     """Runs of this cell left RUNNING by a process that is gone (killed): `run_study` marks them KILLED."""
+    stale_evals: list[str] = field(default_factory=list)
+    """Finished eval runs of this cell made with other settings: `run_study` tags them superseded (reports
+    leave them out) and evaluates the cell again."""
 
 
 def plan(study: Study, cells: list[Cell], tracking_uri: str | None = None) -> list[PlannedCell]:
@@ -292,6 +312,11 @@ def plan(study: Study, cells: list[Cell], tracking_uri: str | None = None) -> li
     for r in found:
         if r["tags"].get("vimpo.kind", "train") == "train" and "vimpo.config_hash" in r["tags"]:
             existing.setdefault(r["tags"]["vimpo.config_hash"], []).append(r)
+    evals: dict[str, list[dict]] = {}  # the finished eval runs under each training run
+    if found and study.suites:
+        for r in tracking.search_runs([study.experiment], "tags.`vimpo.kind` = 'eval'", tracking_uri):
+            if r["status"] == "FINISHED" and r["tags"].get(DONE_TAG) != "superseded":
+                evals.setdefault(r["tags"].get("mlflow.parentRunId", ""), []).append(r)
     out = []
     for cell in cells:
         output = cell.config.run.output_dir
@@ -301,10 +326,13 @@ def plan(study: Study, cells: list[Cell], tracking_uri: str | None = None) -> li
         done = [r for r in runs if r["status"] == "FINISHED" and r["tags"].get(DONE_TAG) == "done"]
         trained = [r for r in runs if r["status"] == "FINISHED" and r not in live]
         resumable = [r for r in runs if r not in live and find_checkpoint(Path(output) / r["run_id"])]
-        if done:
+        stale = _stale_evaluations(study, cell, evals.get(done[0]["run_id"], [])) if done else []
+        if done and stale is None:
             p = PlannedCell(cell, "skip", done[0]["run_id"])
         elif live:  # another process is on it now: leave it alone
             p = PlannedCell(cell, "skip", live[0]["run_id"])
+        elif done:  # trained, but its evaluation was made with other settings
+            p = PlannedCell(cell, "eval", done[0]["run_id"], stale_evals=stale)
         elif trained and study.suites:
             p = PlannedCell(cell, "eval", trained[0]["run_id"])
             p.superseded = _dead_evaluations(study, p.run_id, tracking_uri)
@@ -317,6 +345,21 @@ def plan(study: Study, cells: list[Cell], tracking_uri: str | None = None) -> li
                          if r["status"] == "RUNNING" and r not in live and r["run_id"] != p.run_id]
         out.append(p)
     return out
+
+
+def _stale_evaluations(study: Study, cell: Cell, evals: list[dict]) -> list[str] | None:
+    """None when one of a done cell's eval runs was made with the settings the study asks for now (or the
+    study evaluates nothing); else the eval runs made with others (superseded when the cell is evaluated
+    again). A cell whose eval runs were all deleted is not re-evaluated: it says done, and its report
+    shows no final numbers for it."""
+    from vimpo_bench.evaluate import made_with
+
+    if not study.suites or not evals:
+        return None
+    config = eval_config(study, study.suites, cell.config)
+    if any(made_with(r["params"], config) for r in evals):
+        return None
+    return [r["run_id"] for r in evals]
 
 
 def _dead_evaluations(study: Study, train_run_id: str, tracking_uri: str | None) -> list[str]:
@@ -337,6 +380,10 @@ def retire(planned: list[PlannedCell], tracking_uri: str | None) -> int:
             handle = tracking.MlflowTracker.attach(run_id, tracking_uri)
             handle.set_tags({DONE_TAG: "superseded"})
             handle.finish("KILLED")
+            n += 1
+        for run_id in p.stale_evals:  # finished runs: their status stays, the tag drops them from reports
+            tracking.MlflowTracker.attach(run_id, tracking_uri).set_tags(
+                {DONE_TAG: "superseded", "vimpo.superseded_by": "the study's eval settings changed"})
             n += 1
     return n
 
@@ -487,7 +534,7 @@ def run_cell(study: Study, planned: PlannedCell, parent_run_id: str, tracking_ur
                 raise FileNotFoundError(f"no trained policy at {policy} to evaluate")
             owner = claim_run(Path(config.run.output_dir) / run_id)  # the cell is live while evaluated
             try:
-                result = evaluate.run_eval(str(policy), eval_config(study, study.suites), parent_run_id=run_id,
+                result = evaluate.run_eval(str(policy), eval_config(study, study.suites, config), parent_run_id=run_id,
                                            experiment=study.experiment, tracking_uri=tracking_uri,
                                            output_dir=Path(config.run.output_dir) / run_id / "eval",
                                            step=config.optim.steps)

@@ -75,6 +75,21 @@ def _print_summary(result) -> None:
         typer.echo(f"records in {result.output_dir}/records")
 
 
+def _arith_options(items: list[str]) -> dict | None:
+    """`--arith-option terms=4 --arith-option operators=+-` -> {"terms": 4, "operators": "+-"} (values as YAML)."""
+    from vimpo_bench.config import parse_override
+
+    if not items:
+        return None
+    options = {}
+    for item in items:
+        key = item.split("=", 1)[0].strip()
+        if "=" not in item or not key or "." in key:
+            raise ValueError(f"--arith-option {item!r}: expected KEY=VALUE, e.g. terms=4")
+        options[key] = parse_override(item)[1]  # the value parsed as YAML, as `--set` parses it
+    return options
+
+
 @app.command("eval")
 def eval_command(
     model: str = typer.Option(
@@ -104,6 +119,12 @@ def eval_command(
         None,
         "--data-dir",
         help="Folder with <suite>/test.jsonl (default $VIMPO_BENCH_DATA, else the HF hub).",
+    ),
+    arith_option: list[str] = typer.Option(
+        [],
+        "--arith-option",
+        help="An option of the arith suite, KEY=VALUE (repeatable), as in the training config's task.options: "
+        "e.g. --arith-option terms=4.",
     ),
     batch_size: int = typer.Option(32, "--batch-size", help="Prompts per generation call."),
     grader_workers: int = typer.Option(
@@ -146,6 +167,7 @@ def eval_command(
             batch_size=batch_size,
             grader_workers=grader_workers,
             grader_timeout=grader_timeout,
+            arith_options=_arith_options(arith_option),
         )
     except ValueError as exc:
         fail(str(exc))

@@ -67,6 +67,18 @@ def get_suite_task(name: str, data_dir=None, **options) -> Task:
     return get(name, **options)
 
 
+def resolve_arith_options(options: dict | None) -> dict:
+    """Full, canonical arith options (defaults filled in); ValueError on unknown keys or bad values."""
+    from vimpo_bench.tasks.arith import ArithTask
+
+    options = dict(options or {})
+    valid = ArithTask().options
+    unknown = sorted(set(options) - set(valid), key=str)
+    if unknown:
+        raise ValueError(f"unknown arith option(s) {', '.join(map(str, unknown))}; valid: {', '.join(valid)}")
+    return ArithTask(**options).options
+
+
 def load(name: str, data_dir=None) -> list[Problem]:
     """The test problems of suite `name` (an alias concatenates its tasks' problems in order).
 
