@@ -14,6 +14,8 @@ Library code never prints: progress goes to an optional callback.
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import re
 import tempfile
@@ -152,8 +154,15 @@ def settings_params(config: EvalConfig) -> dict[str, str]:
     record = config.record()
     params = {key: record[key] for key in ("template", "sampling", "limit", "seed", "suites")}
     for suite in record["suite_list"]:
-        params[f"data.{suite}.sha256"] = config.suite_task(suite).data_hash("test")
+        options = json.dumps(config.arith_options if suite == "arith" else None, sort_keys=True)
+        params[f"data.{suite}.sha256"] = _test_data_hash(suite, config.data_dir, options)
     return {key: str(value) for key, value in flatten(params).items()}
+
+
+@functools.lru_cache(maxsize=64)
+def _test_data_hash(suite: str, data_dir: str | None, options_json: str) -> str:
+    """A suite's test-set hash (a study plan asks it for every cell: generating or reading it once is enough)."""
+    return tasks.get_suite_task(suite, data_dir, **(json.loads(options_json) or {})).data_hash("test")
 
 
 def made_with(run_params: dict[str, str], config: EvalConfig) -> bool:
