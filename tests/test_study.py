@@ -278,3 +278,5 @@ study:
     assert new.info.run_id in kept and old_eval.info.run_id not in kept
     assert [p.action for p in plan(second, expand(second), store)] == ["skip"]
     assert [p.action for p in plan(first, expand(first), store)] == ["eval"]  # the first settings are stale now
+    client.delete_run(new.info.run_id)  # a done cell with no evaluation left is evaluated again
+    assert [(p.action, p.stale_evals) for p in plan(second, expand(second), store)] == [("eval", [])]

@@ -349,12 +349,11 @@ def plan(study: Study, cells: list[Cell], tracking_uri: str | None = None) -> li
 
 def _stale_evaluations(study: Study, cell: Cell, evals: list[dict]) -> list[str] | None:
     """None when one of a done cell's eval runs was made with the settings the study asks for now (or the
-    study evaluates nothing); else the eval runs made with others (superseded when the cell is evaluated
-    again). A cell whose eval runs were all deleted is not re-evaluated: it says done, and its report
-    shows no final numbers for it."""
+    study evaluates nothing); else the eval runs made with others, superseded when the cell is evaluated
+    again (none at all, e.g. deleted or suites added since, also means evaluate again)."""
     from vimpo_bench.evaluate import made_with
 
-    if not study.suites or not evals:
+    if not study.suites:
         return None
     config = eval_config(study, study.suites, cell.config)
     if any(made_with(r["params"], config) for r in evals):
