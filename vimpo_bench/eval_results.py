@@ -321,6 +321,11 @@ def suites_grader_version(suites: Sequence[str]) -> str:
     return ",".join(dict.fromkeys(grading_version(s) for s in suites))
 
 
+# The params of an eval run, from its resolved EvalConfig record, that with each suite's `data.<suite>.sha256`
+# determine its numbers: `evaluate.settings_params` compares an existing run's with a config's.
+SETTINGS_KEYS = ("template", "sampling", "limit", "seed", "suites")
+
+
 def log_result(tracker: Tracker, result: EvalResult, tokenizer: Any = None, step: int = 0) -> None:
     """Params, tags (with the code's commit and the package versions, as training runs carry them),
     `eval/<suite>/<metric>` metrics and record artifacts of an eval run."""
@@ -340,12 +345,8 @@ def log_result(tracker: Tracker, result: EvalResult, tokenizer: Any = None, step
     )
     params: dict[str, Any] = {
         "grader_version": result.grader_version,
-        "template": config["template"],
         "preset": config["preset"],
-        "sampling": config["sampling"],
-        "limit": config["limit"],
-        "seed": config["seed"],
-        "suites": config["suites"],
+        **{key: config[key] for key in SETTINGS_KEYS},
         "harness": result.harness,
         "grader_timeout": config["grader_timeout"],
     }

@@ -29,6 +29,7 @@ from vimpo_bench import faults, grading, prompts, tasks
 from vimpo_bench.config import check_ranges, num
 from vimpo_bench.eval_results import (
     RECORD_FIELDS,
+    SETTINGS_KEYS,
     Z95,
     EvalProgress,
     EvalResult,
@@ -139,10 +140,13 @@ class EvalConfig:
             "suite_list": tasks.expand_suites(self.suites),
         }
 
+    def suite_options(self, suite: str) -> dict[str, Any]:
+        """The task options of one expanded suite name: the arith options for `arith`, none for the others."""
+        return (self.arith_options or {}) if suite == "arith" else {}
+
     def suite_task(self, suite: str):
         """The task behind one expanded suite name, with this config's data folder and arith options."""
-        options = (self.arith_options or {}) if suite == "arith" else {}
-        return tasks.get_suite_task(suite, self.data_dir, **options)
+        return tasks.get_suite_task(suite, self.data_dir, **self.suite_options(suite))
 
 
 def settings_params(config: EvalConfig) -> dict[str, str]:
@@ -152,9 +156,9 @@ def settings_params(config: EvalConfig) -> dict[str, str]:
     from vimpo_bench.tracking import flatten
 
     record = config.record()
-    params = {key: record[key] for key in ("template", "sampling", "limit", "seed", "suites")}
+    params = {key: record[key] for key in SETTINGS_KEYS}
     for suite in record["suite_list"]:
-        options = json.dumps(config.arith_options if suite == "arith" else None, sort_keys=True)
+        options = json.dumps(config.suite_options(suite), sort_keys=True)
         params[f"data.{suite}.sha256"] = _test_data_hash(suite, config.data_dir, options)
     return {key: str(value) for key, value in flatten(params).items()}
 
@@ -162,7 +166,7 @@ def settings_params(config: EvalConfig) -> dict[str, str]:
 @functools.lru_cache(maxsize=64)
 def _test_data_hash(suite: str, data_dir: str | None, options_json: str) -> str:
     """A suite's test-set hash (a study plan asks it for every cell: generating or reading it once is enough)."""
-    return tasks.get_suite_task(suite, data_dir, **(json.loads(options_json) or {})).data_hash("test")
+    return tasks.get_suite_task(suite, data_dir, **json.loads(options_json)).data_hash("test")
 
 
 def made_with(run_params: dict[str, str], config: EvalConfig) -> bool:

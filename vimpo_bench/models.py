@@ -165,8 +165,6 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("VIMPO_BENCH_CACHE") or Path.home() / ".cache" / "vimpo-bench")
 
 
-
-
 def warm_start_settings(
     task_options: dict | None,
     steps: int,

@@ -83,10 +83,10 @@ def _arith_options(items: list[str]) -> dict | None:
         return None
     options = {}
     for item in items:
-        key = item.split("=", 1)[0].strip()
-        if "=" not in item or not key or "." in key:
+        path, value = parse_override(item) if "=" in item else ([], None)  # the value as YAML, as `--set` reads it
+        if len(path) != 1 or not path[0]:
             raise ValueError(f"--arith-option {item!r}: expected KEY=VALUE, e.g. terms=4")
-        options[key] = parse_override(item)[1]  # the value parsed as YAML, as `--set` parses it
+        options[path[0]] = value
     return options
 
 
