@@ -199,7 +199,10 @@ def test_aggregation_modes_by_hand():
     m = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
     assert aggregate(x, m, "token-mean").item() == pytest.approx(10 / 4)
     assert aggregate(x, m, "seq-mean-token-mean").item() == pytest.approx((2 + 4) / 2)
-    assert aggregate(x, m, "seq-mean-token-sum-norm", norm_len=5).item() == pytest.approx((6 / 5 + 4 / 5 + 0) / 3)
+    # The means over sequences count the sequences that have tokens: the empty third row was left out
+    # (truncated under `mask`, a dropped group) and must not dilute the loss.
+    assert aggregate(x, m, "seq-mean-token-sum-norm", norm_len=5).item() == pytest.approx((6 / 5 + 4 / 5) / 2)
+    assert aggregate(x, m, "seq-sum").item() == pytest.approx((6 + 4) / 2)
     with pytest.raises(ValueError, match="valid: token-mean"):
         aggregate(x, m, "sum")
 
@@ -310,7 +313,7 @@ def test_unknown_names_and_bad_values_list_what_is_valid():
         get("ppo")
     with pytest.raises(ValueError, match="valid options: beta, value_scale, value_coef"):
         get("vimpo", kl_coef=0.1)
-    with pytest.raises(ValueError, match="algo.advantage: must be one of implied, mc"):
+    with pytest.raises(ValueError, match="algo.advantage: must be one of implied, soft_rtg, mc"):
         get("vimpo", advantage="gae")
     with pytest.raises(ValueError, match=r"algo.beta: must be > 0"):
         get("vimpo", beta=0.0)

@@ -14,6 +14,7 @@ import hashlib
 import json
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import yaml
 
 from vimpo_bench import algorithms, ranges
+from vimpo_bench.algorithms.fixed_points import check_fixed_point
 from vimpo_bench.ranges import Range, clip, num, short  # noqa: F401 - the schema's field helpers, re-exported
 
 STUDIES_DIR = Path(__file__).parent / "studies"
@@ -536,6 +538,25 @@ def _one_of(value: Any, valid: tuple, where: str) -> None:
         raise ConfigError(f"{where}: {short(value)} is not one of {', '.join(map(str, valid))}")
 
 
+def check_vimpo_fixed_point(c: Config, algo, source: str) -> None:
+    """Refuse a VIMPO run whose full loss has no fixed point; warn, with the formula, when it converges
+    to pi* at a beta other than the configured one (algorithms/fixed_points.py). Checked at both ends of a
+    beta schedule (with value_coef fixed, 2 beta c_V moves with beta)."""
+    betas = [algo.beta] + ([c.beta_schedule.final] if c.beta_schedule.kind != "constant" else [])
+    for beta in betas:
+        try:
+            at = dataclasses.replace(algo, beta=beta)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {exc} (at beta_schedule.final)") from None
+        error, warning = check_fixed_point(at.advantage, at.agg, beta, at.effective_value_scale,
+                                           c.rollout.max_new_tokens, at.norm_len or c.rollout.max_new_tokens,
+                                           at.lam)
+        if error:
+            raise ConfigError(f"{source}: {error}")
+    if warning:
+        warnings.warn(f"{source}: {warning}", stacklevel=2)
+
+
 def validate(c: Config, source: str) -> None:
     """Every number against the range declared beside its field (finite, in range), then the choices and
     cross-field checks; each message names the key and says why."""
@@ -564,9 +585,11 @@ def validate(c: Config, source: str) -> None:
         if c.algo["name"] == "vimpo" and c.beta_schedule.final <= 0:
             raise ConfigError(f"{source}: beta_schedule.final: VIMPO needs beta > 0, got {c.beta_schedule.final}")
     try:
-        c.make_algorithm()
+        algo = c.make_algorithm()
     except ValueError as exc:
         raise ConfigError(f"{source}: {exc}") from None  # the message names the key: algo.<option>
+    if c.algo["name"] == "vimpo":
+        check_vimpo_fixed_point(c, algo, source)
     if c.run.engine == "trl":
         from vimpo_bench.engines import trl_config_problem
 

@@ -12,7 +12,7 @@ import torch
 from vimpo_bench import ranges
 from vimpo_bench.ranges import num
 
-AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+AGGREGATIONS = ("token-mean", "seq-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 
 # exp() of a log-ratio beyond this overflows float32 products quickly; verl clamps at the same place.
@@ -120,22 +120,29 @@ def ppo_clip_loss(
 def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str, norm_len: float | None = None) -> torch.Tensor:
     """Reduce a per-token loss [B, T] to a scalar.
 
-    - `token-mean`: sum over all tokens / number of tokens (DAPO, VIMPO default);
-    - `seq-mean-token-mean`: mean over a sequence's tokens, then over sequences that have any (GRPO);
+    - `token-mean`: sum over all tokens / number of tokens (DAPO);
+    - `seq-sum`: a sequence's token sum, then the mean over sequences: per response the same scale as
+      VIMPO's L_V (a mean over responses), so the actor term is not shrunk by ~1/T next to it;
+    - `seq-mean-token-mean`: mean over a sequence's tokens, then over sequences (GRPO);
     - `seq-mean-token-sum-norm`: a sequence's token sum divided by the constant `norm_len`
       (max completion length), then the mean over sequences (Dr. GRPO: no length bias).
+    The means over sequences count the sequences that have any token: a left-out response (its mask
+    zeroed: truncated under `mask`, a dropped constant group) is not a sequence of the batch.
     Empty masks give 0, not NaN.
     """
     if mode == "token-mean":
         return masked_mean(per_token, mask)
+    sums = masked_sum(per_token, mask, dim=1)
+    lengths = f32(mask).sum(1)
+    kept = (lengths > 0).float()
+    n_kept = kept.sum().clamp(min=1.0)
+    if mode == "seq-sum":
+        return (sums * kept).sum() / n_kept
     if mode == "seq-mean-token-mean":
-        lengths = f32(mask).sum(1)
-        seq_means = masked_sum(per_token, mask, dim=1) / lengths.clamp(min=1.0)
-        has_tokens = (lengths > 0).float()
-        return (seq_means * has_tokens).sum() / has_tokens.sum().clamp(min=1.0)
+        return (sums / lengths.clamp(min=1.0) * kept).sum() / n_kept
     if mode == "seq-mean-token-sum-norm":
         constant = float(norm_len) if norm_len else float(mask.shape[1])
-        return masked_sum(per_token, mask, dim=1).div(constant).mean() if mask.shape[0] else per_token.sum() * 0
+        return (sums * kept).sum() / constant / n_kept
     raise ValueError(f"unknown aggregation {mode!r}; valid: {', '.join(AGGREGATIONS)}")
 
 

@@ -50,12 +50,13 @@ from vimpo_bench.algorithms.core import (
     require_group_size,
     whiten_batch,
 )
+from vimpo_bench.algorithms.fixed_points import check_fixed_point
 from vimpo_bench.ranges import num
 
 BASELINES = ("mean", "soft")
 # `none` is an ablation beyond the specification: no actor term, so the update is c_V L_V alone (its
 # REINFORCE step with advantage -delta); it says how much of VIMPO's learning the actor carries.
-ADVANTAGE_KINDS = ("implied", "mc", "residual", "outcome", "none")
+ADVANTAGE_KINDS = ("implied", "soft_rtg", "mc", "residual", "outcome", "none")
 
 
 def sequence_logratio(logratio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -180,7 +181,11 @@ def advantages(
 ) -> torch.Tensor:
     """VIMPO actor advantages from the old policy's log-ratios (no gradient). [B, T] -> [B, T].
 
-    - `implied`:  A_t = sum_{k>=t} lam^(k-t) beta l^old_k       (= R - V*(s_t) under pi*)
+    - `implied`:  A_t = sum_{k>=t} lam^(k-t) beta l^old_k       (= R - V*(s_t) under pi*; the paper's
+                  literal reading: its expected gradient is +beta grad KL, see algorithms/fixed_points.py)
+    - `soft_rtg`: A_t = R - Vhat - beta sum_{k>=t} lam^(k-t) l^old_k
+                  (return minus the KL reward-to-go: per token, an unbiased estimate of
+                  grad(E[R] - beta KL) for lam = 1; at t = 0 it equals `residual`)
     - `mc`:       A_t = R - Vhat - beta sum_{k<t} l^old_k          (= implied - delta^old for lam = 1)
     - `residual`: A_t = -delta^old = R - beta sum_t l^old - Vhat   (one value per response)
     - `outcome`:  A_t = R - Vhat                                    (no dense credit)
@@ -198,6 +203,8 @@ def advantages(
     seq = l_old.sum(1)
     vhat = root_value(seq, rewards, group_ids, beta, baseline, weights)
     r = f32(rewards)
+    if kind == "soft_rtg":
+        return (r - vhat).unsqueeze(1) * m - beta * reverse_discounted_cumsum(l_old, lam) * m
     if kind == "mc":
         prefix = torch.cumsum(l_old, 1) - l_old  # sum_{k<t}
         return (r - vhat).unsqueeze(1) * m - beta * prefix * m
@@ -215,8 +222,9 @@ class Vimpo:
       it); held fixed when beta moves (schedules, sweeps), so c_V = value_scale / (2 beta). Default 0.5
       (= beta 0.05 with c_V 5).
     value_coef: c_V fixed instead (value_scale then follows beta); None = derive it from value_scale.
-    value_baseline: mean | soft. advantage: implied | mc | residual | outcome.
-    lam: discount of the implied advantage (0 < lam <= 1).
+    value_baseline: mean | soft. advantage: soft_rtg | implied | mc | residual | outcome | none (what each
+      converges to: algorithms/fixed_points.py; a combination with no fixed point is refused).
+    lam: discount of the implied and soft_rtg KL sums (0 < lam <= 1; the fixed points assume 1).
     advantage_whiten: divide advantages by their batch std (never for `implied`: it amplifies noise).
     Truncated responses: the trainer's `reward.truncated` rule, applied when the batch is scored for
     every algorithm alike (zero_reward: R = 0; mask: `Batch.include` leaves them out of both losses).
@@ -245,6 +253,9 @@ class Vimpo:
               "both are null")
         check_choice(self, "value_baseline", BASELINES)
         check_choice(self, "advantage", ADVANTAGE_KINDS)
+        if self.agg == "seq-sum":  # w = 1 whatever the length: decidable here (token-mean: config.validate)
+            error, _ = check_fixed_point(self.advantage, self.agg, self.beta, self.effective_value_scale, 1)
+            check(error is None, error)
         if self.value_baseline == "soft" and self.beta < 0.2:
             warnings.warn(
                 f"value_baseline='soft' with beta={self.beta}: with binary rewards it tracks the group maximum "
@@ -277,8 +288,8 @@ class Vimpo:
             old_logratio, batch.mask, batch.rewards, batch.group_ids, self.beta, self.advantage, self.lam,
             self.value_baseline, batch.include,
         )
-        if self.advantage_whiten:
-            adv = whiten_batch(adv, batch.mask)
+        if self.advantage_whiten:  # over the responses the losses use: left-out rows are not part of the batch
+            adv = whiten_batch(adv, batch.response_mask())
         return adv
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
