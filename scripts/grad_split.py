@@ -1,21 +1,31 @@
-"""Where VIMPO's update points: the gradient of its actor term against that of its value loss, measured on a
-trained policy, next to GRPO's on the same rollouts.
+"""Where VIMPO's update points, measured so that signal can be told from sampling noise.
 
-Loads a training run's final policy (RUN_DIR/checkpoint/policy) and its reference (the run's warm start,
-rebuilt from the config: the frozen pi_ref), draws --batches batches of rollouts from the training split as
-the loop does (prompts_per_step x group_size, on-policy so pi_old = pi_theta), and for each batch takes the
-gradient with respect to the policy's parameters of:
+For each training run given (RUN_DIR: a run's folder with checkpoint/config.json and checkpoint/policy), the
+script loads the final policy and its frozen reference (the run's warm start, rebuilt from the config),
+draws --batches fresh on-policy batches from the training split as the loop does (prompts_per_step x
+group_size; pi_old = pi_theta, dropout off), and takes on each batch the *update direction* (minus the
+loss gradient) of:
 
-    vimpo actor (implied)   L_actor with the default implied advantage (c_V = 0)
-    vimpo actor (outcome)   L_actor with A = R - Vhat (c_V = 0)
-    vimpo value             c_V * L_V alone (advantage `none`), c_V = value_scale / (2 beta) as configured
-    vimpo total             L_actor(implied) + c_V * L_V: what the run's optimizer saw
-    grpo                    GRPO's loss at its defaults (beta 0.04, k3)
+    total            the run's own VIMPO loss (its advantage, aggregation, c_V): what its optimizer saw
+    actor:<kind>     L_actor alone (c_V = 0) for the run's advantage and for implied, soft_rtg, residual, mc
+    value            c_V L_V alone (advantage `none`)
+    grpo             GRPO's loss at its defaults
+and two reference directions:
+    ref:reward       grad E[R]   (REINFORCE with A = R - Vhat, seq-sum)
+    ref:kl           grad KL(pi || pi_ref)   (score function of the KL: the implied actor / beta)
 
-and prints the medians over batches of each gradient's norm and of the cosines between them. Read-only: the
-run's checkpoint and the MLflow store are not touched.
+Sound by construction: the batches are split into two disjoint halves A and B, and every cosine between
+an estimator and a reference is cross-fitted, cos(mean_A(estimator), mean_B(reference)) averaged with the
+halves swapped, so the two never share a batch (on one batch, a term's noise correlates with itself). Each
+estimator's own noise floor is printed beside it: `self_cos`, the cosine between its half-A and half-B
+means (near 0: at this many batches its direction is noise, and so is any cosine built on it), and
+`chance`, the |cos| of two random directions in this many dimensions. `additivity` checks the loss
+decomposition on the same batches: |total - actor:<run's kind> - value| / |total|, 0 up to rounding.
 
-    python scripts/grad_split.py runs/<run id> [--batches 4] [--seed 0]
+    python scripts/grad_split.py RUN_DIR [RUN_DIR ...] [--batches 8] [--seed 0] [--out table.csv]
+
+Prints one table per run and writes every row to --out (CSV), for committing beside a results page.
+Read-only: the runs' checkpoints and the MLflow store are not touched.
 """
 
 from __future__ import annotations
@@ -23,15 +33,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import statistics
+import math
 import sys
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from vimpo_bench import tasks as task_registry
 from vimpo_bench.algorithms import Batch, get
-from vimpo_bench.config import from_dict
+from vimpo_bench.config import ConfigError, from_dict
 from vimpo_bench.logprobs import token_logprobs
 from vimpo_bench.models import load_policy
 from vimpo_bench.steps import (
@@ -45,78 +56,138 @@ from vimpo_bench.steps import (
 )
 from vimpo_bench.train import score
 
+ACTOR_KINDS = ("implied", "soft_rtg", "residual", "mc")
+REFERENCES = ("ref:reward", "ref:kl")
 
-def flat_grad(model, loss: torch.Tensor) -> torch.Tensor:
+
+def update_direction(model, loss: torch.Tensor) -> torch.Tensor:
+    """-grad loss over the model's parameters, flattened (the direction gradient descent moves in)."""
     model.zero_grad(set_to_none=True)
     loss.backward()
-    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    return -torch.cat([p.grad.flatten() if p.grad is not None else torch.zeros(p.numel())
+                       for p in model.parameters()])
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    if a.norm() == 0 or b.norm() == 0:
+        return math.nan  # a zero direction has no angle: say so rather than print 0
     return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--batches", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    config_path = args.run_dir / "checkpoint" / "config.json"
+def losses_for(config) -> dict[str, object]:
+    """The algorithms whose update directions are measured, built from the run's own VIMPO options (a GRPO
+    run is measured against VIMPO at its defaults)."""
+    run_algo = config.make_algorithm() if config.algo["name"] == "vimpo" else get("vimpo")
+    actor_only = lambda kind: dataclasses.replace(run_algo, advantage=kind, value_coef=0.0)  # noqa: E731
+    losses = {"total": run_algo, "value": dataclasses.replace(run_algo, advantage="none")}
+    for kind in dict.fromkeys((run_algo.advantage, *ACTOR_KINDS)):
+        if kind != "none":
+            losses[f"actor:{kind}"] = actor_only(kind)
+    losses["grpo"] = get("grpo")
+    reward = dataclasses.replace(run_algo, advantage="outcome", value_coef=0.0, agg="seq-sum")
+    kl = dataclasses.replace(run_algo, advantage="implied", value_coef=0.0, agg="seq-sum", lam=1.0)
+    losses.update({"ref:reward": reward, "ref:kl": kl})
+    return losses
+
+
+def measure(run_dir: Path, batches: int, seed: int) -> pd.DataFrame:
+    config_path = run_dir / "checkpoint" / "config.json"
     if not config_path.is_file():
-        sys.exit(f"error: no checkpoint config at {config_path}")
+        raise SystemExit(f"error: no checkpoint config at {config_path}")
     config = from_dict(json.loads(config_path.read_text()), str(config_path))
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(1)
+    torch.manual_seed(seed)
     task = task_registry.get(config.task.name, **config.task.options)
     reference, tokenizer = load_starting_policy(config)  # the frozen pi_ref: the run's starting model
-    policy, _ = load_policy(str(args.run_dir / "checkpoint" / "policy"), config.model.dtype, None)
-    policy.train()
+    policy, _ = load_policy(str(run_dir / "checkpoint" / "policy"), config.model.dtype, None)
+    policy.eval()  # dropout off in every RL forward, as in training
     reference.eval()
-    beta = config.algo["beta"] if config.algo["name"] == "vimpo" else 0.05
-    scale = config.algo.get("value_scale") or 0.5
-    losses = {
-        "vimpo actor (implied)": get("vimpo", beta=beta, value_coef=0.0, value_scale=None, advantage="implied"),
-        "vimpo actor (outcome)": get("vimpo", beta=beta, value_coef=0.0, value_scale=None, advantage="outcome"),
-        "vimpo value": get("vimpo", beta=beta, value_scale=scale, advantage="none"),
-        "vimpo total": get("vimpo", beta=beta, value_scale=scale, advantage="implied"),
-        "grpo": get("grpo"),
-    }
+    losses = losses_for(config)
     generator = make_generator(config, policy, tokenizer)
     pool = task.problems("train")
-    norms: dict[str, list[float]] = {k: [] for k in losses}
-    cosines: dict[tuple[str, str], list[float]] = {}
-    for b in range(args.batches):
-        pick = torch.Generator().manual_seed(step_seed(args.seed, 10_000 + b, 0))
+    halves = {name: [None, None] for name in losses}  # summed directions over half A and half B
+    norms: dict[str, list[float]] = {name: [] for name in losses}
+    for b in range(batches):
+        draw = 10_000 + b  # steps no training run reaches: batches the run never trained on
+        pick = torch.Generator().manual_seed(step_seed(seed, draw, 0))
         problems = [pool[i] for i in torch.randperm(len(pool), generator=pick)[: config.rollout.prompts_per_step]]
         rollouts = generator.generate([render_prompt(config, task, p, tokenizer) for p in problems],
                                       sampling_params(config, n=config.rollout.group_size),
-                                      seed=step_seed(args.seed, 10_000 + b, 1))
-        _, _, rewards, include = score(config, task, problems, rollouts, 10_000 + b)
-        with torch.no_grad(), eval_mode(policy):
+                                      seed=step_seed(seed, draw, 1))
+        _, _, rewards, include = score(config, task, problems, rollouts, draw)
+        with torch.no_grad():
             old_logp, _ = sampled_logprobs(config, policy, rollouts)
             ref_logp, _ = sampled_logprobs(config, reference, rollouts)
         base = Batch(logp=old_logp, old_logp=old_logp, ref_logp=ref_logp, mask=rollouts.response_mask.float(),
                      rewards=rewards, group_ids=rollouts.group_ids, include=include)
-        grads = {}
         for name, algo in losses.items():
-            logp, _ = token_logprobs(policy, rollouts.prompt_ids, rollouts.prompt_mask, rollouts.response_ids,
-                                     rollouts.response_mask, temperature=config.rollout.temperature)
+            with eval_mode(policy):
+                logp, _ = token_logprobs(policy, rollouts.prompt_ids, rollouts.prompt_mask, rollouts.response_ids,
+                                         rollouts.response_mask, temperature=config.rollout.temperature)
             batch = dataclasses.replace(base, logp=logp).with_advantages(algo.advantages(base))
-            grads[name] = flat_grad(policy, algo.loss(batch)[0])
-            norms[name].append(float(grads[name].norm()))
-        names = list(grads)
-        for i, a in enumerate(names):
-            for other in names[i + 1:]:
-                cosines.setdefault((a, other), []).append(cosine(grads[a], grads[other]))
-        print(f"batch {b + 1}/{args.batches}: reward mean {float(rewards.float().mean()):.3f}", file=sys.stderr)
-    print(f"== {args.run_dir} ({config.algo['name']}, seed {config.run.seed}, {config.optim.steps} steps); "
-          f"beta {beta}, 2 beta c_V = {scale}; medians over {args.batches} batches of "
-          f"{config.rollout.prompts_per_step} x {config.rollout.group_size}")
-    for name, values in norms.items():
-        print(f"  |grad| {name:24} {statistics.median(values):8.3f}")
-    for (a, b_), values in cosines.items():
-        print(f"  cos({a}, {b_}) = {statistics.median(values):+.3f}")
+            direction = update_direction(policy, algo.loss(batch)[0])
+            half = halves[name]
+            half[b % 2] = direction if half[b % 2] is None else half[b % 2] + direction
+            norms[name].append(float(direction.norm()))
+        print(f"{run_dir.name}: batch {b + 1}/{batches}, reward mean {float(rewards.float().mean()):.3f}",
+              file=sys.stderr)
+    return table(run_dir, config, halves, norms)
+
+
+def table(run_dir: Path, config, halves: dict, norms: dict) -> pd.DataFrame:
+    """One row per direction: its size, its own split-half agreement and its cross-fitted cosines."""
+    dims = halves["total"][0].numel()
+    a = {name: h[0] / max(1, len(norms[name]) - len(norms[name]) // 2) for name, h in halves.items()}
+    b = {name: h[1] / max(1, len(norms[name]) // 2) for name, h in halves.items()}
+    cross = lambda x, ref: (cosine(a[x], b[ref]) + cosine(b[x], a[ref])) / 2  # noqa: E731
+    run_kind = config.algo.get("advantage", "implied") if config.algo["name"] == "vimpo" else "implied"
+    both = {name: a[name] + b[name] for name in halves}  # linear in the batches: the decomposition holds here too
+    actor = both.get(f"actor:{run_kind}", torch.zeros_like(both["total"]))  # absent for `none`
+    residue = both["total"] - actor - both["value"]
+    additivity = float(residue.norm() / both["total"].norm()) if both["total"].norm() > 0 else math.nan
+    rows = []
+    for name in halves:
+        mean = (a[name] + b[name]) / 2
+        rows.append({
+            "run": run_dir.name, "algo": config.algo["name"], "advantage": run_kind, "seed": config.run.seed,
+            "direction": name, "mean_norm": float(mean.norm()),
+            "batch_norm_median": float(pd.Series(norms[name]).median()),
+            "self_cos": cosine(a[name], b[name]),
+            "cos_reward": math.nan if name == "ref:reward" else cross(name, "ref:reward"),
+            "cos_kl_ascent": math.nan if name == "ref:kl" else cross(name, "ref:kl"),
+            "cos_total": math.nan if name == "total" else cross(name, "total"),
+            "chance": math.sqrt(2 / (math.pi * dims)), "batches": len(norms[name]), "additivity": additivity,
+        })
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dirs", type=Path, nargs="+")
+    parser.add_argument("--batches", type=int, default=8, help="on-policy batches per run, split in two halves")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="write every row to this CSV file")
+    args = parser.parse_args()
+    if args.batches < 2:
+        raise SystemExit("error: --batches must be at least 2 (two disjoint halves)")
+    torch.set_num_threads(1)
+    try:
+        frames = [measure(run_dir, args.batches, args.seed) for run_dir in args.run_dirs]
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    result = pd.concat(frames, ignore_index=True)
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.3f}".format):
+        for run, rows in result.groupby("run", sort=False):
+            print(f"== {run} ({rows.algo.iloc[0]}, advantage {rows.advantage.iloc[0]}, seed {rows.seed.iloc[0]}); "
+                  f"{rows.batches.iloc[0]} batches, additivity {rows.additivity.iloc[0]:.1e}, "
+                  f"chance |cos| {rows.chance.iloc[0]:.4f}")
+            print(rows[["direction", "mean_norm", "batch_norm_median", "self_cos", "cos_reward", "cos_kl_ascent",
+                        "cos_total"]].to_string(index=False))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.out.with_suffix(args.out.suffix + ".tmp")
+        result.to_csv(tmp, index=False, float_format="%.6g")
+        tmp.replace(args.out)  # never a half-written table
+        print(f"wrote {len(result)} rows to {args.out}")
 
 
 if __name__ == "__main__":

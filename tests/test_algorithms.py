@@ -1,6 +1,7 @@
 """Baselines on hand-computed batches, loop vs vectorized agreement, clipping, aggregation, KL
 estimators, invariances and robustness of every algorithm."""
 
+import dataclasses
 import math
 import warnings
 
@@ -474,3 +475,20 @@ def test_bad_numeric_options_name_the_key_and_the_range(name, key, rng, is_int, 
         assert out.exit_code != 0 and "Traceback" not in out.stderr, (override, out.stderr)
         lines = [line for line in out.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and all(w in lines[0] for w in wanted), (override, out.stderr)
+
+
+def test_whitening_ignores_left_out_responses():
+    """`advantage_whiten` divides by the std over the tokens the losses use: a left-out (truncated under
+    `mask`) response's advantages must not change the kept ones'."""
+    torch.manual_seed(0)
+    logp = torch.randn(4, 3) * 0.1
+    ref = torch.randn(4, 3) * 0.1
+    mask = torch.ones(4, 3)
+    rewards = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    groups = torch.tensor([0, 0, 0, 0])
+    algo = get("vimpo", advantage="residual", advantage_whiten=True)
+    kept = torch.tensor([True, True, True, False])
+    with_left_out = Batch(logp=logp, old_logp=logp, ref_logp=ref, mask=mask, rewards=rewards, group_ids=groups,
+                          include=kept)
+    changed = dataclasses.replace(with_left_out, old_logp=torch.where(kept.unsqueeze(1), logp, logp + 50.0))
+    torch.testing.assert_close(algo.advantages(with_left_out)[:3], algo.advantages(changed)[:3])

@@ -50,7 +50,6 @@ from vimpo_bench.algorithms.core import (
     require_group_size,
     whiten_batch,
 )
-from vimpo_bench.algorithms.fixed_points import check_fixed_point
 from vimpo_bench.ranges import num
 
 BASELINES = ("mean", "soft")
@@ -223,7 +222,8 @@ class Vimpo:
       (= beta 0.05 with c_V 5).
     value_coef: c_V fixed instead (value_scale then follows beta); None = derive it from value_scale.
     value_baseline: mean | soft. advantage: soft_rtg | implied | mc | residual | outcome | none (what each
-      converges to: algorithms/fixed_points.py; a combination with no fixed point is refused).
+      converges to: algorithms/fixed_points.py; a run config with no fixed point is refused by
+      config.validate, while the class itself stays usable for measurements such as c_V = 0).
     lam: discount of the implied and soft_rtg KL sums (0 < lam <= 1; the fixed points assume 1).
     advantage_whiten: divide advantages by their batch std (never for `implied`: it amplifies noise).
     Truncated responses: the trainer's `reward.truncated` rule, applied when the batch is scored for
@@ -253,9 +253,6 @@ class Vimpo:
               "both are null")
         check_choice(self, "value_baseline", BASELINES)
         check_choice(self, "advantage", ADVANTAGE_KINDS)
-        if self.agg == "seq-sum":  # w = 1 whatever the length: decidable here (token-mean: config.validate)
-            error, _ = check_fixed_point(self.advantage, self.agg, self.beta, self.effective_value_scale, 1)
-            check(error is None, error)
         if self.value_baseline == "soft" and self.beta < 0.2:
             warnings.warn(
                 f"value_baseline='soft' with beta={self.beta}: with binary rewards it tracks the group maximum "
