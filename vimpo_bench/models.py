@@ -31,6 +31,7 @@ from transformers import (
     AutoTokenizer,
     LlamaConfig,
     LlamaForCausalLM,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
@@ -145,6 +146,36 @@ def frozen_copy(model: PreTrainedModel) -> PreTrainedModel:
     ref.eval()
     ref.requires_grad_(False)
     return ref
+
+
+def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """Zero every dropout probability of `model` in place (and return it): the `p` of its nn.Dropout
+    modules, the float fields named `*dropout*` or `*pdrop` of its modules and of its config (Llama's
+    attention dropout is such a field, read in train mode, not an nn.Dropout: TRL's
+    `disable_dropout_in_model` misses it; some models read the config's at forward time).
+
+    The rule, in both engines (`steps.load_starting_policy` calls this on every run's starting policy):
+    dropout is off in every RL forward (rollouts, pi_old, pi_ref, and pi_theta in the update), as TRL's
+    `disable_dropout=True`. PPO's ratio rho = pi_theta / pi_old must be exactly 1 on the first minibatch,
+    where the two are the same weights: with dropout in either forward rho is noise around 1 that the
+    clip and the KL terms read as a policy change. The probabilities are zeroed once, rather than the
+    update run in eval mode, because the update runs in train mode (Trainer sets it at every step, and
+    gradient checkpointing works only in train mode). The no-gradient forwards also run in eval mode
+    (`steps.eval_mode`), a second guard for models handed to an engine without this call.
+    """
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        _zero_dropout_fields(module)
+    return model
+
+
+def _zero_dropout_fields(obj) -> None:
+    for name, value in list(vars(obj).items()):
+        if isinstance(value, float) and ("dropout" in name or name.endswith("pdrop")):
+            setattr(obj, name, 0.0)
+        elif isinstance(value, PretrainedConfig):
+            _zero_dropout_fields(value)  # the model's config, and the sub-configs of composite models
 
 
 def apply_chat_template_if_any(tokenizer: PreTrainedTokenizerBase, text: str) -> str:

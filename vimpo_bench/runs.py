@@ -34,6 +34,7 @@ class TrainResult:
     wall_seconds: float
     checkpoint: str | None
     history: list[dict[str, float]] = field(default_factory=list)
+    identity: dict[str, str] = field(default_factory=dict)  # provenance.run_identity: machine, start checksum
 
     def summary(self) -> dict:
         return {
@@ -46,6 +47,7 @@ class TrainResult:
             "final_sampled_accuracy": self.final.get("val/sampled_accuracy"),
             "wall_seconds": round(self.wall_seconds, 2),
             "checkpoint": self.checkpoint,
+            **self.identity,
         }
 
 
@@ -118,11 +120,14 @@ def run_is_live(output_dir: str | Path, run_id: str) -> bool:
     return locks.held(Path(output_dir) / run_id / OWNER_LOCK)
 
 
-def record_run(tracker: Tracker, config: Config, task, tags: dict | None = None) -> None:
-    """Params = the resolved config; tags = provenance (+ the caller's); artifact = config.yaml (house rule 7)."""
+def record_run(tracker: Tracker, config: Config, task, tags: dict | None = None,
+               identity: dict | None = None) -> None:
+    """Params = the resolved config and `identity` (`provenance.run_identity`: the machine and the starting
+    weights' checksum, so that runs of one config on two machines are told apart); tags = provenance (+ the
+    caller's); artifact = config.yaml (house rule 7)."""
     from vimpo_bench import grading_version
 
-    tracker.log_params(config.to_dict())
+    tracker.log_params({**config.to_dict(), **(identity or {})})
     tracker.set_tags({
         "vimpo.kind": "train",
         "vimpo.algo": config.algo["name"],

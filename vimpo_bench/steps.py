@@ -53,16 +53,19 @@ def move_reference(config, policy, reference, batch_info) -> dict:
 
 def load_starting_policy(config: Config, progress=None):
     """(policy, tokenizer) a run starts from: `model.name` loaded, the built-in model warm-started on the
-    run's arith task (cached: the same seed gives the same start to every algorithm); `progress(phase,
-    done, total, metrics)` sees the warm start."""
-    from vimpo_bench.models import load_policy
+    run's arith task (cached: the same seed gives the same start to every algorithm), its dropout off
+    (`models.disable_dropout`: the rule for every RL forward, both engines); `progress(phase, done, total,
+    metrics)` sees the warm start."""
+    from vimpo_bench.models import disable_dropout, load_policy
 
     warm = {"steps": config.model.warm_start_steps, "batch_size": config.model.warm_start_batch_size,
             "lr": config.model.warm_start_lr, "seed": config.run.seed}
     if progress:
         warm["progress"] = lambda done, total, loss: progress("warm start", done, total, {"loss": loss})
-    return load_policy(config.model.name, config.model.dtype, config.model.cache_dir,
-                       task_options=config.task.options if config.task.name == "arith" else None, warm_start=warm)
+    policy, tokenizer = load_policy(config.model.name, config.model.dtype, config.model.cache_dir,
+                                    task_options=config.task.options if config.task.name == "arith" else None,
+                                    warm_start=warm)
+    return disable_dropout(policy), tokenizer
 
 
 def sampled_logprobs(config: Config, model, rollouts: Rollouts, with_entropy: bool = False):
@@ -75,7 +78,9 @@ def sampled_logprobs(config: Config, model, rollouts: Rollouts, with_entropy: bo
 
 @contextlib.contextmanager
 def eval_mode(model):
-    """Dropout off inside (old and reference log-probs are no-gradient measurements), mode restored after."""
+    """Eval mode inside, mode restored after: the no-gradient forwards (pi_old, pi_ref) measure the policy as
+    sampled. A second guard: the starting policy's dropout is already zeroed (`models.disable_dropout`), but
+    a model handed to an engine another way may still have it, and other layers may act by mode."""
     was_training = model.training
     model.eval()
     try:

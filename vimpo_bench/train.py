@@ -32,6 +32,7 @@ from vimpo_bench.checkpoints import (
 from vimpo_bench.config import Config
 from vimpo_bench.logprobs import token_logprobs
 from vimpo_bench.models import frozen_copy
+from vimpo_bench.provenance import run_identity
 from vimpo_bench.reference import beta_at, is_ref_update_step, lr_factor
 from vimpo_bench.rewards import noisy_rewards, truncation_rule, verifier_rewards
 from vimpo_bench.rollout.base import Rollouts
@@ -130,7 +131,8 @@ def train(
     task = task_registry.get(config.task.name, **config.task.options)
     train_pool = task.problems("train")
     heldout = task.problems("validation", limit=config.eval.problems)
-    policy, tokenizer = load_starting_policy(config, progress)
+    policy, tokenizer = load_starting_policy(config, progress)  # dropout zeroed: rho = 1 on the first minibatch
+    identity = run_identity(policy)  # the machine and the starting weights' checksum, for the record
     reference = frozen_copy(policy)
     policy.train()
     generator = make_generator(config, policy, tokenizer)
@@ -147,7 +149,7 @@ def train(
         # already recorded are kept and not logged a second time.
         logged_through = tracker.last_step("perf/step_s") or 0
     else:
-        record_run(tracker, config, task, tags)
+        record_run(tracker, config, task, tags, identity)
 
     prompt_text = lambda problem: render_prompt(config, task, problem, tokenizer)  # noqa: E731
     history: list[dict[str, float]] = []
@@ -187,7 +189,7 @@ def train(
     if end_step == config.optim.steps and config.run.log_checkpoint and tracker.run_id:
         tracker.log_artifact(final_dir / "policy", "checkpoint")
     return TrainResult(tracker.run_id, end_step, initial, last_eval, time.perf_counter() - started,
-                       str(final_dir), history)
+                       str(final_dir), history, identity)
 
 
 def rl_step(config, task, train_pool, prompt_text, policy, reference, generator, optimizer, scheduler,
@@ -216,7 +218,8 @@ def rl_step(config, task, train_pool, prompt_text, policy, reference, generator,
         graded, clean, rewards, include = score(config, task, problems, rollouts, step)
 
     # -- log-probs of the sampled tokens under pi_old (= the policy now) and pi_ref; no gradient ---
-    # At the sampling temperature (ratios and KL refer to the distribution that sampled), dropout off.
+    # At the sampling temperature (ratios and KL refer to the distribution that sampled), dropout off
+    # (zeroed at load, and eval mode here; see `models.disable_dropout`).
     with timer("logprob"), torch.no_grad(), eval_mode(policy):
         old_logp, entropy = sampled_logprobs(config, policy, rollouts, with_entropy=True)
         ref_logp, _ = sampled_logprobs(config, reference, rollouts)
@@ -281,6 +284,7 @@ def ppo_update(config, algo, policy, optimizer, scheduler, rollouts: Rollouts, f
             optimizer.zero_grad(set_to_none=True)
             for micro_groups in torch.tensor_split(minibatch_groups, config.optim.grad_accum):
                 rows = torch.isin(full.group_ids, micro_groups).nonzero().squeeze(1)
+                # Train mode, dropout zeroed at load: the first minibatch's logp equals old_logp (rho = 1).
                 logp, _ = token_logprobs(policy, rollouts.prompt_ids[rows], rollouts.prompt_mask[rows],
                                          rollouts.response_ids[rows], rollouts.response_mask[rows],
                                          temperature=config.rollout.temperature)

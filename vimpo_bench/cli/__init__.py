@@ -8,6 +8,7 @@ user can fix (`UserError`, `ValueError`, `FileNotFoundError`, ...) print one lin
 from __future__ import annotations
 
 import sys
+import warnings
 
 import typer
 
@@ -57,8 +58,15 @@ def _register() -> None:
                 raise
 
 
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    """A warning of ours is one line saying what and why, not the file and source line that raised it."""
+    return f"warning: {one_line(message)}\n"
+
+
 def main() -> None:
     _register()
+    if not debug_enabled():
+        warnings.formatwarning = _warning_line
     try:
         app()
     except (typer.Exit, typer.Abort, SystemExit):

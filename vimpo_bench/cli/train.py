@@ -76,6 +76,12 @@ def train_command(
             f"greedy {_pct(summary['initial_greedy_accuracy'])} -> {_pct(summary['final_greedy_accuracy'])}, "
             f"sampled {_pct(summary['initial_sampled_accuracy'])} -> {_pct(summary['final_sampled_accuracy'])}"
         )
+        if "model.start_checksum" in summary:  # two results of one config are told apart by these
+            typer.echo(
+                f"ran on {summary['machine.cpu_model']}, GPU {summary['machine.accelerator']}, torch "
+                f"{summary['versions.torch']}, transformers {summary['versions.transformers']}; starting weights "
+                f"sha256 {summary['model.start_checksum']}"
+            )
 
 
 def _pct(x) -> str:

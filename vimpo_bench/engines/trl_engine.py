@@ -26,6 +26,7 @@ from vimpo_bench.checkpoints import checkpoint_dir, checkpoint_due, load_state, 
 from vimpo_bench.config import Config
 from vimpo_bench.engines import trl_preflight
 from vimpo_bench.models import frozen_copy
+from vimpo_bench.provenance import run_identity
 from vimpo_bench.reference import beta_at, is_ref_update_step
 from vimpo_bench.runs import (
     TrainingError,
@@ -120,6 +121,9 @@ def trainer_args(config: Config):
         weight_decay=o.weight_decay,
         max_grad_norm=o.max_grad_norm,
         beta=0.0,  # pi_ref is ours (hard/ema schedules); TRL builds none
+        # Dropout off in every RL forward (`models.disable_dropout`, already applied to the starting policy;
+        # TRL's own pass zeroes nn.Dropout modules only).
+        disable_dropout=True,
         shuffle_dataset=False,
         remove_unused_columns=False,
         logging_steps=1,
@@ -182,9 +186,12 @@ def train(config: Config, args, tracker: Tracker, run_id: str | None, progress=N
     # -- setup: task, policy, the trainer ---------------------------------------------------------
     task = task_registry.get(config.task.name, **config.task.options)
     with state.main_process_first():  # the built-in model's warm start is cached once
-        policy, tokenizer = load_starting_policy(config, progress)
+        policy, tokenizer = load_starting_policy(config, progress)  # dropout zeroed (`models.disable_dropout`)
+    # The machine and the starting weights' checksum, for the record and the summary (main process only:
+    # hashing the weights reads all of them).
+    identity = run_identity(policy) if state.is_main_process else {}
     if resume_from is None:
-        record_run(tracker, config, task, {**(tags or {}), "vimpo.engine": "trl"})
+        record_run(tracker, config, task, {**(tags or {}), "vimpo.engine": "trl"}, identity)
     trainer, vb = make_trainer(config, args, policy, tokenizer, task, tracker, progress, on_eval)
     final_dir = checkpoint_dir(config, run_id)
     vb.checkpoint = final_dir
@@ -202,7 +209,7 @@ def train(config: Config, args, tracker: Tracker, run_id: str | None, progress=N
         tracker.log_artifact(final_dir / "policy", "checkpoint")
     state.wait_for_everyone()
     return TrainResult(tracker.run_id, end_step, vb.initial, vb.last_eval, time.perf_counter() - started,
-                       str(final_dir), vb.history)
+                       str(final_dir), vb.history, identity)
 
 
 def resume_state(trainer, vb: EngineState, checkpoint: Path, tracker: Tracker) -> None:

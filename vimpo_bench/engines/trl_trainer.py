@@ -4,7 +4,8 @@ everything a result depends on is ours, through the same functions as the native
 
     rollout     TRL's `_generate`, on the prompts the native loop would draw (`StepPromptSampler`)
     score       grader per process -> truncation rule -> noise over the whole step, seeded as `train.score`
-    log-probs   pi_old and pi_ref at the sampling temperature, no gradient, eval mode
+    log-probs   pi_old and pi_ref at the sampling temperature, no gradient, eval mode (dropout is off in
+                every forward, the update's too: zeroed at load, `models.disable_dropout`)
     advantages  `algo.advantages` once per step over whole groups, held fixed through the update
     update      `algo.loss` on microbatches of whole groups, shuffled per epoch as `train.ppo_update`
     log         `RLStepCallback` (trl_engine.py) at the end of each RL step
@@ -234,6 +235,7 @@ class VimpoGRPOTrainer(GRPOTrainer):
 
     # -- update ---------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # Train mode (Trainer sets it), dropout zeroed at load: the first minibatch's logp equals old_logp.
         logp, _ = self.token_logps(model, inputs)
         micro = Batch(logp=logp, old_logp=inputs["old_logp"], ref_logp=inputs["ref_logp"],
                       mask=inputs["completion_mask"].float(), rewards=inputs["rewards"], group_ids=inputs["group_ids"],
