@@ -1,7 +1,9 @@
 """Training benchmarks of the issue's targets (prints numbers):
 
 1. the default demo (tiny_demo: VIMPO on arith) with a cached warm start: wall time per seed and the
-   validation sampled-accuracy gain over the warm start, mean over seeds (targets: <= 5 min, >= 10 points);
+   validation sampled- and greedy-accuracy gains over the warm start (targets, issue 21: the sampled gain
+   >= 5 points in the mean of the seeds and > 0 on each, the greedy gain >= 0 in the mean; <= 10 min a run
+   with its warm start on a fresh machine);
 2. the cost of a VIMPO step against a GRPO step at the same settings, with the step split
    (rollout, scoring, log-probs, update) and tokens per second (target: VIMPO <= 1.05x GRPO).
 
@@ -25,7 +27,7 @@ SPLIT = ("perf/rollout_s", "perf/scoring_s", "perf/logprob_s", "perf/update_s", 
 def demo(seeds: list[int], steps: int) -> None:
     print(f"== tiny_demo, {steps} steps, seeds {seeds}")
     load_config("tiny_demo")  # validate before any work
-    gains, walls = [], []
+    gains, greedy_gains, walls = [], [], []
     for seed in seeds:
         config = load_config("tiny_demo", [f"run.seed={seed}", f"optim.steps={steps}"])
         train(load_config("tiny_demo", [f"run.seed={seed}", "optim.steps=0"]))  # warm start cached, not timed
@@ -35,10 +37,12 @@ def demo(seeds: list[int], steps: int) -> None:
         s0, s1 = result.initial["val/sampled_accuracy"], result.final["val/sampled_accuracy"]
         g0, g1 = result.initial["val/greedy_accuracy"], result.final["val/greedy_accuracy"]
         gains.append(s1 - s0)
+        greedy_gains.append(g1 - g0)
         walls.append(wall)
         print(f"  seed {seed}: {wall:6.1f} s  sampled {s0:.3f} -> {s1:.3f}  greedy {g0:.3f} -> {g1:.3f}")
-    print(f"  mean sampled-accuracy gain {100 * statistics.mean(gains):+.1f} points (target >= +10); "
-          f"mean wall {statistics.mean(walls):.1f} s (target <= 300)")
+    print(f"  mean sampled-accuracy gain {100 * statistics.mean(gains):+.1f} points (target >= +5), "
+          f"on each seed > 0: {all(g > 0 for g in gains)}; mean greedy gain {100 * statistics.mean(greedy_gains):+.1f} "
+          f"points (target >= 0); mean wall {statistics.mean(walls):.1f} s without the warm start")
 
 
 def step_cost(steps: int) -> None:

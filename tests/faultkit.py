@@ -29,13 +29,18 @@ KILL_POINTS = {"step": (2, 3), "save": (2,), "heldout": (3,)}
 TIMING = ("perf/",)
 
 
-def train_config(cache: Path, output_dir: Path, warm_steps: int, *extra: str):
-    return load_config(overrides=[
+def train_overrides(cache: Path, output_dir: Path, warm_steps: int, *extra: str) -> list[str]:
+    """The `--set` items of a fast run of tiny-arith on the easy task (`extra` last: it wins)."""
+    return [
         "model.name=tiny-arith", f"model.cache_dir={cache}", f"model.warm_start_steps={warm_steps}", *EASY_TASK_SET,
         "rollout.prompts_per_step=4", "rollout.group_size=4", "rollout.max_new_tokens=24",
         f"optim.steps={STEPS}", "optim.lr=1e-3", "optim.minibatches=2",
         f"eval.every={EVAL_EVERY}", "eval.problems=8", "eval.samples=2", "eval.completions_logged=2",
-        f"run.output_dir={output_dir}", "run.threads=1", f"run.checkpoint_every={CHECKPOINT_EVERY}", *extra])
+        f"run.output_dir={output_dir}", "run.threads=1", f"run.checkpoint_every={CHECKPOINT_EVERY}", *extra]
+
+
+def train_config(cache: Path, output_dir: Path, warm_steps: int, *extra: str):
+    return load_config(overrides=train_overrides(cache, output_dir, warm_steps, *extra))
 
 
 def _child(kill_at: str, target, args) -> None:

@@ -6,6 +6,7 @@ The kill scenarios live in tests/faultkit.py (benchmarks/bench_faults.py runs mo
 from __future__ import annotations
 
 import multiprocessing
+import os
 import random
 import textwrap
 import time
@@ -22,6 +23,7 @@ from faultkit import (
     running_runs,
     start_in_own_group,
     train_config,
+    train_overrides,
     train_run,
 )
 from optuna.trial import TrialState
@@ -312,3 +314,242 @@ def test_temporary_folders_of_dead_runs_go_and_a_live_run_is_left_alone(tmp_path
     finally:
         holder.release()
     assert not run_is_live(tmp_path, "live-run")
+
+
+# ------------------------------------------------------------ faults a user causes: one line, no false record
+
+
+def _cli(monkeypatch, capsys, *args: str) -> tuple[int, list[str]]:
+    """`vimpo-bench ARGS` in this process, as the console script runs it (`cli.main`): (exit code, the lines it
+    wrote to stderr other than progress bars and config warnings)."""
+    import sys
+    import warnings
+
+    from vimpo_bench.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["vimpo-bench", *args])
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # main sets its own
+    with pytest.raises(SystemExit) as exited:
+        main()
+    lines = [line for line in capsys.readouterr().err.splitlines()
+             if line.strip() and not line.startswith("warning:") and "\r" not in line and "%|" not in line]
+    return exited.value.code, lines
+
+
+@pytest.fixture(scope="module")
+def finished_run(easy_model_cache, tmp_path_factory):
+    """(store, output folder, run id, config) of a FINISHED 2-step run with its checkpoint (its own store)."""
+    from vimpo_bench.train import run
+
+    root = tmp_path_factory.mktemp("finished")
+    store, out = f"sqlite:///{root / 'mlflow.db'}", root / "runs"
+    config = train_config(easy_model_cache, out, EASY_WARM_STEPS, "optim.steps=2")
+    result = run(config, tracking_uri=store)
+    return store, out, result.run_id, config
+
+
+def _copy_run(finished_run, tmp_path):
+    """A copy of `finished_run` (store and checkpoint) in tmp_path, for a test to break."""
+    import copy
+    import shutil
+
+    store, out, run_id, config = finished_run
+    shutil.copytree(out / run_id, tmp_path / "runs" / run_id)
+    shutil.copy(store[len("sqlite:///"):], tmp_path / "mlflow.db")
+    config = copy.deepcopy(config)
+    config.run.output_dir = str(tmp_path / "runs")
+    return f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "runs", run_id, config
+
+
+def _record(store: str, run_id: str) -> tuple[str, int]:
+    (r,) = tracking.get_runs([run_id], store)
+    return r["status"], r["end_time"]
+
+
+@pytest.mark.parametrize("run_id", ["finished", "f" * 32])
+def test_a_refused_resume_changes_nothing(run_id, finished_run, tmp_path, monkeypatch, capsys):
+    """`train --resume R` from a folder without runs/R (another working folder), or of an id that does not
+    exist: one line saying where it looked; the FINISHED run stays FINISHED and no runs/R/ folder is made."""
+    copy = _copy_run(finished_run, tmp_path / "trained")
+    store, run_id = copy[0], copy[2] if run_id == "finished" else run_id
+    before = _record(store, copy[2])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    code, lines = _cli(monkeypatch, capsys, "train", "--resume", run_id)
+    assert code == 1
+    assert lines == [f"error: cannot resume run {run_id}: no checkpoint in {elsewhere / 'runs' / run_id} (resume from "
+                     f"the folder it was trained in, or set run.output_dir to the folder holding {run_id}/)"]
+    assert list(elsewhere.iterdir()) == []  # no runs/R/, no store
+    assert _record(store, copy[2]) == before
+
+
+def test_ctrl_c_during_train_says_interrupted_records_killed_and_names_the_resume_command(
+        easy_model_cache, tmp_path):
+    """SIGINT (Ctrl-C) once a checkpoint exists: "interrupted" and the command that resumes, exit 130, the run
+    KILLED (not FAILED); that command then resumes it."""
+    import signal
+    import subprocess
+    import sys
+
+    from vimpo_bench.train import run
+
+    store, out = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "runs"
+    overrides = train_overrides(easy_model_cache, out, EASY_WARM_STEPS, "optim.steps=200", "run.checkpoint_every=1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vimpo_bench", "train", *[f"--set={o}" for o in overrides]], cwd=tmp_path,
+        env={**os.environ, "MLFLOW_TRACKING_URI": store}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal's Ctrl-C reaches it
+    try:
+        deadline = time.monotonic() + 240
+        while not list(out.glob("*/checkpoint/COMPLETE")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    (run_id,) = [p.name for p in out.iterdir()]
+    last = err.strip().splitlines()[-1]
+    assert proc.returncode == 130, err[-2000:]
+    assert last == (f"interrupted: run {run_id} recorded KILLED; resume it with: vimpo-bench train --resume {run_id} "
+                    f"--set run.output_dir={out}")
+    assert "Traceback" not in err
+    assert _record(store, run_id)[0] == "KILLED"
+    config = train_config(easy_model_cache, out, EASY_WARM_STEPS, "optim.steps=200")
+    assert run(config, resume_run_id=run_id, tracking_uri=store, stop_after=1).run_id == run_id
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """`make(size)`: a folder on a tmpfs of `size` (e.g. "8m"), a disk that really fills up (ENOSPC). Mounting
+    needs root; the test is skipped where it cannot mount."""
+    import subprocess
+
+    mounted = []
+
+    def make(size: str):
+        where = tmp_path / f"disk-{len(mounted)}"
+        where.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                              capture_output=True, text=True)
+        if done.returncode:
+            pytest.skip(f"a full disk is a small tmpfs, and mounting one failed: {done.stderr.strip()}")
+        mounted.append(where)
+        return where
+
+    yield make
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_leaves_no_partial_save(
+        easy_model_cache, small_disk, tmp_path):
+    from vimpo_bench.checkpoints import CheckpointError
+    from vimpo_bench.train import run
+
+    out = small_disk("8m")  # the policy (4.3 MB) fits, state.pt with Adam's moments (8.6 MB) does not
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = train_config(easy_model_cache, out, EASY_WARM_STEPS, "optim.steps=2", "run.checkpoint_every=1")
+    with pytest.raises(CheckpointError) as err:
+        run(config, tracking_uri=store)
+    (run_dir,) = out.iterdir()
+    assert str(err.value) == (f"cannot save checkpoint {run_dir / 'checkpoint'}: the disk is full (no space left on "
+                              f"{run_dir}); the partial save was removed")
+    assert [p.name for p in run_dir.iterdir() if not p.name.startswith(".owner")] == []  # no .checkpoint-*
+    assert _record(store, run_dir.name)[0] == "FAILED"
+
+
+def test_a_full_mlflow_store_is_one_line_without_tracebacks(easy_model_cache, small_disk, tmp_path, capfd,
+                                                            monkeypatch):
+    from vimpo_bench.train import run
+
+    monkeypatch.chdir(tmp_path)  # mlartifacts/ here: only the database fills its disk
+    disk = small_disk("4m")
+    store = f"sqlite:///{disk / 'mlflow.db'}"
+    tracking.MlflowTracker.start("first", tracking_uri=store).finish()  # the store exists; now fill its disk
+    free = os.statvfs(disk)
+    (disk / "filler").write_bytes(bytes(free.f_bavail * free.f_frsize - 64 * 1024))
+    config = train_config(easy_model_cache, tmp_path / "runs", EASY_WARM_STEPS, "optim.steps=200",
+                          "run.checkpoint_every=0", "eval.every=1")
+    with pytest.raises(tracking.StoreFull) as err:
+        run(config, tracking_uri=store)
+    assert str(err.value).startswith(f"MLflow store {disk / 'mlflow.db'}: the disk is full (run ")
+    assert "Traceback" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("file, damage, message", [
+    ("policy/model.safetensors", "empty", "policy/model.safetensors is corrupt: truncated or emptied"),
+    ("policy/model.safetensors", "truncate", "policy/model.safetensors is corrupt: truncated or emptied"),
+    ("state.pt", "truncate", "checkpoint {ck} is corrupt: state.pt cannot be read"),
+    ("state.pt", "empty", "checkpoint {ck} is corrupt: state.pt cannot be read"),
+    ("config.json", "remove", "checkpoint {ck} is corrupt: config.json is missing"),
+])
+def test_a_broken_checkpoint_is_named_and_the_resume_changes_nothing(file, damage, message, finished_run,
+                                                                       tmp_path):
+    from vimpo_bench.checkpoints import CheckpointError
+    from vimpo_bench.train import run
+
+    store, out, run_id, config = _copy_run(finished_run, tmp_path)
+    checkpoint = out / run_id / "checkpoint"
+    before = _record(store, run_id)
+    path = checkpoint / file
+    if damage == "remove":
+        path.unlink()
+    else:
+        path.write_bytes(path.read_bytes()[: 0 if damage == "empty" else path.stat().st_size // 2])
+    with pytest.raises(CheckpointError) as err:
+        run(config, resume_run_id=run_id, tracking_uri=store)
+    assert message.format(ck=checkpoint) in str(err.value) and str(checkpoint) in str(err.value)
+    assert "\n" not in str(err.value)
+    assert _record(store, run_id) == before  # not reopened, not marked FAILED
+
+
+def _bad_model(case: str, folder, tiny_model_dir) -> tuple[str, str]:
+    """(--model value, what the error says) for a thing that is not a model, made in `folder`."""
+    import shutil
+
+    if case == "not a model":
+        (folder / "notes").mkdir()
+        (folder / "notes" / "readme.txt").write_text("not a model")
+        return "notes", "--model notes: not a model folder"
+    if case == "missing folder":
+        return "./no/such/folder", "--model ./no/such/folder: no such folder"
+    if case == "a file":
+        (folder / "f.txt").write_text("x")
+        return "f.txt", "--model f.txt: a file, not a model folder"
+    shutil.copytree(tiny_model_dir, folder / "cut")
+    (folder / "cut" / "model.safetensors").write_bytes(b"")
+    return "cut", "cut/model.safetensors is corrupt: truncated or emptied"
+
+
+@pytest.mark.parametrize("case", ["not a model", "missing folder", "a file", "cut weights"])
+def test_eval_of_something_that_is_not_a_model_is_refused_before_any_run(case, tiny_model_dir, tmp_path,
+                                                                         monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    model, message = _bad_model(case, tmp_path, tiny_model_dir)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    code, lines = _cli(monkeypatch, capsys, "eval", "--suite", "arith", "--limit", "2", "--model", model)
+    assert code != 0 and len(lines) == 1 and message in lines[0], lines
+    assert tracking.missing_sqlite_store(store)  # no eval run: not even a store
+
+
+def test_eval_takes_the_folder_a_run_writes(tiny_model_dir, tmp_path):
+    import shutil
+
+    from vimpo_bench.evaluate import resolve_model
+
+    policy = tmp_path / "runs" / "abc" / "checkpoint" / "policy"
+    shutil.copytree(tiny_model_dir, policy)
+    (policy.parent / "config.json").write_text("{}")  # the run's config beside it, not a model config
+    for given in (policy.parent.parent, policy.parent, policy):
+        assert resolve_model(str(given), tmp_path) == (str(policy), None)
+
+
+def test_a_report_on_an_empty_store_file_only_reads(tmp_path, monkeypatch, capsys):
+    empty = tmp_path / "mlflow.db"
+    empty.touch()
+    code, lines = _cli(monkeypatch, capsys, "report", "--experiment", "x", "--tracking-uri", f"sqlite:///{empty}")
+    assert code == 2 and lines == [f"error: {empty} is not an MLflow store: an empty file"]
+    assert empty.stat().st_size == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db"]

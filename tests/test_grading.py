@@ -214,6 +214,33 @@ def test_extract_answer(completion, expected):
     assert extract_answer(completion) == expected
 
 
+# The last-number fallback (no box, tag or "answer is"), read by hand: math-verify's own extraction
+# (ExprExtractionConfig, 0.9.0) misreads each of these, so it does not replace ours. (completion, ours, its)
+LAST_NUMBER_CASES = [
+    ("=138,137=13,1345", "1345", "13134"),  # seen in an evaluation record; was read as 5 (13,134 then 5)
+    ("x 12345,678", "678", "12345.678"),  # a list, not a decimal comma
+]
+
+
+@pytest.mark.parametrize("completion,ours,theirs", LAST_NUMBER_CASES)
+def test_last_number_fallback_reads_only_whole_thousands_groups(completion, ours, theirs):
+    import math_verify
+
+    assert extract_answer(completion) == ours and is_correct(completion, ours)
+    parsed = math_verify.parse(completion, extraction_config=[math_verify.ExprExtractionConfig()], parsing_timeout=5)
+    assert parsed[-1] == theirs  # when math-verify reads it as we do, use its extraction for this case instead
+
+
+@pytest.mark.parametrize("completion,expected", [
+    ("the total is 1,234,567 apples", "1,234,567"),
+    ("it costs -1,000.5 dollars", "-1,000.5"),
+    ("so 12 and 7.", "7"),
+    ("she has 3/4 left", "3/4"),
+])
+def test_last_number_fallback_keeps_whole_numbers(completion, expected):
+    assert extract_answer(completion) == expected
+
+
 def test_extract_joins_one_box_per_answer_for_multi_answer_golds():
     assert extract_answer("\\boxed{1}, \\boxed{2} and \\boxed{3}", n_answers=2) == "2, 3"
     assert extract_answer("\\boxed{1, 2}", n_answers=2) == "1, 2"

@@ -286,15 +286,19 @@ _RUN_ID = re.compile(r"^(?:runs:/)?([0-9a-f]{32})(?:/.*)?$")
 def resolve_model(spec: str, download_dir: Path, tracking_uri: str | None = None) -> tuple[str, str | None]:
     """(what `models.load_policy` loads, the MLflow run it came from or None).
 
-    `spec` is a local folder (a `save_pretrained` folder, or one holding `checkpoint/`), an MLflow
-    run id (or `runs:/<id>`: its `checkpoint/` artifact is downloaded into `download_dir`), the
-    built-in `tiny-arith`, or a Hugging Face hub id.
+    `spec` is a local folder (a `save_pretrained` folder, or a run's folder or checkpoint folder holding
+    one), an MLflow run id (or `runs:/<id>`: its `checkpoint/` artifact is downloaded into `download_dir`),
+    the built-in `tiny-arith`, or a Hugging Face hub id. A local path that holds no model is refused here.
     """
+    from vimpo_bench.models import _looks_like_local_path
+
     path = Path(spec).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file() and (path / "checkpoint" / "config.json").is_file():
-            path = path / "checkpoint"
-        return str(path), None
+        return str(model_folder(path)), None
+    if path.exists():
+        raise ValueError(f"--model {spec}: a file, not a model folder")
+    if _looks_like_local_path(spec):
+        raise FileNotFoundError(f"--model {spec}: no such folder")
     match = _RUN_ID.match(spec)
     if match:
         from vimpo_bench import tracking
@@ -313,6 +317,27 @@ def resolve_model(spec: str, download_dir: Path, tracking_uri: str | None = None
             raise ValueError(f"MLflow run {run_id} has no 'checkpoint/' artifact to evaluate") from exc
         return local, run_id
     return spec, None
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
+
+
+def model_folder(path: Path) -> Path:
+    """The `save_pretrained` folder at `path`, or under it as a run writes it (`<run>/checkpoint/policy`, or
+    `checkpoint/` as the MLflow artifact): a model config, weights and a tokenizer. Else ValueError saying
+    which folder to give (transformers' own error is a cut-off tokenizer message)."""
+    from vimpo_bench.checkpoints import check_weights
+
+    for folder in (path, path / "checkpoint", path / "policy", path / "checkpoint" / "policy"):
+        if (folder / "config.json").is_file() and (any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))):
+            break
+    else:
+        raise ValueError(f"--model {path}: not a model folder (no model config.json and weights in it, its "
+                         "checkpoint/ or policy/); give a save_pretrained folder, e.g. runs/<run id>/checkpoint/policy")
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise ValueError(f"--model {path}: {folder} has no tokenizer (none of {', '.join(TOKENIZER_FILES)})")
+    check_weights(folder)  # a truncated or emptied weights file, named
+    return folder
 
 
 def run_eval(
@@ -345,6 +370,8 @@ def run_eval(
     with tempfile.TemporaryDirectory(prefix="vimpo-eval-") as tmp:
         source, source_run = resolve_model(model, Path(tmp), tracking_uri)
         parent = parent_run_id or source_run
+        if harness == "native":  # a model that does not load fails before an eval run exists
+            generator, tokenizer = build_generator(source, config, backend=backend, dtype=dtype)
         tracker: Any = NullTracker()
         owner = None
         if track:
@@ -371,7 +398,6 @@ def run_eval(
                     model=model,
                 )
             else:
-                generator, tokenizer = build_generator(source, config, backend=backend, dtype=dtype)
                 result = evaluate(
                     generator, config, tokenizer, tracker, progress, out, step=step, model=model
                 )
@@ -380,9 +406,9 @@ def run_eval(
                 tracker.log_dict(result.summary(), "summary.json")
                 tracker.finish("FINISHED")
             return result
-        except BaseException:
+        except BaseException as exc:
             if track:
-                tracker.finish("FAILED")
+                tracker.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")  # Ctrl-C is no failure
             raise
         finally:  # after the run's final status: a released lock with the run still RUNNING means a death
             if owner is not None:

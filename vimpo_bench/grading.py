@@ -5,8 +5,9 @@ math-verify deciding equivalence:
 
 1. Extract the model's answer (`extract_answer`): the content of the LAST complete `\\boxed{...}`
    (or `\\fbox{}` / `\\framebox{}`); else the content of the last `<answer>...</answer>`; else the
-   text after the last "answer is" / "answer:"; else the last number in the completion. A trailing
-   period and a whole-answer `\\textbf{}` are dropped.
+   text after the last "answer is" / "answer:"; else the last number in the completion (thousands
+   groups only whole: `13,1345` is 13 then 1345; math-verify's own extraction reads it as 13134, so this
+   fallback stays ours). A trailing period and a whole-answer `\\textbf{}` are dropped.
 2. Parse gold and answer with math-verify, each wrapped in `\\boxed{}`, and compare them with
    `math_verify.verify` (numbers, fractions vs decimals, sets, intervals, tuples, equations such as
    `x=3` vs `3`, units, degrees and percent are normalized there), with three corrections:
@@ -60,7 +61,7 @@ from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 
 # Bump the first component whenever extraction or comparison rules change (results then differ).
-_RULES_VERSION = "2"
+_RULES_VERSION = "3"
 
 
 def _math_verify_version() -> str:
@@ -101,7 +102,8 @@ _BOX_SPACE = re.compile(r"\\boxed +([^\s$]+)")
 _BRACE = re.compile(r"(?<!\\)[{}]")
 _ANSWER_TAG_EDGE = re.compile(r"<(/?)answer>", re.IGNORECASE)
 _ANSWER_PHRASE = re.compile(r"answer(?:\s+is|\s*:)\s*:?", re.IGNORECASE)
-_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?")
+# A number: thousands groups only as a whole ("1,234,567"; "13,1345" is 13 then 1345, not 13,134 then 5).
+_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3}(?!\d))+|\d+)(?:\.\d+)?(?:/\d+)?")
 _PHRASE_MAX_CHARS = 300
 
 

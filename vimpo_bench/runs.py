@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vimpo_bench import locks
-from vimpo_bench.checkpoints import find_checkpoint, remove_partial_saves, saved_config
+from vimpo_bench.checkpoints import check_checkpoint, find_checkpoint, remove_partial_saves, saved_config
 from vimpo_bench.config import Config
 from vimpo_bench.provenance import git_state, machine_state, package_versions
 from vimpo_bench.tracking import MlflowTracker, Tracker
@@ -77,14 +77,14 @@ def start_tracker(config: Config, tags: dict | None, parent_run_id: str | None, 
 
 def train_to_status(tracker: Tracker, total_steps: int, call: Callable[[], TrainResult]) -> TrainResult:
     """Run `call()` and close the run: FINISHED once all steps are done (a `stop_after` cut leaves it
-    RUNNING, to be resumed), KILLED on EarlyStop (a pruned trial), FAILED on any other exception."""
+    RUNNING, to be resumed), KILLED on EarlyStop (a pruned trial) or Ctrl-C, FAILED on any other exception."""
     try:
         result = call()
-    except EarlyStop:
-        tracker.finish("KILLED")
-        raise
-    except BaseException:
-        tracker.finish("FAILED")
+    except BaseException as exc:
+        try:
+            tracker.finish("KILLED" if isinstance(exc, (EarlyStop, KeyboardInterrupt)) else "FAILED")
+        except Exception:  # a store that cannot take the status (a full disk) must not hide why the run ended
+            pass
         raise
     if result.steps >= total_steps:
         tracker.finish("FINISHED")
@@ -148,19 +148,25 @@ def record_run(tracker: Tracker, config: Config, task, tags: dict | None = None,
 
 def open_run(config: Config, resume_run_id, tags, parent_run_id, tracking_uri):
     """(tracker, owner lock, checkpoint or None): a new MLflow run for `config`, or `resume_run_id` reopened with
-    its last checkpoint (a run without one is marked FAILED); the caller holds the lock while it trains."""
+    its last checkpoint; the caller holds the lock while it trains. A resume that cannot go on (no checkpoint
+    in this run.output_dir, a corrupt one, no such MLflow run) is refused before anything changes: no folder
+    is made and the run's record stays as it was."""
     output = Path(config.run.output_dir)
-    prepare_output_dir(output)
     if not resume_run_id:
+        prepare_output_dir(output)
         tracker = start_tracker(config, tags, parent_run_id, tracking_uri)
         return tracker, claim_run(output / tracker.run_id), None  # live while this process trains it
-    owner = claim_run(output / resume_run_id)
+    run_dir = output / resume_run_id
+    checkpoint = find_checkpoint(run_dir)
+    if checkpoint is None:
+        where = run_dir.resolve()
+        raise TrainingError(f"cannot resume run {resume_run_id}: no checkpoint in {where} (resume from the folder "
+                            f"it was trained in, or set run.output_dir to the folder holding {resume_run_id}/)")
+    prepare_output_dir(output)
+    owner = claim_run(run_dir)
     try:
+        check_checkpoint(checkpoint)  # under the lock: no other process is saving it
         tracker = MlflowTracker.resume(resume_run_id, tracking_uri)
-        checkpoint = find_checkpoint(output / resume_run_id)
-        if checkpoint is None:
-            tracker.finish("FAILED")
-            raise TrainingError(f"run {resume_run_id} has no checkpoint under {output}/{resume_run_id}")
     except BaseException:
         owner.release()
         raise

@@ -7,14 +7,16 @@ Library code takes a `Tracker`; the default `NullTracker` records nothing. `Mlfl
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
 import time
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-from vimpo_bench import locks, net
+from vimpo_bench import faults, locks, net
 
 DEFAULT_EXPERIMENT = "vimpo-bench"
 # Seconds to wait for a tracking server to accept a connection; MLflow's own HTTP retries take minutes.
@@ -23,6 +25,10 @@ CONNECT_TIMEOUT = 5.0
 
 class TrackingUnavailable(ConnectionError):
     """The tracking store cannot be reached; the message shows its URI without a password."""
+
+
+class StoreFull(OSError):
+    """The tracking store cannot record: its disk is full. The message names the file."""
 
 
 def default_tracking_uri() -> str:
@@ -39,6 +45,30 @@ def missing_sqlite_store(tracking_uri: str | None = None) -> Path | None:
         if not path.is_file():
             return path
     return None
+
+
+def check_readable_store(tracking_uri: str | None = None) -> None:
+    """Raise ValueError unless a local sqlite store is an MLflow database (checked read-only): readers call
+    this first, since MLflow opening a missing or empty file would make it a new, empty store."""
+    where = tracking_uri or default_tracking_uri()
+    missing = missing_sqlite_store(where)
+    if missing:
+        raise ValueError(f"no MLflow store at {missing} (give --tracking-uri or set MLFLOW_TRACKING_URI)")
+    if not where.startswith("sqlite:///"):
+        return
+    import sqlite3
+    from contextlib import closing
+
+    path = Path(where[len("sqlite:///"):])
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is not an MLflow store: an empty file")
+    try:
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error as exc:
+        raise ValueError(f"{path} is not an MLflow store ({exc})") from exc
+    if not {"runs", "experiments"} <= tables:
+        raise ValueError(f"{path} is not an MLflow store: it has no runs table")
 
 
 def redact_uri(uri: str) -> str:
@@ -130,6 +160,8 @@ def _client(tracking_uri: str | None):
 
     uri = tracking_uri or default_tracking_uri()
     if uri not in _READY:
+        # MLflow logs a failed commit's traceback (45 lines for a full disk) and then raises it: the raise is enough.
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         check_reachable(uri)
         if uri.startswith("sqlite:///"):
             # Two first runs on a new store at once both run MLflow's schema migration and one crashes: the
@@ -158,6 +190,27 @@ def experiment_id(client, name: str) -> str:
         return found.experiment_id
 
 
+def _store_full(uri: str, exc: Exception, what: str) -> StoreFull:
+    where = getattr(exc, "filename", None) or (uri[len("sqlite:///"):] if uri.startswith("sqlite:///")
+                                               else redact_uri(uri))
+    return StoreFull(f"MLflow store {where}: the disk is full ({what} cannot be recorded)")
+
+
+def _recording(method):
+    """A tracker method whose failure for a full disk is one line naming the store's file (StoreFull)."""
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:
+            if faults.disk_full(exc):
+                raise _store_full(self.client.tracking_uri, exc, f"run {self.run_id}") from exc
+            raise
+
+    return call
+
+
 class MlflowTracker:
     """One MLflow run. Start a new one with `MlflowTracker.start(...)` or reopen with `.resume(run_id)`."""
 
@@ -178,13 +231,22 @@ class MlflowTracker:
         all_tags = {k: str(v) for k, v in (tags or {}).items()}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
-        run = client.create_run(experiment_id(client, experiment), run_name=run_name, tags=all_tags)
+        try:
+            run = client.create_run(experiment_id(client, experiment), run_name=run_name, tags=all_tags)
+        except Exception as exc:
+            if faults.disk_full(exc):
+                raise _store_full(client.tracking_uri, exc, "a new run") from exc
+            raise
         return cls(client, run.info.run_id)
 
     @classmethod
     def resume(cls, run_id: str, tracking_uri: str | None = None) -> MlflowTracker:
+        check_readable_store(tracking_uri)  # never a new, empty store made to look the run up in
         client = _client(tracking_uri)
-        client.get_run(run_id)  # raises a clear MlflowException if it does not exist
+        try:
+            client.get_run(run_id)
+        except Exception as exc:
+            raise ValueError(f"no MLflow run with id {run_id!r} in {redact_uri(client.tracking_uri)}") from exc
         client.update_run(run_id, status="RUNNING")
         return cls(client, run_id)
 
@@ -193,6 +255,7 @@ class MlflowTracker:
         """A handle on an existing run that leaves its status alone (to add tags or metrics after it ended)."""
         return cls(_client(tracking_uri), run_id)
 
+    @_recording
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
@@ -202,11 +265,13 @@ class MlflowTracker:
         for i in range(0, len(new), 100):
             self.client.log_batch(self.run_id, params=new[i : i + 100])
 
+    @_recording
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
+    @_recording
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
@@ -215,15 +280,18 @@ class MlflowTracker:
         for i in range(0, len(batch), 500):
             self.client.log_batch(self.run_id, metrics=batch[i : i + 500])
 
+    @_recording
     def log_dict(self, data: Any, artifact_file: str) -> None:
         if artifact_file.endswith((".yaml", ".yml")):
             self.client.log_dict(self.run_id, data, artifact_file)
         else:
             self.client.log_text(self.run_id, json.dumps(data, indent=1, default=str), artifact_file)
 
+    @_recording
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, text, artifact_file)
 
+    @_recording
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
         path = Path(local_path)
         if path.is_dir():
@@ -231,6 +299,7 @@ class MlflowTracker:
         else:
             self.client.log_artifact(self.run_id, str(path), artifact_path)
 
+    @_recording
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
 

@@ -69,7 +69,11 @@ def main() -> None:
         warnings.formatwarning = _warning_line
     try:
         app()
-    except (typer.Exit, typer.Abort, SystemExit):
+    except SystemExit as exc:  # Typer turns Ctrl-C into a silent exit 130 before the handler below sees it
+        if exc.code == 130 and isinstance(getattr(exc.__context__, "__cause__", None), KeyboardInterrupt):
+            typer.echo("interrupted", err=True)
+        raise
+    except (typer.Exit, typer.Abort):
         raise
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)

@@ -60,9 +60,13 @@ def train_command(
         config = load_config(str(study) if study else DEFAULT_STUDY, overrides)
     except ConfigError as exc:
         fail(str(exc))
-    bars = _Bars()
+    bars, started = _Bars(), []
     try:
-        result = run(config, resume_run_id=resume, progress=bars)
+        result = run(config, resume_run_id=resume, progress=bars, run_started=started.append)
+    except KeyboardInterrupt:
+        bars.close()
+        typer.echo(_interrupted(config, started[0] if started else None), err=True)
+        raise typer.Exit(130) from None
     finally:
         bars.close()
     if os.environ.get("RANK", "0") != "0":  # several processes (accelerate, torchrun): the main one reports
@@ -82,6 +86,19 @@ def train_command(
                 f"{summary['versions.torch']}, transformers {summary['versions.transformers']}; starting weights "
                 f"sha256 {summary['model.start_checksum']}"
             )
+
+
+def _interrupted(config, run_id: str | None) -> str:
+    """What Ctrl-C left behind (`train.run` recorded the run KILLED) and the command that continues it."""
+    from vimpo_bench.checkpoints import find_checkpoint
+    from vimpo_bench.config import RunConfig
+
+    if run_id is None:
+        return "interrupted before training started"
+    if find_checkpoint(Path(config.run.output_dir) / run_id) is None:
+        return f"interrupted: run {run_id} recorded KILLED before its first checkpoint; run the command again to start over"
+    where = "" if config.run.output_dir == RunConfig.output_dir else f" --set run.output_dir={config.run.output_dir}"
+    return f"interrupted: run {run_id} recorded KILLED; resume it with: vimpo-bench train --resume {run_id}{where}"
 
 
 def _pct(x) -> str:

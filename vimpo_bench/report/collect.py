@@ -60,9 +60,7 @@ def select_runs(study=None, experiment=None, run_ids=None, tracking_uri=None) ->
     if len(chosen) != 1:
         raise ValueError("choose the runs with exactly one of --study NAME, --experiment NAME, --runs ID ...")
     where = tracking_uri or tracking.default_tracking_uri()
-    missing = tracking.missing_sqlite_store(where)
-    if missing:
-        raise ValueError(f"no MLflow store at {missing} (give --tracking-uri or set MLFLOW_TRACKING_URI)")
+    tracking.check_readable_store(where)  # a report only reads: no new store made of a missing or empty file
     if study:
         if "'" in study:
             raise ValueError(f"study name {study!r} must not contain a quote")
