@@ -145,7 +145,7 @@ def test_loop_matches_vectorized(seed, name, kind, kwargs):
 def test_vimpo_loop_matches_vectorized(seed):
     b = batch(seed=seed, scale=0.4)
     beta, cv = 0.1, 3.0
-    algo = get("vimpo", beta=beta, value_coef=cv)
+    algo = get("vimpo", beta=beta, value_coef=cv, advantage="implied", agg="token-mean")
     B, T = b.mask.shape
     R = [float(b.rewards[i]) for i in range(B)]
     S = [sum(float(b.logp[i, t] - b.ref_logp[i, t]) for t in range(T) if b.mask[i, t]) for i in range(B)]
@@ -329,7 +329,7 @@ def test_risky_vimpo_settings_warn():
     with pytest.warns(UserWarning, match="group maximum"):
         get("vimpo", value_baseline="soft", beta=0.05)
     with pytest.warns(UserWarning, match="whiten"):
-        get("vimpo", advantage_whiten=True)
+        get("vimpo", advantage="implied", advantage_whiten=True)
 
 
 def test_whitened_advantages_have_unit_batch_std():

@@ -207,7 +207,9 @@ def test_a_key_added_later_keeps_old_hashes_while_at_its_default():
     commit 2a44556 (the first vimpo_vs_grpo cells) for the default tiny_demo config."""
     from vimpo_bench.config import LATER_KEYS
 
-    base = load_config("tiny_demo")
+    # The demo ran the implied reading then (the default until vimpo_readings picked residual + seq-sum).
+    base = load_config("tiny_demo", ["algo.advantage=implied", "algo.agg=token-mean"])
     assert "run.engine" in LATER_KEYS
     assert base.hash() == "6205951c4962"  # `study run tiny_demo --dry-run` at 2a44556, before run.engine
-    assert load_config("tiny_demo", ["run.engine=trl"]).hash() != base.hash()
+    assert load_config("tiny_demo", ["algo.advantage=implied", "algo.agg=token-mean", "run.engine=trl"]).hash() \
+        != base.hash()

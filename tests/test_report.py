@@ -273,10 +273,10 @@ def test_an_ablation_of_one_algorithm_compares_its_settings_with_the_defaults():
     """One algorithm, settings varied alike for every seed: the settings make the arms (there is nothing
     else to compare), and the paired table is each setting minus the arm at the algorithm's defaults."""
     rows = [{"algo.name": "vimpo", "run.seed": s, "algo.advantage": a, "algo.lam": lam}
-            for s in (1, 2) for a, lam in (("implied", 1.0), ("none", 1.0), ("implied", 0.9))]
+            for s in (1, 2) for a, lam in (("residual", 1.0), ("none", 1.0), ("residual", 0.9))]
     labels = A.label_arms(_data(rows))
     assert labels.attrs["condition_keys"] == [] and set(labels["condition"]) == {""}
-    assert labels.attrs["default_arm"] == "vimpo[algo.advantage=implied, algo.lam=1.0]"
+    assert labels.attrs["default_arm"] == "vimpo[algo.advantage=residual, algo.lam=1.0]"
     long = pd.DataFrame({"condition": "", "arm": labels["arm"], "algo": "vimpo", "seed": labels["seed"],
                          "train_run_id": labels.index, "suite": "arith", "metric": "avg_at_8",
                          "value": [0.40, 0.45, 0.38, 0.50, 0.55, 0.47], "run_ci_low": np.nan, "run_ci_high": np.nan})

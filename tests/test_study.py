@@ -76,7 +76,7 @@ def test_every_shipped_study_expands():
         sizes[path.stem] = len(expand(study))
     assert sizes == {"tiny_demo": 1, "vimpo_vs_grpo": 25, "noisy_rewards": 30, "moving_ref": 12,
                      "vimpo_ablation": 21, "beta_sweep": 30, "paper_main": 2,
-                     "paper_smoke": 2, "vimpo_vs_grpo_hard": 25}
+                     "paper_smoke": 2, "vimpo_vs_grpo_hard": 25, "vimpo_readings": 30}
     main = expand(load_study("vimpo_vs_grpo"))
     assert {c.config.algo["name"] for c in main} == {"vimpo", "grpo", "dr_grpo", "dapo", "rloo"}
     assert {c.config.optim.steps for c in main} == {150}
