@@ -23,6 +23,17 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 BETA = 0.5  # large enough that pi*_beta is far from both pi_ref and the argmax of R: rows differ visibly
 
 
+def expected_actor_loss(tree, lp, ref_lp, kind, agg, norm_len=None):
+    """L_actor under exact on-policy expectations (rho = 1): the real advantage, clip and aggregation, each
+    row's per-token loss scaled by N p(y). Returns (loss, p) with p the detached sequence probabilities."""
+    n, depth = lp.shape
+    p = lp.sum(1).exp().detach()
+    adv = vimpo.advantages((lp - ref_lp).detach(), torch.ones(n, depth), tree.rewards, torch.zeros(n), BETA, kind,
+                           weights=p)
+    per_token, _, _ = ppo_clip_loss(lp, lp.detach(), adv, 0.2, 0.2)
+    return aggregate(per_token * (n * p).unsqueeze(1), torch.ones(n, depth), agg, norm_len), p
+
+
 def train_tabular(kind, agg, depth, value_scale, steps=2500, lr=0.05, norm_len=None, seed=None):
     """Adam on the expected full loss; returns (tree, final theta)."""
     tree = Tree(depth=depth, actions=3, rewards="graded", seed=depth if seed is None else seed)
@@ -34,11 +45,8 @@ def train_tabular(kind, agg, depth, value_scale, steps=2500, lr=0.05, norm_len=N
     group = torch.zeros(n)
     c_v = value_scale / (2 * BETA)
     for _ in range(steps):
-        lp = tree.token_logp(theta)
-        p = lp.sum(1).exp().detach()  # on-policy: pi_old is the policy now, rho = 1
-        adv = vimpo.advantages((lp - ref_lp).detach(), mask, tree.rewards, group, BETA, kind, weights=p)
-        per_token, _, _ = ppo_clip_loss(lp, lp.detach(), adv, 0.2, 0.2)
-        actor = aggregate(per_token * (n * p).unsqueeze(1), mask, agg, norm_len)
+        lp = tree.token_logp(theta)  # on-policy: pi_old is the policy now, rho = 1
+        actor, p = expected_actor_loss(tree, lp, ref_lp, kind, agg, norm_len)
         value, _ = vimpo.value_loss(lp - ref_lp, mask, tree.rewards, group, BETA, "mean", weights=p)
         optimizer.zero_grad()
         (actor + c_v * value).backward()
@@ -101,8 +109,6 @@ def test_implied_actor_gradient_is_kl_ascent_and_soft_rtg_is_the_regularized_ret
     torch.manual_seed(0)
     theta = (tree.ref_logits + 0.5 * torch.randn_like(tree.ref_logits)).requires_grad_(True)
     ref_lp = tree.token_logp(tree.ref_logits)
-    n = len(tree.leaves)
-    mask, group = torch.ones(n, 3), torch.zeros(n)
 
     def objective_gradient(reward_weight, kl_weight):
         """grad of reward_weight * E[R] - kl_weight * KL(pi || pi_ref), exact."""
@@ -113,11 +119,7 @@ def test_implied_actor_gradient_is_kl_ascent_and_soft_rtg_is_the_regularized_ret
         return torch.autograd.grad(objective, t)[0]
 
     def actor_gradient(kind):
-        lp = tree.token_logp(theta)
-        p = lp.sum(1).exp().detach()
-        adv = vimpo.advantages((lp - ref_lp).detach(), mask, tree.rewards, group, BETA, kind, weights=p)
-        per_token, _, _ = ppo_clip_loss(lp, lp.detach(), adv, 0.2, 0.2)
-        actor = aggregate(per_token * (n * p).unsqueeze(1), mask, "seq-sum")
+        actor, _ = expected_actor_loss(tree, tree.token_logp(theta), ref_lp, kind, "seq-sum")
         return -torch.autograd.grad(actor, theta)[0]
 
     expected = {

@@ -290,14 +290,14 @@ def resolve_model(spec: str, download_dir: Path, tracking_uri: str | None = None
     one), an MLflow run id (or `runs:/<id>`: its `checkpoint/` artifact is downloaded into `download_dir`),
     the built-in `tiny-arith`, or a Hugging Face hub id. A local path that holds no model is refused here.
     """
-    from vimpo_bench.models import _looks_like_local_path
+    from vimpo_bench.models import looks_like_local_path
 
     path = Path(spec).expanduser()
     if path.is_dir():
         return str(model_folder(path)), None
     if path.exists():
         raise ValueError(f"--model {spec}: a file, not a model folder")
-    if _looks_like_local_path(spec):
+    if looks_like_local_path(spec):
         raise FileNotFoundError(f"--model {spec}: no such folder")
     match = _RUN_ID.match(spec)
     if match:

@@ -45,7 +45,7 @@ def disk_full(exc: BaseException | None) -> bool:
     return False
 
 
-def one_line(exc: BaseException) -> str:
-    """The first line of an error's message (its type's name when it has none)."""
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+def one_line(message: object) -> str:
+    """The first line of an error's (or any) message, its type's name when it has none."""
+    lines = str(message).strip().splitlines()
+    return lines[0] if lines else type(message).__name__

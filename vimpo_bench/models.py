@@ -474,7 +474,7 @@ def hub_cache_only(repo_id: str, timeout: float = 5.0) -> bool:
     return offline
 
 
-def _looks_like_local_path(name: str) -> bool:
+def looks_like_local_path(name: str) -> bool:
     """Paths start with '/', '.' or '~', or have more than one '/'; hub ids are `name` or `org/name`
     (so a missing `org/name` goes to the hub, whose error then names it)."""
     return name.startswith(("/", ".", "~")) or name.count("/") > 1 or name.endswith("/")
@@ -505,7 +505,7 @@ def load_policy(
         source: str | Path = warm_start_tiny_arith(task_options, cache_dir, **(warm_start or {}))
     else:
         source = os.path.expanduser(name_or_path)
-        if _looks_like_local_path(name_or_path) and not os.path.exists(source):
+        if looks_like_local_path(name_or_path) and not os.path.exists(source):
             raise FileNotFoundError(f"model folder not found: {name_or_path}")
         if not os.path.exists(source):
             local_only = hub_cache_only(name_or_path)

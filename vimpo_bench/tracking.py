@@ -7,6 +7,7 @@ Library code takes a `Tracker`; the default `NullTracker` records nothing. `Mlfl
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -196,17 +197,24 @@ def _store_full(uri: str, exc: Exception, what: str) -> StoreFull:
     return StoreFull(f"MLflow store {where}: the disk is full ({what} cannot be recorded)")
 
 
+@contextlib.contextmanager
+def _full_store_in_one_line(uri: str, what: str):
+    """A write to the store that fails for a full disk is one line naming the store's file (StoreFull)."""
+    try:
+        yield
+    except Exception as exc:
+        if faults.disk_full(exc):
+            raise _store_full(uri, exc, what) from exc
+        raise
+
+
 def _recording(method):
     """A tracker method whose failure for a full disk is one line naming the store's file (StoreFull)."""
 
     @functools.wraps(method)
     def call(self, *args, **kwargs):
-        try:
+        with _full_store_in_one_line(self.client.tracking_uri, f"run {self.run_id}"):
             return method(self, *args, **kwargs)
-        except Exception as exc:
-            if faults.disk_full(exc):
-                raise _store_full(self.client.tracking_uri, exc, f"run {self.run_id}") from exc
-            raise
 
     return call
 
@@ -231,12 +239,8 @@ class MlflowTracker:
         all_tags = {k: str(v) for k, v in (tags or {}).items()}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
-        try:
+        with _full_store_in_one_line(client.tracking_uri, "a new run"):
             run = client.create_run(experiment_id(client, experiment), run_name=run_name, tags=all_tags)
-        except Exception as exc:
-            if faults.disk_full(exc):
-                raise _store_full(client.tracking_uri, exc, "a new run") from exc
-            raise
         return cls(client, run.info.run_id)
 
     @classmethod

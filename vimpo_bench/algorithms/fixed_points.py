@@ -29,14 +29,6 @@ tests/test_fixed_points.py checks every row on a tabular tree MDP with exact exp
 
 from __future__ import annotations
 
-ACTOR_GRADIENT = {
-    "none": "none",
-    "residual": "grad(E[R] - beta KL), one value per response",
-    "soft_rtg": "grad(E[R] - beta KL), per token",
-    "mc": "grad E[R] (no KL)",
-    "outcome": "grad E[R] (no KL)",
-    "implied": "+beta grad KL (KL ascent, no reward)",
-}
 # Kinds whose actor term is itself an estimate of grad(E[R] - beta KL): sound with any aggregation.
 SOUND_KINDS = ("none", "residual", "soft_rtg")
 # Kinds whose discounted sum (lam < 1) changes the estimator, so the table's formula needs lam = 1.
@@ -61,7 +53,7 @@ def effective_beta(advantage: str, agg: str, beta: float, value_scale: float, le
     w, s = actor_weight(agg, length, norm_len), value_scale
     if advantage == "none":
         return beta if s > 0 else None
-    if advantage in ("residual", "soft_rtg"):
+    if advantage in SOUND_KINDS:
         return beta
     if advantage in ("mc", "outcome"):
         return beta * s / (s + w)
@@ -70,10 +62,8 @@ def effective_beta(advantage: str, agg: str, beta: float, value_scale: float, le
     raise ValueError(f"unknown advantage {advantage!r}")
 
 
+# beta_eff of the kinds whose fixed point is not pi*_beta (the warning quotes it).
 FORMULA = {
-    "none": "beta",
-    "residual": "beta",
-    "soft_rtg": "beta",
     "mc": "beta s / (s + w)",
     "outcome": "beta s / (s + w)",
     "implied": "beta (1 - w / s)",

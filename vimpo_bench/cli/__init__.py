@@ -12,6 +12,8 @@ import warnings
 
 import typer
 
+from vimpo_bench import faults
+
 app = typer.Typer(
     name="vimpo-bench",
     help="Does VIMPO beat GRPO, where, and why? Train, evaluate, sweep and report.",
@@ -35,8 +37,7 @@ def debug_enabled() -> bool:
 def one_line(message: object, limit: int = 1000) -> str:
     """The first line of a message, cut to `limit` characters: an error is one readable line, whatever a
     library (or an echoed value) put in it."""
-    lines = str(message).strip().splitlines()
-    text = lines[0] if lines else type(message).__name__
+    text = faults.one_line(message)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
