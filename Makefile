@@ -2,7 +2,7 @@
 VENV ?= .venv
 PYTHON ?= python3
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench reports clean
 
 setup: $(VENV)/.installed
 
@@ -25,3 +25,12 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
+
+# Every results page rebuilt from its committed export (reports/NAME/export), no MLflow store needed; on a
+# clone this leaves every reports/*.md byte-identical (tests/test_report_export.py checks one page).
+reports: setup
+	@set -e; for manifest in reports/*/export/export.json; do \
+	  page=$${manifest%/export/export.json}; \
+	  reading=""; if [ -f $$page.reading.md ]; then reading="--reading $$page.reading.md"; fi; \
+	  $(VENV)/bin/vimpo-bench report --from-export $$page/export --format markdown --out $$page.md $$reading; \
+	done

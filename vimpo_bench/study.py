@@ -50,7 +50,7 @@ from vimpo_bench.config import (
     study_path,
 )
 
-STUDY_FIELDS = ("name", "description", "experiment", "axes", "suites", "eval", "budget", "sweep")
+STUDY_FIELDS = ("name", "description", "experiment", "axes", "suites", "eval", "budget", "sweep", "endpoint")
 DONE_TAG = "vimpo.cell_status"
 
 
@@ -93,6 +93,9 @@ class Study:
     budget: Budget
     sweep: dict[str, Any]
     """The raw `study.sweep` section; `vimpo_bench.sweep` reads it."""
+    endpoint: dict[str, Any] = field(default_factory=dict)
+    """The pre-declared endpoints (`study.endpoint`), checked by `report.endpoint.parse_endpoint`; a
+    report of the study opens with the primary one."""
 
     def base_config(self, overrides: dict[str, Any] | None = None, where: str = "") -> Config:
         """The base config with the budget's steps and `overrides` (dotted key -> value), validated."""
@@ -144,6 +147,7 @@ def load_study(spec: str | Path) -> Study:
         eval=dict(_coerce(section.get("eval") or {}, dict, f"{where}.eval")),
         budget=parse_budget(section.get("budget") or {}, f"{where}.budget"),
         sweep=dict(_coerce(section.get("sweep") or {}, dict, f"{where}.sweep")),
+        endpoint=dict(_coerce(section.get("endpoint") or {}, dict, f"{where}.endpoint")),
     )
     if "'" in study.name:
         raise ConfigError(f"{where}.name: must not contain a quote, got {short(study.name)}")

@@ -23,6 +23,10 @@ def report_command(
                                     "(default: midway between the arms' start and the best arm's end)."),
     reading: str = typer.Option(None, "--reading", help="Markdown file put in the page's closing Reading section "
                                 "(--format markdown)."),
+    export: str = typer.Option(None, "--export", help="First write the selected runs as a committed export to this "
+                               "folder (CSV, no machine path; e.g. reports/NAME/export), then build the page from it."),
+    from_export: str = typer.Option(None, "--from-export", help="Build the page from a committed export (a folder "
+                                    "written by --export, or the page folder holding export/), without any store."),
 ) -> None:
     """A page comparing runs, with 95% intervals: self-contained HTML, or Markdown + PNG; tables as CSV."""
     from vimpo_bench.report import build_report
@@ -34,9 +38,12 @@ def report_command(
         fail("--runs needs at least one run id")
     try:
         files = build_report(study=study, experiment=experiment, run_ids=ids or None, out=out,
-                             tracking_uri=tracking_uri, format=format, threshold=threshold, reading=reading)
+                             tracking_uri=tracking_uri, format=format, threshold=threshold, reading=reading,
+                             from_export=from_export, export_to=export)
     except ValueError as exc:
         fail(str(exc))
+    if export:
+        typer.echo(f"export: {export}/")
     typer.echo(f"report: {files.page}")
     typer.echo(f"tables: {files.folder}/ ({len(files.tables)} csv" + (f", {len(files.figures)} png)" if files.figures
                                                                        else ")"))

@@ -13,9 +13,11 @@ from __future__ import annotations
 import os
 import re
 import shlex
+from datetime import datetime, timezone
 from pathlib import Path
 
 from vimpo_bench.report.collect import ReportData, collect
+from vimpo_bench.report.export import export_folder, placeholder_uri, read_export, write_export
 from vimpo_bench.report.render import ReportFiles, render, write_report
 
 __all__ = ["FORMATS", "ReportData", "ReportFiles", "build_report", "collect", "render", "write_report"]
@@ -29,9 +31,21 @@ def default_out(title: str, format: str = "html") -> Path:
     return Path("reports") / f"{name}{FORMATS[format]}"
 
 
+def beside_export(folder: Path, format: str = "markdown") -> Path:
+    """reports/NAME.md for the export reports/NAME/export (the page folder's name and parent)."""
+    page_folder = folder.parent if folder.name == "export" else folder
+    return page_folder.parent / f"{page_folder.name}{FORMATS[format]}"
+
+
 def regenerate_command(study=None, experiment=None, run_ids=None, tracking_uri=None, out=None,
-                       threshold=None, reading=None) -> str:
+                       threshold=None, reading=None, from_export=None) -> str:
     """The `vimpo-bench report ... --format markdown` command line that writes the same page again."""
+    if from_export is not None:
+        args = ["--from-export", str(from_export), "--format", "markdown"]
+        for flag, value in (("--out", out), ("--reading", reading)):
+            if value is not None:
+                args += [flag, str(value)]
+        return "vimpo-bench report " + shlex.join(args)
     if study:
         args = ["--study", study]
     elif experiment:
@@ -56,11 +70,17 @@ def build_report(
     format: str = "html",
     threshold: float | None = None,
     reading: str | Path | None = None,
+    from_export: str | Path | None = None,
+    export_to: str | Path | None = None,
 ) -> ReportFiles:
     """Collect the selected runs (exactly one of study, experiment, run_ids) and write the report: an HTML
     page (format "html") or a Markdown page with PNG figures (format "markdown", whose closing "Reading"
     section is the Markdown file `reading` when given). `threshold`: the validation accuracy of the
     steps-to-threshold table (default: midway between the arms' start and the best arm's end).
+    `export_to`: first write the selected runs as a committed export there (report/export.py), then build
+    the page from that export, so the page is exactly what the export rebuilds. `from_export`: build the
+    page from such an export instead of a store (no selection then; the page goes beside the export's page
+    folder unless `out` says otherwise, and the threshold is the export's).
     Returns the files written. Raises ValueError (one line) for a bad format, a missing reading file, an
     ambiguous selection or one that matches no run."""
     if format not in FORMATS:
@@ -69,12 +89,32 @@ def build_report(
         raise ValueError("a reading file goes into Markdown pages only: add --format markdown")
     if reading is not None and not Path(reading).is_file():
         raise ValueError(f"reading file not found: {reading}")
-    data = collect(study=study, experiment=experiment, run_ids=run_ids, tracking_uri=tracking_uri)
+    if from_export is not None:
+        if study or experiment or run_ids or tracking_uri or export_to:
+            raise ValueError("--from-export reads a committed export: give no --study, --experiment, --runs, "
+                             "--tracking-uri or --export with it")
+        data, manifest = read_export(from_export)
+        threshold = manifest.get("threshold") if threshold is None else threshold
+        if out is None:
+            out = beside_export(export_folder(from_export), format)
+    else:
+        data = collect(study=study, experiment=experiment, run_ids=run_ids, tracking_uri=tracking_uri)
+        if export_to is not None:
+            uri = placeholder_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db")
+            selection = regenerate_command(study, experiment, run_ids, uri).split(" --format ")[0]
+            args = selection.removeprefix("vimpo-bench report ") + " --export " + shlex.quote(str(export_to))
+            stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+            write_export(data, export_to, f"an MLflow store ({uri})", stamp, threshold, args)
+            data, _ = read_export(export_to)  # the page is built from the export, byte for byte as a clone rebuilds it
+            from_export = export_to
     page = Path(out) if out else default_out(data.title, format)
     if format == "html":
         return write_report(data, page, threshold)
     from vimpo_bench.report.markdown import write_markdown  # matplotlib: imported only when drawing PNGs
 
-    command = regenerate_command(study, experiment, run_ids, tracking_uri, out, threshold, reading)
+    if from_export is not None:
+        command = regenerate_command(out=page, reading=reading, from_export=export_folder(from_export))
+    else:
+        command = regenerate_command(study, experiment, run_ids, tracking_uri, out, threshold, reading)
     text = Path(reading).read_text(encoding="utf-8") if reading is not None else None
     return write_markdown(data, page, command, text, threshold)

@@ -236,10 +236,17 @@ def overview(data: ReportData, labels: pd.DataFrame) -> tuple[pd.DataFrame, pd.D
     return train.reset_index(drop=True), others.reset_index(drop=True)
 
 
+IDENTITY_PREFIXES = ("machine.", "versions.")
+IDENTITY_KEYS = ("model.start_checksum",)
+
+
 def settings(data: ReportData, labels: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(config keys with one value in every training run: key, value; per arm and condition: runs and the
     values of each key that differs between training runs, bookkeeping keys left out)."""
     p = data.params.reindex(labels.index).dropna(axis=1, how="all").astype(object)
+    # What ran a run (machine, versions, the starting weights' checksum) is not a setting: the machine
+    # table shows it, and the checksum differs with every seed.
+    p = p.drop(columns=[c for c in p.columns if c.startswith(IDENTITY_PREFIXES) or c in IDENTITY_KEYS])
     p = p.where(p.notna(), UNSET)
     differ = differing_keys(p)
     shared = pd.DataFrame({"key": [k for k in sorted(p.columns) if k not in differ]})
@@ -268,13 +275,16 @@ def wall_times(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 # Tags that describe the machine a training run ran on, first found wins (versions.* come from provenance).
-MACHINE_TAGS = {"platform": ("machine.platform", "platform"), "CPUs": ("machine.cpu_count", "machine.cpus", "cpu_count"),
-                "torch": ("versions.torch",)}
+MACHINE_TAGS = {"platform": ("machine.platform", "platform"), "CPU model": ("machine.cpu_model", "machine.processor"),
+                "CPUs": ("machine.cpu_count", "machine.cpus", "cpu_count"), "accelerator": ("machine.accelerator",),
+                "torch": ("versions.torch",), "transformers": ("versions.transformers",)}
 
 
-def machine(tags: pd.DataFrame, here: dict[str, object]) -> pd.DataFrame:
-    """What ran the training runs (`tags`: their tags): platform, CPU count, torch version, each from the runs'
-    tags when they carry it, else the value in `here` (the reporting machine), with where it came from."""
+def machine(tags: pd.DataFrame, here: dict[str, object] | None) -> pd.DataFrame:
+    """What ran the training runs (`tags`: their tags and machine.* params): platform, CPU, accelerator, torch
+    and transformers versions, each from the runs' records when they carry it, else the value in `here` (the
+    reporting machine; None when the page is rebuilt from an export, where the reporting machine says
+    nothing of the runs), with where it came from."""
     rows = []
     for item, names in MACHINE_TAGS.items():
         col = next((c for c in names if c in tags and tags[c].notna().any()), None)
@@ -282,6 +292,8 @@ def machine(tags: pd.DataFrame, here: dict[str, object]) -> pd.DataFrame:
             values = natural_sorted(tags[col].dropna().astype(str).unique())
             rows.append({"item": item, "value": ", ".join(values),
                          "source": f"run tag {col} ({int(tags[col].notna().sum())} of {len(tags)} runs)"})
+        elif here is None:
+            rows.append({"item": item, "value": "not recorded", "source": "the runs carry no such record"})
         else:
             rows.append({"item": item, "value": str(here.get(item, "unknown")), "source": "the reporting machine"})
     return pd.DataFrame(rows, columns=["item", "value", "source"])

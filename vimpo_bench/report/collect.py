@@ -38,7 +38,8 @@ class ReportData:
     `final` (latest metric values) are indexed by run_id; `history` is long:
     run_id, key, step, time_s (seconds since the run started), value; `adv` holds the
     adv_by_position records (run_id, step, position, correct, mean_adv, count); `samples` the graded
-    completions (run_id, source, suite, problem_id, prompt, completion, extracted, gold, correct)."""
+    completions (run_id, source, suite, problem_id, prompt, completion, extracted, gold, correct); `manifest`
+    the export.json of a committed export the data was read from (None when read from MLflow)."""
 
     title: str
     selection: str
@@ -49,6 +50,8 @@ class ReportData:
     history: pd.DataFrame
     adv: pd.DataFrame = field(default_factory=pd.DataFrame)
     samples: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # Set when the data was read from a committed export (report/export.py): its export.json.
+    manifest: dict | None = None
 
     def of_kind(self, kind: str) -> pd.DataFrame:
         return self.runs[self.runs["kind"] == kind]

@@ -28,7 +28,7 @@ from vimpo_bench.report.panels import (
     paired_display,
     steps_display,
 )
-from vimpo_bench.report.render import ReportFiles, failures, generated_at, run_counts, write_tables
+from vimpo_bench.report.render import ReportFiles, failures, generated_line, run_counts, write_tables
 from vimpo_bench.report.stats import interval_cells
 
 MAX_ROWS = 60
@@ -166,8 +166,16 @@ def runs_and_machine(page: Page, data) -> None:
         })
         page.table(shown)
     train_ids = data.of_kind("train")["run_id"]
-    page.add("Machine (from the training runs' tags where they carry it, else the machine that wrote this page):", "")
-    page.table(A.machine(data.tags.reindex(train_ids), reporting_machine()))
+    records = data.tags.reindex(train_ids)
+    recorded = [c for c in data.params.columns if c.startswith("machine.") and c not in records]
+    if recorded:
+        records = records.join(data.params.reindex(train_ids)[recorded])
+    if data.manifest is None:
+        page.add("Machine (from the training runs' records where they carry it, else the machine that wrote this page):", "")
+        page.table(A.machine(records, reporting_machine()))
+    else:
+        page.add("Machine (from the training runs' records):", "")
+        page.table(A.machine(records, None))
 
 
 def final_eval(page: Page, panel: Panel, style) -> None:
@@ -354,8 +362,12 @@ def write_markdown(data, out: str | Path, command: str, reading: str | None = No
     by_id = {p.id: p for p in panels}
     page = Page(out.with_suffix(""), write_tables(panels, out.with_suffix("")))
     page.add(f"# vimpo-bench results: {md_text(data.title)}", "",
-             f"Selection: {md_text(data.selection)}; {run_counts(data.runs) or 'no'} run(s). Generated {generated_at()}.",
+             f"Selection: {md_text(data.selection)}; {run_counts(data.runs) or 'no'} run(s). {generated_line(data)}.",
              "", "Regenerate this page (figures and tables included) with:", "", "```", command, "```")
+    if data.manifest is not None:
+        page.add("", f"The export it reads was made from {md_text(data.manifest['source'])} with "
+                 f"`vimpo-bench report {md_text(data.manifest.get('export_args', ''))}`; what each file holds: "
+                 f"[export.json]({quote(os.path.relpath(data.manifest['folder'] / 'export.json', out.parent))}).")
     settings(page, data, labels)
     runs_and_machine(page, data)
     final_eval(page, by_id["final-eval"], style)

@@ -67,12 +67,20 @@ def generated_at() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def generated_line(data) -> str:
+    """"Generated <now>" from a store; from a committed export, the time it was exported, so a page rebuilt
+    later from the same export is the same page."""
+    if data.manifest is not None:
+        return f"Exported {data.manifest['exported_at']}"
+    return f"Generated {generated_at()}"
+
+
 def render(data, threshold: float | None = None) -> tuple[str, list[Panel]]:
     """The page for `data` (a collect.ReportData) and its panels (with their tables)."""
     from plotly.offline import get_plotlyjs  # 4 MB of JavaScript: loaded only to write a page
 
     panels, _, _ = build_panels(data, threshold)
-    subtitle = f"vimpo-bench report of {data.selection}: {run_counts(data.runs)} run(s); generated {generated_at()}"
+    subtitle = f"vimpo-bench report of {data.selection}: {run_counts(data.runs)} run(s); {generated_line(data).lower()}"
     return page(f"vimpo-bench report: {data.title}", subtitle, panels, get_plotlyjs()), panels
 
 
