@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from vimpo_bench.report.collect import ReportData, collect
-from vimpo_bench.report.export import export_folder, placeholder_uri, read_export, write_export
+from vimpo_bench.report.export import export_folder, placeholder_uri, read_export, shown_path, write_export
 from vimpo_bench.report.render import ReportFiles, render, write_report
 
 __all__ = ["FORMATS", "ReportData", "ReportFiles", "build_report", "collect", "render", "write_report"]
@@ -29,6 +29,16 @@ def default_out(title: str, format: str = "html") -> Path:
     """reports/<title>.html (or .md), the title made file-name safe."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", title).strip("_") or "report"
     return Path("reports") / f"{name}{FORMATS[format]}"
+
+
+def declared_endpoint(study: str) -> dict | None:
+    """The `study.endpoint` section of the study file of that name (packaged or in ./studies), if it has one."""
+    from vimpo_bench.study import load_study  # the study layer: only when a report names a study
+
+    try:
+        return load_study(study).endpoint or None
+    except Exception:  # noqa: BLE001 - a study known only from its runs (renamed, removed) has no declared endpoint
+        return None
 
 
 def beside_export(folder: Path, format: str = "markdown") -> Path:
@@ -99,10 +109,12 @@ def build_report(
             out = beside_export(export_folder(from_export), format)
     else:
         data = collect(study=study, experiment=experiment, run_ids=run_ids, tracking_uri=tracking_uri)
+        if study:
+            data.endpoint = declared_endpoint(study)
         if export_to is not None:
             uri = placeholder_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db")
             selection = regenerate_command(study, experiment, run_ids, uri).split(" --format ")[0]
-            args = selection.removeprefix("vimpo-bench report ") + " --export " + shlex.quote(str(export_to))
+            args = selection.removeprefix("vimpo-bench report ") + " --export " + shlex.quote(shown_path(export_to))
             stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
             write_export(data, export_to, f"an MLflow store ({uri})", stamp, threshold, args)
             data, _ = read_export(export_to)  # the page is built from the export, byte for byte as a clone rebuilds it

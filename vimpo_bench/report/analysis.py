@@ -280,6 +280,22 @@ MACHINE_TAGS = {"platform": ("machine.platform", "platform"), "CPU model": ("mac
                 "torch": ("versions.torch",), "transformers": ("versions.transformers",)}
 
 
+def overlapping(runs: pd.DataFrame) -> int:
+    """How many training runs ran while another of them ran (their start-to-end spans overlap): their wall
+    times were measured on a shared machine, so a page compares no wall-clock figures when this is not 0."""
+    t = runs[runs["kind"] == "train"]
+    t = t.assign(end=t["end_time"].fillna(t["start_time"] + pd.to_timedelta(t["wall_s"], unit="s")))
+    t = t.dropna(subset=["start_time", "end"]).sort_values("start_time")
+    starts, ends = t["start_time"].to_numpy(), t["end"].to_numpy()
+    shared = np.zeros(len(t), dtype=bool)
+    for i in range(len(t)):
+        later = (starts > starts[i]) & (starts < ends[i])  # j started while i ran
+        if later.any():
+            shared[i] = True
+            shared |= later
+    return int(shared.sum())
+
+
 def machine(tags: pd.DataFrame, here: dict[str, object] | None) -> pd.DataFrame:
     """What ran the training runs (`tags`: their tags and machine.* params): platform, CPU, accelerator, torch
     and transformers versions, each from the runs' records when they carry it, else the value in `here` (the

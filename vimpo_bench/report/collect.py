@@ -52,6 +52,8 @@ class ReportData:
     samples: pd.DataFrame = field(default_factory=pd.DataFrame)
     # Set when the data was read from a committed export (report/export.py): its export.json.
     manifest: dict | None = None
+    # The study's pre-declared endpoints (`study.endpoint`, report/endpoint.py), when the runs are a study's.
+    endpoint: dict | None = None
 
     def of_kind(self, kind: str) -> pd.DataFrame:
         return self.runs[self.runs["kind"] == kind]

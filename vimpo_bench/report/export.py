@@ -89,6 +89,16 @@ def placeholder_uri(uri: str) -> str:
     return f"sqlite:///PATH/TO/{name}" if uri.startswith("sqlite:") else f"PATH/TO/{name}"
 
 
+def shown_path(path: str | Path) -> str:
+    """A path as a committed page may show it: relative to the working folder when under it, else with
+    its machine folders replaced by PATH/TO."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return MACHINE_PATH.sub(lambda m: "PATH/TO/" + m.group(0).rstrip("/").rsplit("/", 1)[-1], str(path))
+
+
 def write_export(data: ReportData, folder: str | Path, source: str, exported_at: str,
                  threshold: float | None = None, export_args: str = "") -> list[Path]:
     """Write `folder`/<frame>.csv.gz for every frame and `folder`/export.json; returns the paths.
@@ -114,7 +124,8 @@ def write_export(data: ReportData, folder: str | Path, source: str, exported_at:
     if MACHINE_PATH.search(export_args):
         raise ExportError(f"the export command {export_args!r} names a machine path")
     manifest = {"version": EXPORT_VERSION, "title": data.title, "selection": data.selection, "source": source,
-                "exported_at": exported_at, "threshold": threshold, "export_args": export_args, "files": files}
+                "exported_at": exported_at, "threshold": threshold, "export_args": export_args, "files": files,
+                "endpoint": data.endpoint}
     path = folder / MANIFEST
     path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     return [*written, path]
@@ -184,6 +195,7 @@ def read_export(path: str | Path) -> tuple[ReportData, dict]:
         adv["correct"] = adv["correct"].astype(bool)
     manifest["folder"] = folder  # where it was read (not written to the file): the page links its manifest
     data = ReportData(title=manifest["title"], selection=manifest["selection"], manifest=manifest,
+                      endpoint=manifest.get("endpoint"),
                       **{f.name: frames[f.name] for f in fields(ReportData) if f.name in frames})
     return data, manifest
 

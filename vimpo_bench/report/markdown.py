@@ -18,6 +18,7 @@ import pandas as pd
 
 from vimpo_bench.report import analysis as A
 from vimpo_bench.report import plots
+from vimpo_bench.report.endpoint import estimate, parse_endpoint, seeds_for_effect
 from vimpo_bench.report.html import Panel, cell_text
 from vimpo_bench.report.panels import (
     CURVE_METRICS,
@@ -88,12 +89,17 @@ class Page:
         self.csv = {p.stem for p in tables}
         self.lines: list[str] = []
         self.figures: list[Path] = []
+        self.pending: str | None = None
 
     def add(self, *lines: str) -> None:
+        if self.pending is not None:  # a section's heading goes in with its first line
+            self.lines.extend(["", f"## {self.pending}", ""])
+            self.pending = None
         self.lines.extend(lines)
 
     def section(self, title: str) -> None:
-        self.add("", f"## {title}", "")
+        """Start a section; a section that adds nothing (a panel with nothing to show) leaves no heading."""
+        self.pending = title
 
     def link(self, name: str) -> str:
         return quote(f"{self.folder.name}/{name}")
@@ -114,16 +120,14 @@ class Page:
         self.add(f"![{md_text(alt)}]({self.link(path.name)})", "")
 
 
-def missing(page: Page, panel: Panel, fallback: str) -> bool:
-    """Say in one line why a section is empty (the panel's error, else its first note); True when it is."""
+def missing(page: Page, panel: Panel, fallback: str = "") -> bool:
+    """True when a section has nothing to show: it then says the panel's error in one line if it has one,
+    and is otherwise left out."""
     if panel.error:
         page.add(f"This section could not be built: {md_text(panel.error)}")
         return True
-    if any(len(t) for t in panel.tables.values()):
-        return False
-    said = [text for kind, text in panel.notes if kind == "missing"]
-    page.add(sentence(said[0] if said else fallback))
-    return True
+    # Nothing to show: the section is left out (its heading with it), not printed with an excuse.
+    return not any(len(t) for t in panel.tables.values())
 
 
 # --- sections -------------------------------------------------------------------------------------
@@ -145,6 +149,57 @@ def settings(page: Page, data, labels) -> None:
         page.table(per_arm if per_arm["condition"].ne("").any() else per_arm.drop(columns="condition"))
     else:
         page.add("None.", "")
+
+
+def points(value: float) -> str:
+    """An accuracy difference in points: "+1.2"."""
+    return "—" if pd.isna(value) else f"{100 * value:+.1f}"
+
+
+def answer(page: Page, data, labels) -> None:
+    """The page's opening: the question, the pre-declared primary endpoint's estimate, interval and verdict,
+    one figure, the power line, the Holm-corrected secondaries and the evaluation noise."""
+    declared = parse_endpoint(data.endpoint, f"study {data.title!r}: study.endpoint")
+    tables = estimate(data, labels, A.run_labels(data, labels), A.final_eval_long(data, labels), declared)
+    for name, df in tables.items():
+        df.to_csv(page.folder / f"{name}.csv", index=False)
+        page.csv.add(name)
+    rows = tables["endpoints"].to_dict("records")
+    first = rows[0]
+    page.section("Answer")
+    if declared.question:
+        page.add(f"**Question.** {md_text(declared.question)}", "")
+    page.add(f"**Primary endpoint** (declared in the study file before any cell ran): {md_text(first['comparison'])}, "
+             f"paired by seed, two-sided paired t-test at alpha {declared.alpha:g}.", "")
+    boot = (f", hierarchical bootstrap [{points(first['boot_low'])}, {points(first['boot_high'])}] (seeds, then "
+            f"{first['problems']:.0f} problems, {declared.draws} draws)" if pd.notna(first["boot_low"]) else "")
+    page.add(f"**Estimate: {points(first['mean_diff'])} points** over {first['n_seeds']} paired seeds, 95% t interval "
+             f"[{points(first['t_low'])}, {points(first['t_high'])}]{boot}; p = {first['p']:.3g}. "
+             f"**Verdict: {md_text(first['verdict'])}.**", "")
+    seeds = tables["endpoint_seeds"]
+    if first["n_seeds"] >= 2:
+        page.image(plots.endpoint_seeds, "endpoint", "primary endpoint: paired difference per seed",
+                   seeds[seeds["endpoint"] == "primary"], first)
+        needed = seeds_for_effect(first["sd_diff"], 0.03, declared.alpha, declared.power)
+        page.add(f"Power: the SD of the paired differences is {100 * first['sd_diff']:.1f} points over "
+                 f"{first['n_seeds']} seeds, so the smallest difference this test detects with "
+                 f"{declared.power:.0%} power is {100 * first['mde']:.1f} points; resolving 3 points would take "
+                 f"{needed} seeds.", "")
+    if len(rows) > 1:
+        page.add("Secondary endpoints (Holm-corrected together; each p below is the adjusted one):", "")
+        page.table(pd.DataFrame([{"endpoint": r["endpoint"], "comparison": r["comparison"], "seeds": r["n_seeds"],
+                                  "difference (points)": points(r["mean_diff"]),
+                                  "95% t interval": f"[{points(r['t_low'])}, {points(r['t_high'])}]",
+                                  "bootstrap": (f"[{points(r['boot_low'])}, {points(r['boot_high'])}]"
+                                                if pd.notna(r["boot_low"]) else "—"),
+                                  "p (Holm)": f"{r['p_holm']:.3g}", "verdict": r["verdict"]} for r in rows[1:]]))
+    noise = tables["eval_noise"]
+    if noise["eval_noise_sd"].notna().any():
+        page.add("Evaluation noise: the SD of one run's score from sampling its completions (the policy fixed) is "
+                 + ", ".join(f"{100 * r.eval_noise_sd:.2f} points for {md_text(r.arm)}" for r in noise.itertuples())
+                 + ", against a seed-to-seed SD of "
+                 + ", ".join(f"{100 * r.seed_sd:.1f}" for r in noise.itertuples()) + " points.", "")
+    page.tables_line("endpoints", "endpoint_seeds", "eval_noise")
 
 
 def runs_and_machine(page: Page, data) -> None:
@@ -206,13 +261,20 @@ def final_eval(page: Page, panel: Panel, style) -> None:
     page.tables_line("final_eval", "paired_diff", "final_eval_runs")
 
 
-def learning_curves(page: Page, panel: Panel, style) -> None:
+def wall_note(shared: int) -> str:
+    return (f"Wall-clock figures are left out: {shared} training runs ran while another did, so their seconds "
+            "measure a shared machine, not the algorithm.")
+
+
+def learning_curves(page: Page, panel: Panel, style, shared: int) -> None:
     page.section("Learning curves")
     if missing(page, panel, "no training runs, so no learning curves"):
         return
     c = panel.tables["learning_curves"]
     if int(c["n"].max()) < 2:
         page.add("One seed per arm: lines without bands (a band needs two or more seeds).", "")
+    elif shared:
+        page.add("Mean over seeds; band = 95% t interval at each step, against step. " + wall_note(shared), "")
     else:
         page.add("Mean over seeds; band = 95% t interval at each step. Left: against step; right: against wall time.",
                  "")
@@ -222,23 +284,25 @@ def learning_curves(page: Page, panel: Panel, style) -> None:
             page.add(f"`{key}`: not logged.", "")
         else:
             page.image(plots.curve, "curve_" + re.sub(r"[^A-Za-z0-9]+", "_", key), f"{title} ({key})", frame, title,
-                       style)
+                       style, not shared)
     page.tables_line("learning_curves")
 
 
-def steps_to_threshold(page: Page, panel: Panel, threshold: float | None) -> None:
-    page.section("Steps (and seconds) to reach a fixed accuracy")
+def steps_to_threshold(page: Page, panel: Panel, threshold: float | None, shared: int) -> None:
+    page.section("Steps to reach a fixed accuracy" if shared else "Steps (and seconds) to reach a fixed accuracy")
     steps = panel.tables.get("steps_to_threshold")
     if panel.error or steps is None:
-        page.add(md_text(f"No {A.THRESHOLD_KEY} logged, so no steps to a threshold." if not panel.error
-                         else f"This section could not be built: {panel.error}"))
+        if panel.error:
+            page.add(md_text(f"This section could not be built: {panel.error}"))
         return
     how = (f"given (--threshold {threshold:g})" if threshold is not None else
            "midway between the arms' common starting value and the best arm's final value (per condition)")
     page.add(f"Threshold: {how}. For each arm, the " + STEPS_NOTE + ".", "")
     if "steps_warning" in panel.meta:
         page.add("**Note:** " + sentence(panel.meta["steps_warning"]), "")
-    page.table(steps_display(steps), "steps_to_threshold")
+    if shared:
+        page.add(wall_note(shared), "")
+    page.table(steps_display(steps, wall=not shared), "steps_to_threshold")
     page.tables_line("steps_to_threshold")
 
 
@@ -368,11 +432,14 @@ def write_markdown(data, out: str | Path, command: str, reading: str | None = No
         page.add("", f"The export it reads was made from {md_text(data.manifest['source'])} with "
                  f"`vimpo-bench report {md_text(data.manifest.get('export_args', ''))}`; what each file holds: "
                  f"[export.json]({quote(os.path.relpath(data.manifest['folder'] / 'export.json', out.parent))}).")
+    if data.endpoint:
+        answer(page, data, labels)
     settings(page, data, labels)
     runs_and_machine(page, data)
     final_eval(page, by_id["final-eval"], style)
-    learning_curves(page, by_id["curves"], style)
-    steps_to_threshold(page, by_id["curves"], threshold)
+    shared = A.overlapping(data.runs)
+    learning_curves(page, by_id["curves"], style, shared)
+    steps_to_threshold(page, by_id["curves"], threshold, shared)
     noisy_rewards(page, by_id["noisy"], style)
     beta_sweep(page, by_id["sweep"], style)
     moving_ref(page, by_id["moving-ref"], style)

@@ -83,8 +83,9 @@ def arm_bands(fig, cell: int, frame, x: str, style, shown: set, order: str | Non
         shown.add(name)
 
 
-def steps_display(steps: pd.DataFrame) -> pd.DataFrame:
-    """The steps-to-threshold table as shown: "not reached" where an arm (or most of its seeds) never got there."""
+def steps_display(steps: pd.DataFrame, wall: bool = True) -> pd.DataFrame:
+    """The steps-to-threshold table as shown: "not reached" where an arm (or most of its seeds) never got there;
+    without the seconds columns unless `wall` (runs that shared their machine have no comparable seconds)."""
     def cell(v, fmt):
         return "not reached" if pd.isna(v) else format(v, fmt)
 
@@ -99,6 +100,8 @@ def steps_display(steps: pd.DataFrame) -> pd.DataFrame:
     })
     if steps["condition"].ne("").any():
         shown.insert(0, "condition", steps["condition"])
+    if not wall:
+        shown = shown.drop(columns=["seconds (seed-mean)", "median seconds (per seed)"])
     return shown
 
 

@@ -82,13 +82,15 @@ def bands(ax, frame: pd.DataFrame, x: str, style, order: str | None = None) -> N
             ax.fill_between(g[x][ok], g["ci_low"][ok], g["ci_high"][ok], color=color, alpha=0.18, linewidth=0)
 
 
-def curve(frame: pd.DataFrame, title: str, style, path: Path) -> Path:
-    """One learning-curves metric against step and against wall time."""
-    fig, (by_step, by_time) = _figure(2)
+def curve(frame: pd.DataFrame, title: str, style, wall: bool, path: Path) -> Path:
+    """One learning-curves metric against step and (`wall`) against wall time."""
+    fig, axes = _figure(2 if wall else 1)
+    by_step = axes[0]
     bands(by_step, frame, "step", style, order="step")
-    bands(by_time, frame, "time_s", style, order="step")
     by_step.set_xlabel("step")
-    by_time.set_xlabel("wall time since run start (s)")
+    if wall:
+        bands(axes[1], frame, "time_s", style, order="step")
+        axes[1].set_xlabel("wall time since run start (s)")
     by_step.set_ylabel(title)
     fig.suptitle(f"{title}: mean over seeds, 95% band")
     _legend(by_step)
@@ -203,4 +205,25 @@ def diagnostics(adv: pd.DataFrame, value_loss: pd.DataFrame, style, path: Path) 
     right.set_xlabel("step")
     right.set_ylabel("loss/value")
     _legend(right)
+    return _save(fig, path)
+
+
+def endpoint_seeds(seeds: pd.DataFrame, row: dict, path: Path) -> Path:
+    """The primary endpoint: each seed's paired difference (arm - baseline) as a dot, their mean, the t
+    interval and the hierarchical-bootstrap interval, and zero."""
+    fig, (ax,) = _figure(height=3.2)
+    d = seeds["diff"].to_numpy(dtype=float)
+    x = np.arange(len(d))
+    ax.axhline(0.0, color="#52606d", linewidth=1)
+    ax.scatter(x, d, s=18, color="#1f77b4", label="one seed", zorder=3)
+    ax.axhline(row["mean_diff"], color="#d62728", linewidth=1.5, label=f"mean {row['mean_diff']:+.3f}")
+    ax.axhspan(row["t_low"], row["t_high"], color="#d62728", alpha=0.12, label="95% t interval (seeds)")
+    if np.isfinite(row["boot_low"]):
+        ax.axhline(row["boot_low"], color="#9467bd", linestyle="--", linewidth=1, label="95% bootstrap (seeds, problems)")
+        ax.axhline(row["boot_high"], color="#9467bd", linestyle="--", linewidth=1)
+    ax.set_xticks(x, seeds["seed"].astype(str), fontsize=7)
+    ax.set_xlabel("seed")
+    ax.set_ylabel("paired difference")
+    ax.set_title(row["comparison"], fontsize=10)
+    _legend(ax)
     return _save(fig, path)
