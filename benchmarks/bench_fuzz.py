@@ -140,7 +140,7 @@ def main() -> None:
     report("main thread", main_thread, args.timeout)
     if args.thread_inputs:
         picked = random.Random(args.seed).sample(cases, min(args.thread_inputs, len(cases)))
-        other = in_a_thread(picked, args.timeout, args.timeout + grading._KILL_GRACE + args.slack)
+        other = in_a_thread(picked, args.timeout, args.timeout + grading.KILL_GRACE + args.slack)
         print(f"helper process start (first call from a thread): {other['helper_start_s']:.1f} s")
         report("other thread", other, args.timeout)
 

@@ -310,7 +310,7 @@ def test_a_group_of_one_is_a_clear_error(name):
 
 
 def test_unknown_names_and_bad_values_list_what_is_valid():
-    with pytest.raises(ValueError, match="valid algorithms: vimpo, grpo, dr_grpo, dapo, rloo"):
+    with pytest.raises(ValueError, match="valid algorithms: dapo, dr_grpo, grpo, rloo, vimpo"):
         get("ppo")
     with pytest.raises(ValueError, match="valid options: beta, value_scale, value_coef"):
         get("vimpo", kl_coef=0.1)
@@ -492,3 +492,13 @@ def test_whitening_ignores_left_out_responses():
                           include=kept)
     changed = dataclasses.replace(with_left_out, old_logp=torch.where(kept.unsqueeze(1), logp, logp + 50.0))
     torch.testing.assert_close(algo.advantages(with_left_out)[:3], algo.advantages(changed)[:3])
+
+
+def test_algorithms_register_themselves_and_a_taken_name_is_refused():
+    from vimpo_bench.algorithms import registry
+
+    assert names() == ["dapo", "dr_grpo", "grpo", "rloo", "vimpo"]
+    assert REGISTRY["dr_grpo"] is grpo.DrGrpo and REGISTRY["rloo"] is rloo.Rloo
+    with pytest.raises(ValueError, match="algorithm name 'grpo' is taken by Grpo"):
+        registry.register("grpo")(rloo.Rloo)
+    assert REGISTRY["grpo"] is grpo.Grpo

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from vimpo_bench import grading
+from vimpo_bench import answers, grading
 from vimpo_bench.grading import GradeResult, extract_answer, grade, grade_batch, is_correct, split_gold
 
 B = "\\boxed{%s}"
@@ -189,7 +189,7 @@ def test_other_callers_of_math_verify_keep_its_own_rounding():
     import math_verify
 
     grading.is_correct("\\boxed{1}", "1")  # installs the hook
-    gold, answer = grading._parse_boxed("0.0000672"), grading._parse_boxed("0.0000673")
+    gold, answer = answers.parse_boxed("0.0000672"), answers.parse_boxed("0.0000673")
     assert math_verify.verify(list(gold), list(answer), timeout_seconds=None)
 
 
@@ -313,7 +313,7 @@ def test_threads_get_a_deadline_from_the_helper_process():
     for name, completion in DEADLINE_CASES.items():
         result, seconds = _in_a_thread(grade, completion, "2", timeout=0.5)
         assert isinstance(result, GradeResult) and not result.correct, name
-        assert seconds < 0.5 + grading._KILL_GRACE + SLACK, (name, seconds)
+        assert seconds < 0.5 + grading.KILL_GRACE + SLACK, (name, seconds)
     assert _in_a_thread(grade, "\\boxed{10^{10^{10}}}", "2", timeout=0.5)[0].timed_out
     # and it grades like the main thread does
     completions, golds = [c for c, _, _ in CASES[:12]], [g for _, g, _ in CASES[:12]]
@@ -405,7 +405,7 @@ def test_pathological_inputs_come_back_within_the_timeout():
         assert pool.grade(["\\boxed{3}"], ["3"])[0].correct
     assert not any(r.correct for r in results)
     # Two workers, each answer capped at TIMEOUT (+ the kill grace for an uninterruptible one).
-    bound = len(PATHOLOGICAL) * (TIMEOUT + grading._KILL_GRACE) / 2 + 5
+    bound = len(PATHOLOGICAL) * (TIMEOUT + grading.KILL_GRACE) / 2 + 5
     assert elapsed < bound, f"{elapsed:.1f}s"
     # How many of them run into the timer depends on how fast this machine parses: not a contract. The
     # contract is that each comes back (bounded above), scored incorrect, and says why when it was cut.

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from vimpo_bench import grading
+from vimpo_bench import answers, grading
 from vimpo_bench.grading import GradeResult
 
 # Pieces random inputs are made of: LaTeX the grader reads, the notation it rewrites, text it
@@ -139,7 +139,7 @@ def test_thread_grading_returns_within_the_deadline_on_fuzz():
             try:
                 result = grading.grade(completion, gold, timeout=TIMEOUT)
                 assert_well_formed(
-                    result, time.monotonic() - start, TIMEOUT + grading._KILL_GRACE + SLACK, name
+                    result, time.monotonic() - start, TIMEOUT + grading.KILL_GRACE + SLACK, name
                 )
             except Exception as exc:  # collected: an assert in a thread would not fail the test
                 failures.append(f"{name}: {type(exc).__name__}: {exc}")
@@ -167,4 +167,4 @@ def test_last_answer_tag_pairs_tags_as_the_regex_did():
     for _ in range(500):
         text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
         found = regex.findall(text)
-        assert grading._last_answer_tag(text) == (found[-1] if found else None), repr(text)
+        assert answers.last_answer_tag(text) == (found[-1] if found else None), repr(text)

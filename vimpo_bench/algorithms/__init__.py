@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 
+# Importing each algorithm module registers its classes (`@register(name)`, algorithms/registry.py).
+from vimpo_bench.algorithms import grpo as _grpo  # noqa: F401 - registers "grpo", "dr_grpo", "dapo"
+from vimpo_bench.algorithms import rloo as _rloo  # noqa: F401 - registers "rloo"
+from vimpo_bench.algorithms import vimpo as _vimpo  # noqa: F401 - registers "vimpo"
 from vimpo_bench.algorithms.batch import Batch
-from vimpo_bench.algorithms.grpo import Dapo, DrGrpo, Grpo
-from vimpo_bench.algorithms.rloo import Rloo
-from vimpo_bench.algorithms.vimpo import Vimpo
-
-REGISTRY: dict[str, type] = {"vimpo": Vimpo, "grpo": Grpo, "dr_grpo": DrGrpo, "dapo": Dapo, "rloo": Rloo}
+from vimpo_bench.algorithms.registry import REGISTRY, register
 
 
 def names() -> list[str]:
-    return list(REGISTRY)
+    return sorted(REGISTRY)
 
 
 def options(name: str) -> dict[str, object]:
@@ -42,8 +42,8 @@ def get(name: str, **opts):
 
 def _lookup(name: str) -> type:
     if name not in REGISTRY:
-        raise ValueError(f"unknown algorithm {name!r}; valid algorithms: {', '.join(REGISTRY)}")
+        raise ValueError(f"unknown algorithm {name!r}; valid algorithms: {', '.join(names())}")
     return REGISTRY[name]
 
 
-__all__ = ["Batch", "get", "names", "options", "REGISTRY"]
+__all__ = ["Batch", "get", "names", "options", "register", "REGISTRY"]

@@ -43,6 +43,7 @@ from vimpo_bench.algorithms.core import (
     ppo_clip_loss,
     require_group_size,
 )
+from vimpo_bench.algorithms.registry import register
 from vimpo_bench.ranges import num
 
 SCALES = ("std", "none")
@@ -81,6 +82,7 @@ def non_constant_groups(
     return group_std(rewards, group_ids, weights) > CONSTANT_GROUP_TOL
 
 
+@register("grpo")
 @dataclass(frozen=True)
 class Grpo:
     """GRPO. beta: KL penalty coefficient (0 disables it). kl_estimator: k1 | k2 | k3.
@@ -142,6 +144,7 @@ class Grpo:
         return total, stats
 
 
+@register("dr_grpo")
 @dataclass(frozen=True)
 class DrGrpo(Grpo):
     """Dr. GRPO: no std division, constant-length normalization, no KL."""
@@ -153,6 +156,7 @@ class DrGrpo(Grpo):
     name = "dr_grpo"
 
 
+@register("dapo")
 @dataclass(frozen=True)
 class Dapo(Grpo):
     """DAPO-style: clip-higher, token-mean over the batch, no KL, all-equal groups dropped.

@@ -18,6 +18,7 @@ import torch
 
 from vimpo_bench.algorithms.core import f32, group_count, group_sum, require_group_size
 from vimpo_bench.algorithms.grpo import Grpo
+from vimpo_bench.algorithms.registry import register
 
 
 def advantages(rewards: torch.Tensor, group_ids: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -34,6 +35,7 @@ def advantages(rewards: torch.Tensor, group_ids: torch.Tensor, weights: torch.Te
     return torch.where(partners > 0, r - others, torch.zeros_like(r)) * w
 
 
+@register("rloo")
 @dataclass(frozen=True)
 class Rloo(Grpo):
     """RLOO; the PPO and KL options are GRPO's (`scale` is unused)."""

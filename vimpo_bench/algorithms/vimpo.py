@@ -50,6 +50,7 @@ from vimpo_bench.algorithms.core import (
     require_group_size,
     whiten_batch,
 )
+from vimpo_bench.algorithms.registry import register
 from vimpo_bench.ranges import num
 
 BASELINES = ("mean", "soft")
@@ -212,6 +213,7 @@ def advantages(
     return (r - vhat).unsqueeze(1) * m  # outcome
 
 
+@register("vimpo")
 @dataclass(frozen=True)
 class Vimpo:
     """VIMPO with every option of the specification (defaults as stated there).
