@@ -6,8 +6,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -121,6 +123,19 @@ def trl_update(config, model, tokenizer, task, rollouts, monkeypatch):
     return vb.history[0], recorder.grads, trainer.vb_step
 
 
+def documented_metrics() -> set[str]:
+    """Every metric name in docs/metrics.md's tables (first column; "`a`, `b`" lists two)."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "metrics.md").read_text(encoding="utf-8")
+    names = set()
+    for line in text.splitlines():
+        if line.startswith("| `"):
+            names.update(re.findall(r"`([^`]+)`", line.split("|")[1]))
+    return names
+
+
+DOCUMENTED = documented_metrics()
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_first_update_matches_the_native_engine(case, tiny_model_dir, tmp_path, monkeypatch, one_torch_thread):
     config = load_config(overrides=[f"model.name={tiny_model_dir}", f"run.output_dir={tmp_path}", "run.engine=trl",
@@ -132,6 +147,15 @@ def test_first_update_matches_the_native_engine(case, tiny_model_dir, tmp_path, 
     native, native_grads = native_update(config, model, tokenizer, task, rollouts)
     trl, trl_grads, trl_step = trl_update(config, model, tokenizer, task, rollouts, monkeypatch)
 
+    # the trl engine's history row carries its step beside the metrics it logged (not a metric itself)
+    logged = {name: {k for k in keys if not k.startswith("_") and k != skip}
+              for name, keys, skip in (("native", native, None), ("trl", trl, "step"))}
+    for engine, keys in logged.items():
+        assert keys <= DOCUMENTED, f"{engine} logs keys docs/metrics.md does not list: {sorted(keys - DOCUMENTED)}"
+    # the step's own metrics agree as a set (the post-step ones, val/ and vimpo/ref_update, are compared on whole
+    # runs in test_a_study_with_a_native_and_a_trl_cell_renders_in_the_report)
+    assert logged["native"] - logged["trl"] == set(), f"trl does not log {sorted(logged['native'] - logged['trl'])}"
+    assert logged["trl"] - logged["native"] <= {"val/greedy_accuracy", "val/sampled_accuracy", "vimpo/ref_update"}
     compared = [k for k in native if k in trl and not k.startswith(("perf/", "val/", "_"))]
     assert {"loss/total", "loss/actor", "policy/grad_norm", "reward/trained_mean"} <= set(compared)
     for key in compared:
@@ -396,6 +420,16 @@ study:
 """))
     result = run_study(load_study(path), tracking_uri=store)
     assert [o.status for o in result.outcomes] == ["done", "done"], [o.error for o in result.outcomes]
+    # the full metric set of each engine's run is the documented set, and the same for both engines
+    from vimpo_bench.report import collect
+
+    data = collect(study="engines", tracking_uri=store)
+    train = data.of_kind("train").set_index("run_id")
+    keys = {train.at[r, "run_name"]: set(data.final.loc[r].dropna().index) for r in train.index}
+    by_engine = {data.params.at[r, "run.engine"]: keys[train.at[r, "run_name"]] for r in train.index}
+    assert by_engine["native"] == by_engine["trl"], (f"native only: {sorted(by_engine['native'] - by_engine['trl'])}; "
+                                                     f"trl only: {sorted(by_engine['trl'] - by_engine['native'])}")
+    assert by_engine["native"] <= DOCUMENTED, f"undocumented: {sorted(by_engine['native'] - DOCUMENTED)}"
     files = build_report(study="engines", tracking_uri=store, out=tmp_path / "engines.html")
     assert files.failed_panels == []
     page = files.page.read_text()
