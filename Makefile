@@ -22,6 +22,7 @@ test: setup
 bench: setup
 	$(VENV)/bin/python benchmarks/bench_algorithms.py
 	$(VENV)/bin/python benchmarks/bench_train.py
+	$(VENV)/bin/python benchmarks/bench_perf.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -218,3 +218,24 @@ def test_the_closing_summary_says_what_the_run_ran_on(tiny_model_dir, tmp_path, 
     assert (f"ran on {p['machine.cpu_model']}, GPU {p['machine.accelerator']}, torch {p['versions.torch']}, "
             f"transformers {p['versions.transformers']}; starting weights sha256 {p['model.start_checksum']}"
             ) in out.stdout.splitlines()
+
+
+def test_a_run_records_the_load_average_at_start_and_end_and_the_cost_of_its_evaluations(tiny_model_dir, tmp_path):
+    """What benchmarks/bench_perf.py reads: machine.load_start / machine.load_end tags, perf/eval_s and
+    perf/eval_sequences at every evaluation (greedy + sampled sequences)."""
+    from mlflow import MlflowClient
+
+    from vimpo_bench.config import load_config
+    from vimpo_bench.train import run
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = load_config(overrides=[f"model.name={tiny_model_dir}", f"run.output_dir={tmp_path / 'runs'}",
+                                    "optim.steps=2", "eval.every=1", "eval.problems=3", "eval.samples=2",
+                                    "rollout.prompts_per_step=2", "rollout.group_size=2", "rollout.max_new_tokens=4"])
+    result = run(config, tracking_uri=store)
+    client = MlflowClient(store)
+    tags = client.get_run(result.run_id).data.tags
+    assert len(tags["machine.load_start"].split()) == 3 and len(tags["machine.load_end"].split()) == 3
+    sequences = client.get_metric_history(result.run_id, "perf/eval_sequences")
+    assert [m.value for m in sequences] == [3 + 3 * 2] * 3  # steps 0, 1, 2
+    assert all(m.value > 0 for m in client.get_metric_history(result.run_id, "perf/eval_s"))

@@ -47,7 +47,17 @@ def machine_state() -> dict[str, str]:
         "machine.cpu_count": str(os.cpu_count()),
         "machine.torch_threads": str(torch.get_num_threads()),
         "machine.accelerator": accelerator(),
+        "machine.load_start": load_average(),
     }
+
+
+def load_average() -> str:
+    """The 1-, 5- and 15-minute load averages ("0.42 0.61 0.80"), or "unknown" where the OS has none: a run's
+    wall times mean something only when the machine was quiet (a load near 0 beside its own work)."""
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except (OSError, AttributeError):
+        return "unknown"
 
 
 def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 from vimpo_bench import locks
 from vimpo_bench.checkpoints import check_checkpoint, find_checkpoint, remove_partial_saves, saved_config
 from vimpo_bench.config import Config
-from vimpo_bench.provenance import git_state, machine_state, package_versions
+from vimpo_bench.provenance import git_state, load_average, machine_state, package_versions
 from vimpo_bench.tracking import MlflowTracker, Tracker
 
 
@@ -87,6 +87,7 @@ def train_to_status(tracker: Tracker, total_steps: int, call: Callable[[], Train
             pass
         raise
     if result.steps >= total_steps:
+        tracker.set_tags({"machine.load_end": load_average()})  # beside machine.load_start: was it quiet?
         tracker.finish("FINISHED")
     return result
 

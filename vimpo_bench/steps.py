@@ -91,6 +91,7 @@ def eval_mode(model):
 
 def evaluate_heldout(config, generator, task, heldout, prompt_text, step: int, tracker: Tracker) -> dict:
     """Validation accuracy: greedy (one sample) and sampled (eval.samples at the rollout temperature)."""
+    started = time.perf_counter()
     prompts = [prompt_text(p) for p in heldout]
     out = {}
     records = []
@@ -112,6 +113,9 @@ def evaluate_heldout(config, generator, task, heldout, prompt_text, step: int, t
                  "completion": sampled.texts[i], "answer": task.extract(sampled.texts[i]),
                  "gold": heldout[int(sampled.group_ids[i])].answer, "correct": graded[i]} for i in range(shown)]
     tracker.log_text("\n".join(json.dumps(r) for r in records) + "\n", f"samples/step_{step:06d}.jsonl")
+    # what an evaluation costs per generated sequence, against a rollout's (benchmarks/bench_perf.py)
+    out["perf/eval_s"] = time.perf_counter() - started
+    out["perf/eval_sequences"] = (len(heldout) if config.eval.greedy else 0) + len(sampled.texts)
     return out
 
 
