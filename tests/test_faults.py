@@ -101,7 +101,7 @@ def test_a_sweep_killed_with_two_workers_keeps_exact_trial_counts(easy_model_cac
 
     store, storage = f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'optuna.db'}"
     path = tmp_path / "ksweep.yaml"
-    path.write_text(easy_study_yaml(easy_model_cache, tmp_path / "runs", steps=2))
+    path.write_text(easy_study_yaml(easy_model_cache, tmp_path / "runs", "study: {sweep: {heartbeat: {interval: 1, grace: 3}}}", steps=2))
 
     def trial_running() -> bool:
         try:  # through make_storage: its lock keeps this poll out of the sweep's table creation
@@ -130,13 +130,13 @@ def test_a_sweep_killed_with_two_workers_keeps_exact_trial_counts(easy_model_cac
 
 def test_a_sweep_killed_between_asking_for_a_trial_and_training_it_keeps_exact_counts(
         easy_model_cache, easy_study_yaml, tmp_path):
-    """The kill lands right after Optuna's trial exists, before its training run does: the trial must carry
-    its worker from the start, so that the next sweep fails it (not counted) instead of leaving it RUNNING."""
+    """The kill lands right after Optuna's trial exists, before its training run does: the next sweep finds it
+    by Optuna's heartbeat (a short grace here), fails it (not counted) instead of leaving it RUNNING."""
     from vimpo_bench.sweep import run_sweep
 
     store, storage = f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'optuna.db'}"
     path = tmp_path / "asked.yaml"
-    path.write_text(easy_study_yaml(easy_model_cache, tmp_path / "runs", steps=1))
+    path.write_text(easy_study_yaml(easy_model_cache, tmp_path / "runs", "study: {sweep: {heartbeat: {interval: 1, grace: 3}}}", steps=1))
     assert run_killed("trial-asked", run_sweep, load_study(path), ["beta"], 1, storage, 1, store) == -9
     (orphan,) = optuna.load_study(study_name="asked:beta", storage=storage).get_trials()
     assert orphan.state == TrialState.RUNNING and "worker" in orphan.user_attrs

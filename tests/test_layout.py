@@ -75,3 +75,32 @@ def test_the_package_has_no_import_cycles():
     graph = {name: imports_of(name, path, modules) for name, path in modules.items()}
     assert "vimpo_bench.report.render" in graph["vimpo_bench.report"]  # the walk sees real imports
     assert cycles(graph) == []
+
+
+LOWER = ("vimpo_bench.config", "vimpo_bench.algorithms", "vimpo_bench.tasks", "vimpo_bench.answers")
+HIGHER = ("vimpo_bench.engines", "vimpo_bench.cli", "vimpo_bench.report")
+
+
+def test_the_lower_layers_import_nothing_from_the_higher_ones():
+    """config, algorithms, tasks and the answer rules are what everything else builds on: none of them imports
+    an engine, the CLI or the report (an engine checks a config; a config never asks an engine)."""
+    modules = module_names()
+    upward = [f"{name} -> {target}" for name, path in modules.items() if name.startswith(LOWER)
+              for target in imports_of(name, path, modules) if target.startswith(HIGHER)]
+    assert not upward, upward
+
+
+def test_no_module_imports_a_private_name_of_another():
+    found = []
+    for name, path in module_names().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("vimpo_bench"):
+                found += [f"{name}: from {node.module} import {a.name}" for a in node.names
+                          if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not found, found
+
+
+def test_no_module_is_over_600_lines():
+    long = {name: n for name, path in module_names().items()
+            if (n := len(path.read_text(encoding="utf-8").splitlines())) > 600}
+    assert not long, long

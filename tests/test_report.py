@@ -15,6 +15,9 @@ import pytest
 from vimpo_bench import tracking
 from vimpo_bench.report import analysis as A
 from vimpo_bench.report import build_report, collect, stats
+from vimpo_bench.report import grid as G
+from vimpo_bench.report import records as P
+from vimpo_bench.report import refs as R
 from vimpo_bench.report.collect import ReportData
 from vimpo_bench.report.panels import PANELS, steps_display
 from vimpo_bench.report.synthetic import fresh_store, log_synthetic_study
@@ -252,11 +255,11 @@ def test_grader_versions_are_compared_within_a_task():
                         index=runs["run_id"])
     empty = pd.DataFrame(index=runs["run_id"])
     data = ReportData("t", "t", runs, empty, tags, empty, pd.DataFrame(columns=["run_id", "key", "step", "value", "time_s"]))
-    _, notes = A.provenance(data)
+    _, notes = P.provenance(data)
     assert not any("disagree" in n for n in notes)
     assert "1 eval run(s) lack the git_commit tag" in notes
     tags.loc["e2", "grader_version"] = "math-2"
-    _, notes = A.provenance(ReportData("t", "t", runs, empty, tags, empty, data.history))
+    _, notes = P.provenance(ReportData("t", "t", runs, empty, tags, empty, data.history))
     assert "runs on math500 disagree on grader_version: math-1, math-2" in notes
 
 
@@ -328,15 +331,15 @@ def test_a_grid_is_chosen_per_arm_on_validation_never_on_test():
     for (algo, beta), seeds in val.items():
         for seed, v in zip((1, 2), seeds, strict=True):
             run = f"{algo}-{beta}-{seed}"
-            rows.append([algo, seed, run, A.TRAIN_SUITE, A.SELECT_METRIC, v, beta])
+            rows.append([algo, seed, run, A.TRAIN_SUITE, G.SELECT_METRIC, v, beta])
             test = 0.9 if beta == 0.2 else v - 0.05 * seed  # test is never looked at by the choice
             rows.append([algo, seed, run, "arith", "avg_at_8", test, beta])
     long = pd.DataFrame(rows, columns=["arm", "seed", "train_run_id", "suite", "metric", "value", "grid"])
     long = long.assign(condition="", algo=long["arm"], run_ci_low=np.nan, run_ci_high=np.nan)
-    choice = A.grid_choice(long).set_index("arm")
+    choice = G.grid_choice(long).set_index("arm")
     assert choice.loc["vimpo", "grid"] == 0.05 and choice.loc["grpo", "grid"] == 0.01
     assert choice.loc["vimpo", "selection_mean"] == pytest.approx(0.47) and choice.loc["vimpo", "values_tried"] == 3
-    chosen = A.at_choice(long, A.grid_choice(long))
+    chosen = G.at_choice(long, G.grid_choice(long))
     assert set(zip(chosen["arm"], chosen["grid"], strict=True)) == {("vimpo", 0.05), ("grpo", 0.01)} and len(chosen) == 8
     paired = A.paired_table(chosen).query("suite == 'arith'").iloc[0]
     # test at the choices: vimpo 0.45, 0.34; grpo 0.40, 0.37 -> differences +0.05, -0.03
@@ -344,7 +347,7 @@ def test_a_grid_is_chosen_per_arm_on_validation_never_on_test():
     assert paired["ci_low"] == pytest.approx(0.01 - T_1 * np.std([0.05, -0.03], ddof=1) / math.sqrt(2))
     # a tie goes to the smaller value
     tie = long.assign(value=np.where(long["suite"] == A.TRAIN_SUITE, 0.5, long["value"]))
-    assert set(A.grid_choice(tie)["grid"]) == {0.01}
+    assert set(G.grid_choice(tie)["grid"]) == {0.01}
 
 
 def test_each_run_aligns_its_own_window_around_pi_ref_updates():
@@ -358,10 +361,10 @@ def test_each_run_aligns_its_own_window_around_pi_ref_updates():
             rows.append([run, "vimpo/ref_update", step, float(step > 0 and step % every == 0), 0.0])
             rows.append([run, "loss/value", step, float((step - 1) % 10), 0.0])  # restarts after each move
     history = pd.DataFrame(rows, columns=["run_id", "key", "step", "value", "time_s"])
-    events = A.ref_update_steps(history)
-    assert A.ref_update_windows(events).to_dict() == {"ema": 1, "hard": 5}
+    events = R.ref_update_steps(history)
+    assert R.ref_update_windows(events).to_dict() == {"ema": 1, "hard": 5}
     labels = pd.DataFrame({"arm": ["vimpo[hard]", "vimpo[ema]"], "condition": ""}, index=["hard", "ema"])
-    w = A.ref_windows(history, labels, ["loss/value"])
+    w = R.ref_windows(history, labels, ["loss/value"])
     assert sorted(w.loc[w["arm"] == "vimpo[hard]", "offset"]) == list(range(-5, 6))
     assert sorted(w.loc[w["arm"] == "vimpo[ema]", "offset"]) == [-1, 0, 1]
     hard = w[w["arm"] == "vimpo[hard]"].set_index("offset")["mean"]
@@ -462,12 +465,55 @@ def test_runs_selected_by_id_bring_their_eval_children(store):
 
 
 def test_sql_history_equals_mlflow_public_api(store):
+    """The fast path (MLflow's private SqlAlchemyStore and SqlMetric) is taken on a sqlite store, and gives
+    exactly what MLflow's public get_metric_history gives."""
+    import mlflow
+
     ids = store["full"]["train"][:2]
     keys = ["reward/clean_mean", "vimpo/ref_update", "val/greedy_accuracy"]
-    fast = sorted(tracking.metric_histories(ids, keys, store["uri"]))
     client = tracking._client(store["uri"])
+    assert tracking.sql_metric_store(client) is not None, (
+        f"MLflow {mlflow.__version__} moved the internals tracking.metric_histories reads (client._tracking_client"
+        f".store as a SqlAlchemyStore with an engine; SqlMetric with columns {tracking.METRIC_COLUMNS}): the report "
+        "now reads histories through the public API, ~20x slower; adapt sql_metric_store or keep mlflow "
+        f"{tracking.MLFLOW_TESTED}")
+    fast = sorted(tracking.metric_histories(ids, keys, store["uri"]))
     slow = sorted(tracking._metric_histories_api(client, ids, keys))
     assert len(fast) > 50 and fast == slow
+
+
+def test_installed_mlflow_is_the_range_the_history_fast_path_was_checked_in():
+    """pyproject.toml pins mlflow to tracking.MLFLOW_TESTED, and the installed MLflow is inside it."""
+    from importlib.metadata import version
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    (pin,) = [Requirement(d) for d in pyproject["project"]["dependencies"] if Requirement(d).name == "mlflow"]
+    assert pin.specifier == SpecifierSet(tracking.MLFLOW_TESTED), (str(pin.specifier), tracking.MLFLOW_TESTED)
+    assert version("mlflow") in pin.specifier, (
+        f"mlflow {version('mlflow')} is installed but tracking.metric_histories was checked against "
+        f"{tracking.MLFLOW_TESTED}: run tests/test_report.py::test_sql_history_equals_mlflow_public_api on it, "
+        "then widen MLFLOW_TESTED and pyproject.toml together")
+
+
+def test_history_falls_back_to_the_public_api_when_mlflow_internals_move(store, monkeypatch):
+    """An MLflow whose metrics-table model lost a column the fast path selects: the public API answers,
+    with the same rows, instead of an AttributeError."""
+    import mlflow.store.tracking.dbmodels.models as models
+
+    ids, keys = store["full"]["train"][:2], ["reward/clean_mean", "val/greedy_accuracy"]
+    expected = sorted(tracking.metric_histories(ids, keys, store["uri"]))
+
+    class Moved:  # SqlMetric without its is_nan column
+        run_uuid = key = step = timestamp = value = None
+
+    monkeypatch.setattr(models, "SqlMetric", Moved)
+    assert tracking.sql_metric_store(tracking._client(store["uri"])) is None
+    assert sorted(tracking.metric_histories(ids, keys, store["uri"])) == expected and expected
 
 
 def test_full_report_has_every_panel_and_no_errors(full_report):
@@ -654,7 +700,7 @@ def test_a_grid_study_page_chooses_each_algorithms_beta_on_validation(store, tmp
     assert (choice["values_tried"] == 3).all() and (choice["seeds"] == 3).all()
     # the chosen arms' test accuracy is the mean of those runs' eval results
     data = collect(study="grid", tracking_uri=store["uri"])
-    long = A.grid_long(data, "algo.beta")
+    long = G.grid_long(data, "algo.beta")
     vimpo = long.query("arm == 'vimpo' and grid == 0.05 and suite == 'math500' and metric == 'accuracy'")["value"]
     final = pd.read_csv(files.page.with_suffix("") / "grid_final.csv")
     row = final.query("arm == 'vimpo' and suite == 'math500' and metric == 'accuracy'").iloc[0]

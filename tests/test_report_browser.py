@@ -1,6 +1,6 @@
 """The report in a real headless Chromium (Debian's /usr/bin/chromium, driven with playwright over CDP):
 no console errors, no request but the file itself, every panel present, and a screenshot of each panel
-(and each figure) that is not blank.
+(and each figure) that is not blank. Without Chromium only the page-size check runs.
 
 Runs: real training runs of the tiny model (`vimpo_bench.train.run`: 2 algorithms x 2 seeds, 2 steps
 each) in a fresh sqlite store. That completions are escaped is checked in test_report.py."""
@@ -8,6 +8,8 @@ each) in a fresh sqlite store. That completions are escaped is checked in test_r
 from __future__ import annotations
 
 import io
+import json
+import re
 import shutil
 from pathlib import Path
 
@@ -16,10 +18,10 @@ import pytest
 
 from vimpo_bench.report import build_report
 from vimpo_bench.report.panels import PANELS
+from vimpo_bench.report.render import PLOTLY_TRACES
 from vimpo_bench.report.synthetic import fresh_store
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium); .ci/run installs it")
 STUDY = "browser-check"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -58,6 +60,8 @@ def report(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(report, tmp_path_factory):
+    if CHROMIUM is None:
+        pytest.skip("needs Debian's chromium (apt-get install chromium); .ci/run installs it")
     from playwright.sync_api import sync_playwright
 
     url = report.resolve().as_uri()
@@ -106,6 +110,19 @@ def _coloured(rgb: np.ndarray) -> int:
 def _colours(rgb: np.ndarray) -> int:
     """Number of distinct colours (a blank or flat panel has a handful)."""
     return len(np.unique((rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]))
+
+
+def test_page_inlines_the_small_plotly_bundle_that_draws_its_traces(report):
+    """plotly.js's basic bundle (1.2 MB), not the full library (4.8 MB): the whole page stays under 2 MB,
+    and every trace of every figure is of a type that bundle draws."""
+    html = report.read_text(encoding="utf-8")
+    assert len(html.encode()) < 2_000_000, f"the page is {len(html.encode()):,} bytes"
+    assert "plotly.js (basic - minified) v" in html and "Licensed under the MIT license" in html
+    starts = [m.end() for m in re.finditer(r'Plotly\.newPlot\("[^"]+",', html)]
+    assert len(starts) >= 7
+    decode = json.JSONDecoder().raw_decode
+    types = {trace.get("type", "scatter") for start in starts for trace in decode(html, start)[0]}
+    assert types and types <= set(PLOTLY_TRACES), types
 
 
 def test_no_console_errors_and_no_network(page):

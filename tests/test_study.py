@@ -76,7 +76,15 @@ def test_every_shipped_study_expands():
         sizes[path.stem] = len(expand(study))
     assert sizes == {"tiny_demo": 1, "vimpo_vs_grpo": 25, "noisy_rewards": 30, "moving_ref": 12,
                      "vimpo_ablation": 21, "beta_sweep": 30, "paper_main": 2,
-                     "paper_smoke": 2, "vimpo_vs_grpo_hard": 25, "vimpo_readings": 30}
+                     "paper_smoke": 2, "vimpo_vs_grpo_hard": 25, "vimpo_readings": 30, "answer_base": 1,
+                     "answer": 60, "answer_hard": 30, "answer_tune_grpo": 1, "answer_tune_vimpo": 1,
+                     "answer_tune_vimpo_implied": 1}
+    # the answer: 20 paired seeds of three arms, tuned alike (same budget, seed and sampler for every arm)
+    answer = expand(load_study("answer"))
+    assert {c.config.run.seed for c in answer} == set(range(20)) and {c.config.optim.steps for c in answer} == {80}
+    assert {c.config.task.options["n_test"] for c in answer} == {1000}
+    tuning = [load_study(f"answer_tune_{arm}") for arm in ("grpo", "vimpo", "vimpo_implied")]
+    assert len({(s.budget.trials, s.budget.steps, str(s.sweep), s.base_config().run.seed) for s in tuning}) == 1
     main = expand(load_study("vimpo_vs_grpo"))
     assert {c.config.algo["name"] for c in main} == {"vimpo", "grpo", "dr_grpo", "dapo", "rloo"}
     assert {c.config.optim.steps for c in main} == {150}

@@ -27,7 +27,6 @@ from vimpo_bench.ranges import Range, clip, num, short  # noqa: F401 - the schem
 
 STUDIES_DIR = Path(__file__).parent / "studies"
 DEFAULT_STUDY = "tiny_demo"
-ENGINES = ("native", "trl")
 
 
 class ConfigError(ValueError):
@@ -456,7 +455,7 @@ def _algo_section(value: Any, source: str) -> dict[str, Any]:
         expected = type(default) if default is not None else None
         hint = _algo_type(name, key, expected)
         try:
-            resolved[key] = _coerce(resolved[key], hint, f"{source}: algo.{key}")
+            resolved[key] = coerce(resolved[key], hint, f"{source}: algo.{key}")
         except ConfigError:
             rng = ranges.declared_range(algorithms.REGISTRY[name], key)
             if rng is None:
@@ -483,11 +482,11 @@ def _section(cls, values: dict[str, Any], where: str):
     unknown = sorted(set(values) - set(names), key=str)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {clip(', '.join(map(str, unknown)))}; valid: {', '.join(names)}")
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in values.items()}
+    kwargs = {k: coerce(v, hints[k], f"{where}.{k}") for k, v in values.items()}
     return cls(**kwargs)
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
+def coerce(value: Any, hint: Any, where: str) -> Any:
     """Check (and gently convert: int -> float) a value against a field's type hint."""
     if hint is Any:
         return value
@@ -501,7 +500,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(value, arg, where)
+                return coerce(value, arg, where)
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if errors else f"{where}: bad value {short(value)}")
@@ -565,10 +564,6 @@ def validate(c: Config, source: str) -> None:
     _one_of(c.model.dtype, ("float32", "bfloat16", "float16"), f"{source}: model.dtype")
     _one_of(c.task.template, ("none", "qwen-boxed", "r1", "plain"), f"{source}: task.template")
     _one_of(c.rollout.backend, ("hf", "vllm"), f"{source}: rollout.backend")
-    _one_of(c.run.engine, ENGINES, f"{source}: run.engine")
-    if c.rollout.backend == "vllm" and c.run.engine == "native":
-        raise ConfigError(f"{source}: rollout.backend=vllm needs run.engine=trl (the native loop has no way to push "
-                          "updated weights into a vLLM engine; TRL's GRPOTrainer does)")
     _one_of(c.optim.lr_schedule, ("constant", "linear", "cosine"), f"{source}: optim.lr_schedule")
     if c.optim.minibatches * c.optim.grad_accum > c.rollout.prompts_per_step:
         raise ConfigError(
@@ -590,9 +585,4 @@ def validate(c: Config, source: str) -> None:
         raise ConfigError(f"{source}: {exc}") from None  # the message names the key: algo.<option>
     if c.algo["name"] == "vimpo":
         check_vimpo_fixed_point(c, algo, source)
-    if c.run.engine == "trl":
-        from vimpo_bench.engines import trl_config_problem
 
-        problem = trl_config_problem(c)
-        if problem:
-            raise ConfigError(f"{source}: {problem}")

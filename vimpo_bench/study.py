@@ -14,34 +14,36 @@ A study file is a config file (it may `extends:` another) plus a `study:` sectio
       suites: [arith]             # evaluation suites run on each trained policy (`vimpo-bench eval`'s)
       eval: {limit: 500, max_tokens: 28}     # EvalConfig settings for them
       budget: {steps: 80, max_cells: 30, minutes: 60, trials: 20}
+      resources: {num_cpus: 2, num_gpus: 1}  # what one cell takes as a Ray task (`--executor ray`)
       sweep: {...}                # ranges for `vimpo-bench sweep` (see vimpo_bench.sweep)
 
 `run_study` trains and evaluates each cell as MLflow runs under one parent run, tags them with the
 study and each axis value, skips cells already finished with the same config hash, resumes cells
-that were cut short, and reports a failed cell without stopping the others.
+that were cut short, and reports a failed cell without stopping the others. Where the cells run (this
+process, local worker processes, Ray tasks on a cluster) is `vimpo_bench.executors`'.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import json
 import os
 import time
 import traceback
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, fields
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from vimpo_bench import engines, executors
 from vimpo_bench.config import (
     Config,
     ConfigError,
-    _coerce,
     check_ranges,
     clip,
+    coerce,
     from_dict,
     num,
     read_study,
@@ -49,8 +51,10 @@ from vimpo_bench.config import (
     short,
     study_path,
 )
+from vimpo_bench.executors import CellOutcome, CellStatus, error_line
 
-STUDY_FIELDS = ("name", "description", "experiment", "axes", "suites", "eval", "budget", "sweep", "endpoint")
+STUDY_FIELDS = ("name", "description", "experiment", "axes", "suites", "eval", "budget", "resources", "sweep",
+                "endpoint")
 DONE_TAG = "vimpo.cell_status"
 
 
@@ -64,6 +68,14 @@ class Budget:
     """Wall-clock budget of one `study run` / `sweep` command: no new cell or trial starts after it."""
     trials: int | None = num(None, gt=0)
     """Default `--trials` of `vimpo-bench sweep`."""
+
+
+@dataclass(frozen=True)
+class Resources:
+    num_cpus: float = num(1.0, gt=0)
+    """CPU cores one cell takes as a Ray task (`--num-cpus`); its torch threads unless run.threads is set."""
+    num_gpus: float = num(0.0, ge=0)
+    """GPUs one cell takes as a Ray task (`--num-gpus`)."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +108,7 @@ class Study:
     endpoint: dict[str, Any] = field(default_factory=dict)
     """The pre-declared endpoints (`study.endpoint`), checked by `report.endpoint.parse_endpoint`; a
     report of the study opens with the primary one."""
+    resources: Resources = field(default_factory=Resources)
 
     def base_config(self, overrides: dict[str, Any] | None = None, where: str = "") -> Config:
         """The base config with the budget's steps and `overrides` (dotted key -> value), validated."""
@@ -106,7 +119,12 @@ class Study:
         for key in sorted(overrides or {}, key=lambda k: k != "algo.name"):
             set_key(raw, key.split("."), overrides[key], f"{self.path}: {where or key}")
         set_key(raw, ["run", "experiment"], self.experiment, str(self.path))
-        return from_dict(raw, f"{self.path}{': ' + where if where else ''}")
+        source = f"{self.path}{': ' + where if where else ''}"
+        config = from_dict(raw, source)
+        problem = engines.problem(config)  # refused at planning time, not when its cell comes up
+        if problem:
+            raise ConfigError(f"{source}: {problem}")
+        return config
 
 
 @dataclass
@@ -135,19 +153,20 @@ def load_study(spec: str | Path) -> Study:
     unknown = sorted(set(section) - set(STUDY_FIELDS), key=str)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {clip(', '.join(map(str, unknown)))}; valid: {', '.join(STUDY_FIELDS)}")
-    name = _coerce(section.get("name", path.stem), str, f"{where}.name")
+    name = coerce(section.get("name", path.stem), str, f"{where}.name")
     study = Study(
         name=name,
         path=path,
-        description=_coerce(section.get("description", ""), str, f"{where}.description"),
-        experiment=_coerce(section.get("experiment", name), str, f"{where}.experiment"),
+        description=coerce(section.get("description", ""), str, f"{where}.description"),
+        experiment=coerce(section.get("experiment", name), str, f"{where}.experiment"),
         base=raw,
         axes=parse_axes(section.get("axes") or {}, f"{where}.axes"),
         suites=parse_suites(section.get("suites") or [], f"{where}.suites"),
-        eval=dict(_coerce(section.get("eval") or {}, dict, f"{where}.eval")),
+        eval=dict(coerce(section.get("eval") or {}, dict, f"{where}.eval")),
         budget=parse_budget(section.get("budget") or {}, f"{where}.budget"),
-        sweep=dict(_coerce(section.get("sweep") or {}, dict, f"{where}.sweep")),
-        endpoint=dict(_coerce(section.get("endpoint") or {}, dict, f"{where}.endpoint")),
+        resources=_parse_numbers(section.get("resources") or {}, Resources, f"{where}.resources"),
+        sweep=dict(coerce(section.get("sweep") or {}, dict, f"{where}.sweep")),
+        endpoint=dict(coerce(section.get("endpoint") or {}, dict, f"{where}.endpoint")),
     )
     if "'" in study.name:
         raise ConfigError(f"{where}.name: must not contain a quote, got {short(study.name)}")
@@ -209,15 +228,19 @@ def parse_suites(suites: Any, where: str) -> list[str]:
 
 
 def parse_budget(budget: Any, where: str) -> Budget:
-    if not isinstance(budget, dict):
-        raise ConfigError(f"{where}: a mapping with keys steps, max_cells, minutes, trials; got {short(budget)}")
-    names = [f.name for f in fields(Budget)]
-    unknown = sorted(set(budget) - set(names), key=str)
+    return _parse_numbers(budget, Budget, where)
+
+
+def _parse_numbers(section: Any, kind: type, where: str):
+    """A `kind` (Budget, Resources: numbers only) from a study file's mapping, each number checked."""
+    names = [f.name for f in fields(kind)]
+    if not isinstance(section, dict):
+        raise ConfigError(f"{where}: a mapping with keys {', '.join(names)}; got {short(section)}")
+    unknown = sorted(set(section) - set(names), key=str)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {clip(', '.join(map(str, unknown)))}; valid: {', '.join(names)}")
-    kinds = {"steps": int, "max_cells": int, "minutes": float, "trials": int}
-    values = {k: _coerce(v, kinds[k], f"{where}.{k}") for k, v in budget.items() if v is not None}
-    parsed = Budget(**values)
+    hints = {f.name: (int if f.type.startswith("int") else float) for f in fields(kind)}
+    parsed = kind(**{k: coerce(v, hints[k], f"{where}.{k}") for k, v in section.items() if v is not None})
     check_ranges(parsed, where)  # `minutes: .nan` must not switch the time budget off
     return parsed
 
@@ -402,18 +425,6 @@ def plan_rows(study: Study, planned: list[PlannedCell]) -> list[dict[str, Any]]:
 
 
 @dataclass
-class CellOutcome:
-    index: int
-    label: str
-    status: str
-    """done | skipped | failed | not started (the budget's minutes ran out)."""
-    run_id: str | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    error: str | None = None
-    wall_seconds: float = 0.0
-
-
-@dataclass
 class StudyResult:
     study: str
     experiment: str
@@ -441,46 +452,47 @@ def run_study(
     tracking_uri: str | None = None,
     progress: CellProgress | None = None,
     train_progress=None,
+    executor=None,
+    status: CellStatus | None = None,
 ) -> StudyResult:
     """Run every cell not yet done (train, then evaluate `study.suites`) under one parent MLflow run.
 
-    `workers` cells run at once in separate processes (torch threads split between them); a failed cell
-    is recorded and the others go on. `train_progress` (one worker only) sees each cell's training steps.
+    `executor` (`vimpo_bench.executors`) runs the cells: by default `workers` cells at once in separate
+    processes (torch threads split between them), or one after the other here when `workers` is 1, where
+    `train_progress` sees each cell's training steps. A failed cell is recorded and the others go on.
     """
     from vimpo_bench import tracking
 
-    if workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {workers}")
+    executor = executor or executors.local(workers, train_progress)
     deadline = time.monotonic() + 60 * study.budget.minutes if study.budget.minutes else None
     tracking_uri = tracking_uri or tracking.default_tracking_uri()
-    cells = expand(study)
-    planned = plan(study, cells, tracking_uri)
-    retire(planned, tracking_uri)
-    parent = open_parent_run(study, len(cells), tracking_uri)
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    outcomes: dict[int, CellOutcome] = {}
+    with executor:  # a Ray cluster is joined (or refused) before the store is touched
+        cells = expand(study)
+        planned = plan(study, cells, tracking_uri)
+        retire(planned, tracking_uri)
+        parent = open_parent_run(study, len(cells), tracking_uri)
+        outcomes: dict[int, CellOutcome] = {}
 
-    def finished(outcome: CellOutcome) -> None:
-        outcomes[outcome.index] = outcome
-        if progress:
-            progress(outcome, len(outcomes), len(planned))
+        def finished(outcome: CellOutcome) -> None:
+            outcomes[outcome.index] = outcome
+            if progress:
+                progress(outcome, len(outcomes), len(planned))
 
-    for p in planned:
-        if p.action == "skip":
-            finished(CellOutcome(p.cell.index, p.cell.label, "skipped", p.run_id))
-    todo = [p for p in planned if p.action != "skip"]
-    try:
-        if workers == 1:
-            for p in todo:
-                if deadline and time.monotonic() > deadline:
-                    finished(CellOutcome(p.cell.index, p.cell.label, "not started"))
-                    continue
-                finished(run_cell(study, p, parent.run_id, tracking_uri, None, train_progress))
-        else:
-            _run_parallel(study, todo, parent.run_id, tracking_uri, workers, threads, deadline, finished)
-    except BaseException:
-        parent.finish("KILLED")
-        raise
+        for p in planned:
+            if p.action == "skip":
+                finished(CellOutcome(p.cell.index, p.cell.label, "skipped", p.run_id))
+        def replan(cell: Cell) -> PlannedCell:  # its worker died: planned again as a rerun would plan it
+            (again,) = plan(study, [cell], tracking_uri)
+            retire([again], tracking_uri)
+            return again
+
+        run = functools.partial(run_cell, study, parent_run_id=parent.run_id, tracking_uri=tracking_uri)
+        try:
+            executors.drive(executor, [p for p in planned if p.action != "skip"], run, replan, deadline, finished,
+                            status)
+        except BaseException:
+            parent.finish("KILLED")
+            raise
     result = StudyResult(study.name, study.experiment, parent.run_id,
                          [outcomes[p.cell.index] for p in planned])
     counts = result.summary()["counts"]
@@ -488,28 +500,6 @@ def run_study(
     parent.log_dict(result.summary(), "cells.json")
     parent.finish("FAILED" if result.failed else "FINISHED")
     return result
-
-
-def _run_parallel(study, todo, parent_run_id, tracking_uri, workers, threads, deadline, finished) -> None:
-    queue = list(todo)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        running = {}
-        while queue or running:
-            while queue and len(running) < workers:
-                p = queue.pop(0)
-                if deadline and time.monotonic() > deadline:
-                    finished(CellOutcome(p.cell.index, p.cell.label, "not started"))
-                    continue
-                running[pool.submit(run_cell, study, p, parent_run_id, tracking_uri, threads)] = p
-            if not running:
-                continue
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                p = running.pop(future)
-                try:
-                    finished(future.result())
-                except Exception as exc:  # the worker process itself died
-                    finished(CellOutcome(p.cell.index, p.cell.label, "failed", error=_one_line(exc)))
 
 
 def run_cell(study: Study, planned: PlannedCell, parent_run_id: str, tracking_uri: str,
@@ -552,13 +542,8 @@ def run_cell(study: Study, planned: PlannedCell, parent_run_id: str, tracking_ur
     except Exception as exc:
         if os.environ.get("VIMPO_BENCH_DEBUG"):
             traceback.print_exc()
-        return CellOutcome(cell.index, cell.label, "failed", run_id, metrics, _one_line(exc),
+        return CellOutcome(cell.index, cell.label, "failed", run_id, metrics, error_line(exc),
                            time.monotonic() - started)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return clip(f"{type(exc).__name__}: {text[0] if text else ''}")
 
 
 def open_parent_run(study: Study, n_cells: int, tracking_uri: str):
@@ -589,4 +574,5 @@ def describe(study: Study) -> dict[str, Any]:
             "experiment": study.experiment, "base": study.base,
             "axes": {a.name: [{"label": v.label, **v.overrides} for v in a.values] for a in study.axes},
             "suites": study.suites, "eval": study.eval,
-            "budget": {f.name: getattr(study.budget, f.name) for f in fields(Budget)}, "sweep": study.sweep}
+            "budget": {f.name: getattr(study.budget, f.name) for f in fields(Budget)}, "sweep": study.sweep,
+            "resources": {f.name: getattr(study.resources, f.name) for f in fields(Resources)}}

@@ -11,13 +11,14 @@ The study file declares the ranges (built-in defaults below cover the usual name
           adv:  {key: algo.advantage, choices: [implied, mc]}
         pruner: {kind: median, n_startup_trials: 2, n_warmup_steps: 0}
         sampler: {kind: tpe, seed: 0}
+        heartbeat: {interval: 60, grace: 180, retries: 2}   # seconds; docs/sweeps.md
 
 Every held-out evaluation during training reports its value to the trial, so the pruner can stop a
 bad trial early. The Optuna study lives in a SQLAlchemy storage (a sqlite file by default; PostgreSQL
 for several machines): running the same command again continues it, and `--trials` counts every
-trial of the study, on any machine. Local workers take a lock around "count, then ask", so one
-command never starts more than `--trials`; commands on different machines can overshoot by at most
-one trial each when they ask at the same moment.
+trial of the study, on any machine. "Count, then ask" runs under a lock (between the worker processes
+of a command, and on PostgreSQL between commands on any machine), so no more than `--trials` start.
+A dead worker's trial is found by Optuna's heartbeat on any machine and queued again (docs/sweeps.md).
 """
 
 from __future__ import annotations
@@ -25,18 +26,16 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from multiprocessing import get_context
-from pathlib import Path
 from typing import Any
 
 from vimpo_bench import faults, locks
-from vimpo_bench.config import ConfigError, _coerce, clip, short
+from vimpo_bench.config import ConfigError, clip, coerce, short
 from vimpo_bench.study import Study
+from vimpo_bench.sweep_trials import WAIT, Heartbeat, StaleTrial, beating, next_trial, quiet, study_lock
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 # Sweeps tune on the validation split, never on the test problems a study then reports.
@@ -51,7 +50,8 @@ BUILTIN_PARAMS = {
     "clip": {"key": ["algo.eps_low", "algo.eps_high"], "low": 0.1, "high": 0.4, "log": False},
 }
 PARAM_FIELDS = ("key", "low", "high", "log", "step", "choices")
-SWEEP_FIELDS = ("metric", "direction", "params", "pruner", "sampler")
+SWEEP_FIELDS = ("metric", "direction", "params", "pruner", "sampler", "heartbeat")
+HEARTBEAT_FIELDS = ("interval", "grace", "retries")
 PRUNERS = ("median", "percentile", "threshold", "none")
 
 
@@ -90,6 +90,7 @@ class SweepSpec:
     direction: str = "maximize"
     pruner: dict = field(default_factory=lambda: {"kind": "median"})
     sampler: dict = field(default_factory=lambda: {"kind": "tpe", "seed": None})
+    heartbeat: Heartbeat = field(default_factory=Heartbeat)
 
 
 # ------------------------------------------------------------------------------------------ parsing
@@ -102,10 +103,11 @@ def sweep_spec(study: Study) -> SweepSpec:
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(SWEEP_FIELDS)}")
     spec = SweepSpec(
-        metric=_coerce(raw.get("metric", "val/sampled_accuracy"), str, f"{where}.metric"),
-        direction=_coerce(raw.get("direction", "maximize"), str, f"{where}.direction"),
-        pruner={"kind": "median", **_coerce(raw.get("pruner") or {}, dict, f"{where}.pruner")},
-        sampler={"kind": "tpe", "seed": None, **_coerce(raw.get("sampler") or {}, dict, f"{where}.sampler")},
+        metric=coerce(raw.get("metric", "val/sampled_accuracy"), str, f"{where}.metric"),
+        direction=coerce(raw.get("direction", "maximize"), str, f"{where}.direction"),
+        pruner={"kind": "median", **coerce(raw.get("pruner") or {}, dict, f"{where}.pruner")},
+        sampler={"kind": "tpe", "seed": None, **coerce(raw.get("sampler") or {}, dict, f"{where}.sampler")},
+        heartbeat=_heartbeat(raw.get("heartbeat"), f"{where}.heartbeat"),
     )
     if spec.metric not in METRICS:
         raise ConfigError(f"{where}.metric: {short(spec.metric)} is not a held-out metric; valid: {', '.join(METRICS)}")
@@ -116,11 +118,27 @@ def sweep_spec(study: Study) -> SweepSpec:
     return spec
 
 
+def _heartbeat(raw: Any, where: str) -> Heartbeat:
+    raw = coerce(raw or {}, dict, where)
+    unknown = sorted(set(raw) - set(HEARTBEAT_FIELDS), key=str)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(HEARTBEAT_FIELDS)}")
+    default = Heartbeat()
+    interval = coerce(raw.get("interval", default.interval), int, f"{where}.interval")
+    grace = coerce(raw.get("grace", default.grace), int, f"{where}.grace")
+    retries = coerce(raw.get("retries", default.retries), int | None, f"{where}.retries")
+    if interval < 1 or grace <= interval:
+        raise ConfigError(f"{where}: needs 1 <= interval < grace (seconds), got interval {interval}, grace {grace}")
+    if retries is not None and retries < 0:
+        raise ConfigError(f"{where}.retries: must be >= 0 (or null: no limit), got {retries}")
+    return Heartbeat(interval, grace, retries)
+
+
 def resolve_params(study: Study, names: list[str]) -> list[Param]:
     """The named parameters with their ranges (the study file's, else the built-in ones), checked:
     the key must be a config key that accepts both ends of the range."""
     where = f"{study.path}: study.sweep.params"
-    declared = _coerce(study.sweep.get("params") or {}, dict, where)
+    declared = coerce(study.sweep.get("params") or {}, dict, where)
     if not names:
         raise ConfigError("name at least one parameter to sweep, e.g. `vimpo-bench sweep beta`")
     if len(set(names)) != len(names):
@@ -163,12 +181,12 @@ def _param(name: str, raw: Any, where: str) -> Param:
     for k, value in (("low", low), ("high", high)):
         if not math.isfinite(value):
             raise ConfigError(f"{where}.{k}: must be a finite number, got {value}")
-    log = _coerce(raw.get("log", False), bool, f"{where}.log")
+    log = coerce(raw.get("log", False), bool, f"{where}.log")
     if not low < high:
         raise ConfigError(f"{where}: empty range: low ({low}) must be below high ({high})")
     if log and low <= 0:
         raise ConfigError(f"{where}: a log range needs low > 0, got {low}")
-    step = None if raw.get("step") is None else _coerce(raw["step"], float, f"{where}.step")
+    step = None if raw.get("step") is None else coerce(raw["step"], float, f"{where}.step")
     if step is not None and not (math.isfinite(step) and step > 0):
         raise ConfigError(f"{where}.step: must be finite and > 0, got {step}")
     return Param(name, keys, low, high, log, step)
@@ -178,7 +196,7 @@ def _number(value: Any, where: str) -> int | float:
     """An int stays an int (an integer parameter); anything else must read as a float."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    return _coerce(value, float, where)
+    return coerce(value, float, where)
 
 
 def make_pruner(spec: SweepSpec, where: str = "study.sweep"):
@@ -226,18 +244,23 @@ def redact(url: str) -> str:
         return url
 
 
-def make_storage(url: str):
-    """An Optuna RDB storage for any SQLAlchemy URL; a bad URL or an unreachable server is a ValueError."""
+def make_storage(url: str, heartbeat: Heartbeat | None = None, tracking_uri: str | None = None):
+    """An Optuna RDB storage for any SQLAlchemy URL; a bad URL or an unreachable server is a ValueError.
+    With `heartbeat`, the storage records and judges trial heartbeats, and a stale trial goes to
+    `StaleTrial` (its MLflow run in `tracking_uri` marked KILLED, the trial queued again)."""
     import optuna
     import sqlalchemy.exc
 
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    beat = {} if heartbeat is None else {"heartbeat_interval": heartbeat.interval, "grace_period": heartbeat.grace,
+                                         "heartbeat_stale_trial_callback": StaleTrial(tracking_uri, heartbeat.retries)}
     # Workers creating a new sqlite storage at once race in its table creation: one at a time on this machine.
     lock_file = url[len("sqlite:///"):] + ".lock" if url.startswith("sqlite:///") else None
     for attempt in range(3):
         try:
             with locks.file_lock(lock_file) if lock_file else contextlib.nullcontext():
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+                with quiet():
+                    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **beat)
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as exc:
             # another process (another machine, or one not taking the lock) was creating the tables at the
             # same moment: try again; any other operational error is the user's to fix
@@ -253,71 +276,6 @@ def make_storage(url: str):
 
 
 # ------------------------------------------------------------------------------------------ trials
-
-
-def counted(optuna_study) -> int:
-    """Trials that count toward `--trials`: all but those abandoned by a killed command (FAIL without an
-    `error`), which a rerun replaces."""
-    from optuna.trial import TrialState
-
-    return sum(1 for t in optuna_study.get_trials(deepcopy=False)
-               if not (t.state == TrialState.FAIL and "error" not in t.user_attrs))
-
-
-def _worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def fail_abandoned(optuna_study, tracking_uri: str | None) -> int:
-    """RUNNING trials whose process is gone: mark them FAIL (and their MLflow runs KILLED) so that a rerun
-    replaces them. Returns how many. Gone means: recorded by a process of this machine that no longer
-    exists, or (a store written by a version that recorded the worker after Optuna's ask, and was killed
-    in between) no worker recorded and started over `ORPHAN_AFTER_S` ago."""
-    from optuna.trial import TrialState
-
-    from vimpo_bench import tracking
-
-    host, n = socket.gethostname(), 0
-    for t in optuna_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not _abandoned(t, host):
-            continue
-        optuna_study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-        if t.user_attrs.get("mlflow_run_id"):
-            handle = tracking.MlflowTracker.attach(t.user_attrs["mlflow_run_id"], tracking_uri)
-            handle.set_tags({"optuna.state": "FAIL"})
-            handle.finish("KILLED")
-        n += 1
-    return n
-
-
-# A trial with no worker recorded this long after it started was orphaned by a kill (no live command takes
-# more than a moment between creating a trial and recording its worker; sqlite's busy timeout is 60 s).
-ORPHAN_AFTER_S = 300
-
-
-def _abandoned(trial, host: str) -> bool:
-    worker = trial.user_attrs.get("worker")
-    if worker is None:
-        started = trial.datetime_start
-        return started is not None and (datetime.now() - started).total_seconds() > ORPHAN_AFTER_S
-    return worker.startswith(host + ":") and not _alive(int(worker.rsplit(":", 1)[1]))
-
-
-def _alive(pid: int) -> bool:
-    """Whether process `pid` still runs. A killed worker whose parent died too can linger as a zombie
-    until an init process reaps it (never, under a PID 1 that does not reap): signal 0 still reaches a
-    zombie, so its state in /proc decides."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True  # no /proc (not Linux): signal 0 is all there is
-    return state not in ("Z", "X")
 
 
 @dataclass
@@ -338,6 +296,7 @@ class SweepJob:
 
 def run_trial(job: SweepJob, trial, progress=None) -> None:
     """Train one trial's config, reporting each held-out evaluation; tell Optuna how it ended."""
+    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
     from vimpo_bench import tracking
@@ -374,59 +333,57 @@ def run_trial(job: SweepJob, trial, progress=None) -> None:
     except EarlyStop:
         state = TrialState.PRUNED
         value = reported[max(reported)]
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # interrupted, not failed: queued again at once, as a dead worker's trial is
+        with contextlib.suppress(Exception), quiet():
+            frozen = trial.study.tell(trial, state=TrialState.FAIL)
+            StaleTrial(job.tracking_uri, job.spec.heartbeat.retries)(trial.study, frozen)
         raise
     except Exception as exc:
         state, lines = TrialState.FAIL, str(exc).strip().splitlines()
         error = clip(f"{type(exc).__name__}: {lines[0] if lines else ''}")
-        trial.set_user_attr("error", error)
-    if run_id:
-        handle = tracking.MlflowTracker.attach(run_id[0], job.tracking_uri)
+    handle = tracking.MlflowTracker.attach(run_id[0], job.tracking_uri) if run_id else None
+    if handle:
         handle.set_tags({"optuna.state": state.name, **({"optuna.error": error} if error else {})})
         if value is not None:
             handle.log_metrics({"sweep/objective": value}, step=max(reported) if reported else config.optim.steps)
-    # A pruned trial keeps its last reported value in Optuna without being told it again.
-    trial.study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+    try:
+        if error:
+            trial.set_user_attr("error", error)
+        # A pruned trial keeps its last reported value in Optuna without being told it again.
+        trial.study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+    except UpdateFinishedTrialError:  # silent past the grace period (a stalled machine): failed and queued again
+        if handle:
+            handle.set_tags({"optuna.state": "FAIL", "optuna.error": "heartbeat lapsed; the trial was queued again"})
 
 
 def worker(job: SweepJob, worker_index: int, lock=None, progress=None, parent_pid: int | None = None) -> None:
-    """Ask for and run trials until the study holds `job.trials` counted trials or the deadline passes (or,
-    in a worker process, its command is gone: an orphan finishes its trial but starts no other)."""
+    """Ask for and run trials, keeping each one's heartbeat, until the study holds `job.trials` counted
+    trials and none runs, or the deadline passes (or, in a worker process, its command is gone: an orphan
+    finishes its trial but starts no other). While the budget is full but other workers' trials still run,
+    wait: one whose worker dies comes back as a retry after the grace period."""
     import optuna
 
-    storage, sampler, pruner = make_storage(job.storage), make_sampler(job.spec, worker_index), make_pruner(job.spec)
-    optuna_study = optuna.load_study(study_name=job.optuna_name, storage=storage, sampler=sampler, pruner=pruner)
+    beat = job.spec.heartbeat
+    storage = make_storage(job.storage, beat, job.tracking_uri)
+    optuna_study = optuna.load_study(study_name=job.optuna_name, storage=storage,
+                                     sampler=make_sampler(job.spec, worker_index), pruner=make_pruner(job.spec))
     guard = lock if lock is not None else contextlib.nullcontext()
     while True:
         if job.deadline and time.time() > job.deadline:
             return
         if parent_pid is not None and os.getppid() != parent_pid:
             return
-        with guard:
-            if counted(optuna_study) >= job.trials:
-                return
-            trial = ask(job.optuna_name, storage, sampler, pruner)
-        faults.point("trial-asked")
-        run_trial(job, trial, progress)
-
-
-def ask(optuna_name: str, storage, sampler, pruner):
-    """A new trial, as Optuna's `Study.ask()` makes one, but with this worker recorded on it in the same
-    insert: with ask() and then set_user_attr, a kill between the two left a RUNNING trial that no later
-    command could tell was dead (`fail_abandoned` judges trials by their worker)."""
-    import optuna
-    from optuna.trial import TrialState, create_trial
-
-    # A study object of its own per trial, as ask() would reset it: the samplers cache the study's past
-    # trials per object, and one kept across trials would sample the next trial blind to the ones since.
-    study = optuna.load_study(study_name=optuna_name, storage=storage, sampler=sampler, pruner=pruner)
-    me = _worker_id()
-    study.add_trial(create_trial(state=TrialState.RUNNING, user_attrs={"worker": me}))  # one insert
-    # This process runs one trial at a time: its newest RUNNING trial is the one just added.
-    number = max(t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                 if t.user_attrs.get("worker") == me)
-    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(optuna_name), number)
-    return optuna.trial.Trial(study, trial_id)
+        with guard, study_lock(job.storage, job.optuna_name):
+            asked = next_trial(optuna_study, storage, job.trials, beat.interval)
+        if asked is None:
+            return
+        if asked is WAIT:
+            time.sleep(min(beat.interval, 2))  # cheap: two queries; ends soon after the last trial
+            continue
+        trial, trial_id = asked
+        with beating(storage, trial_id, beat.interval):
+            faults.point("trial-asked")
+            run_trial(job, trial, progress)
 
 
 def _worker_process(job: SweepJob, worker_index: int, lock) -> None:
@@ -483,7 +440,6 @@ def run_sweep(
         raise ConfigError(f"{study.path}: study.sweep.direction is {spec.direction} but the stored study "
                           f"{optuna_name!r} maximizes/minimizes the other way; use another --storage")
     parent_run_id = _parent_run(study, optuna_study, optuna_name, url, params, spec, tracking_uri)
-    fail_abandoned(optuna_study, tracking_uri)
     deadline = time.time() + 60 * study.budget.minutes if study.budget.minutes else None
     job = SweepJob(study, params, spec, trials, url, optuna_name, parent_run_id, tracking_uri, deadline,
                    threads=max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None)

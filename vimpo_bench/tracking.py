@@ -390,6 +390,15 @@ def get_runs(run_ids: list[str], tracking_uri: str | None = None) -> list[dict[s
     return out
 
 
+# The metric-history fast path reads MLflow internals that its public API has no bulk form of: the
+# SqlAlchemyStore behind MlflowClient (`client._tracking_client.store`, its `engine`) and the ORM model of
+# the metrics table (`SqlMetric` and these columns). They have been stable for years, but are private:
+# pyproject.toml pins mlflow to MLFLOW_TESTED, and tests/test_report.py fails, naming what moved, when the
+# installed MLflow is outside it or the fast path no longer finds them (it then falls back to the public API).
+MLFLOW_TESTED = ">=3.17,<3.18"
+METRIC_COLUMNS = ("run_uuid", "key", "step", "timestamp", "value", "is_nan")
+
+
 def metric_histories(
     run_ids: list[str], keys: list[str] | None = None, tracking_uri: str | None = None
 ) -> list[tuple[str, str, int, int, float]]:
@@ -398,17 +407,29 @@ def metric_histories(
 
     On a database store (sqlite, postgres, ...) this is one SQL query per 500 runs over MLflow's own
     table model; MLflow's public `get_metric_history` costs a call per (run, key), ~20x slower for 50
-    runs x 500 steps (benchmarks/bench_report.py). Other stores fall back to that public API."""
+    runs x 500 steps (benchmarks/bench_report.py). Other stores, or an MLflow whose internals moved,
+    fall back to that public API."""
     client = _client(tracking_uri)
-    store = getattr(getattr(client, "_tracking_client", None), "store", None)
+    fast = sql_metric_store(client)
+    if fast is not None:
+        return _metric_histories_sql(*fast, run_ids, keys)
+    return _metric_histories_api(client, run_ids, keys)
+
+
+def sql_metric_store(client):
+    """(MLflow's SqlAlchemyStore behind `client`, its metrics-table model) when the fast path can read
+    them, else None: a store that is not a database, or an MLflow whose internals are not where they were."""
     try:
         from mlflow.store.tracking.dbmodels.models import SqlMetric
         from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-    except ImportError:  # pragma: no cover - mlflow-skinny without sqlalchemy
-        SqlAlchemyStore = None
-    if SqlAlchemyStore is not None and isinstance(store, SqlAlchemyStore):
-        return _metric_histories_sql(store, SqlMetric, run_ids, keys)
-    return _metric_histories_api(client, run_ids, keys)
+    except ImportError:  # mlflow-skinny without sqlalchemy, or the modules moved
+        return None
+    store = getattr(getattr(client, "_tracking_client", None), "store", None)
+    if not isinstance(store, SqlAlchemyStore) or getattr(store, "engine", None) is None:
+        return None
+    if not all(hasattr(SqlMetric, column) for column in METRIC_COLUMNS):
+        return None
+    return store, SqlMetric
 
 
 def _metric_histories_sql(store, SqlMetric, run_ids, keys):
@@ -416,8 +437,7 @@ def _metric_histories_sql(store, SqlMetric, run_ids, keys):
     # from the DBAPI cursor, which is 2-3x faster than SQLAlchemy's row processing for 10^5+ rows.
     import sqlalchemy as sa
 
-    columns = (SqlMetric.run_uuid, SqlMetric.key, SqlMetric.step, SqlMetric.timestamp, SqlMetric.value,
-               SqlMetric.is_nan)
+    columns = [getattr(SqlMetric, column) for column in METRIC_COLUMNS]
     out: list[tuple[str, str, int, int, float]] = []
     nan = float("nan")
     conn = store.engine.raw_connection()

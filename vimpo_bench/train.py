@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from vimpo_bench import faults
+from vimpo_bench import engines, faults
 from vimpo_bench import tasks as task_registry
 from vimpo_bench.algorithms import Batch
 from vimpo_bench.algorithms.core import masked_mean
@@ -29,7 +29,7 @@ from vimpo_bench.checkpoints import (
     save_checkpoint,
     saved_config,
 )
-from vimpo_bench.config import Config
+from vimpo_bench.config import Config, ConfigError
 from vimpo_bench.logprobs import token_logprobs
 from vimpo_bench.models import frozen_copy
 from vimpo_bench.provenance import run_identity
@@ -80,14 +80,20 @@ def run(
     `tags` are added to the run's own (a `vimpo.kind` among them replaces `train`); the run is nested
     under `parent_run_id` when given; `run_started(run_id)` is called once the run exists (a sweep
     records it on its trial). An `EarlyStop` raised by `on_eval` ends the run as KILLED."""
-    engine = (resume_run_id and checkpoint_engine(Path(config.run.output_dir) / resume_run_id)) or config.run.engine
-    if engine == "trl":  # our algorithms inside TRL's GRPOTrainer (vimpo_bench/engines)
-        from vimpo_bench.engines import trl_engine
+    # A run resumes on the engine its checkpoint was saved by; a new one on run.engine, if that engine can
+    # honour the config (vimpo_bench/engines: each engine says what it supports).
+    saved = resume_run_id and checkpoint_engine(Path(config.run.output_dir) / resume_run_id)
+    if not saved:
+        problem = engines.problem(config)
+        if problem:
+            raise ConfigError(problem)
+    return engines.get(saved or config.run.engine).start(config, resume_run_id, progress, tracking_uri, stop_after,
+                                                          tags, parent_run_id, on_eval, run_started)
 
-        return trl_engine.run(config, resume_run_id, progress, tracking_uri, stop_after, tags, parent_run_id,
-                              on_eval, run_started)
-    if engine != "native":
-        raise TrainingError(f"unknown run.engine={engine!r}; valid: native, trl")
+
+def run_native(config: Config, resume_run_id=None, progress=None, tracking_uri=None, stop_after=None, tags=None,
+               parent_run_id=None, on_eval=None, run_started=None) -> TrainResult:
+    """`run` on the native engine (the loop below), with the same arguments and result."""
     tracker, owner, checkpoint = open_run(config, resume_run_id, tags, parent_run_id, tracking_uri)
     if checkpoint is not None:  # a resumed run goes on with the config it was started with
         try:

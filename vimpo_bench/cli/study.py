@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
+from collections import Counter
+from enum import Enum
 
 import typer
 from tqdm import tqdm
@@ -55,15 +58,90 @@ class _StepBar:
             self.bar = None
 
 
+class _CellBar:
+    """The study's bar: cells finished of all, with cells done, running and failed, and an ETA from the time
+    the cells run here have taken so far (skipped cells take none). Opened at the first report, once the
+    executor has started (an executor that cannot start leaves only its error line)."""
+
+    def __init__(self, name: str, total: int):
+        self.name, self.total, self.done = name, total, 0
+        self.bar = None
+        self.counts: Counter[str] = Counter()
+        self.running = self.restarts = 0
+        self.started = 0.0
+
+    def finished(self, outcome, done: int, total: int) -> None:
+        self.counts[outcome.status] += 1
+        self.done = done
+        self.show()
+
+    def status(self, running: int, restarts: int) -> None:
+        self.running, self.restarts = running, restarts
+        self.show()
+
+    def show(self) -> None:
+        if self.bar is None:
+            self.bar = tqdm(total=self.total, desc=f"study {self.name}", unit="cell", position=0, dynamic_ncols=True,
+                            bar_format="{desc}: {n_fmt}/{total_fmt} cells |{bar}| {elapsed}{postfix}")
+            self.started = time.monotonic()
+        counts, left = self.counts, self.total - self.done
+        worked = counts["done"] + counts["failed"]
+        eta = tqdm.format_interval((time.monotonic() - self.started) / worked * left) if worked else "?"
+        text = f"done {counts['done'] + counts['skipped']}, running {self.running}, failed {counts['failed']}"
+        if self.restarts:
+            text += f", restarted {self.restarts}"
+        self.bar.n = self.done
+        self.bar.set_postfix_str(f"{text}, ETA {eta}", refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class Executor(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+def _executor(study, kind: Executor, workers: int, address, num_cpus, num_gpus, steps):
+    from vimpo_bench.executors import ExecutorError, RayExecutor, local
+
+    ray_only = {"--address": address, "--num-cpus": num_cpus, "--num-gpus": num_gpus}
+    if kind is Executor.local:
+        given = [flag for flag, value in ray_only.items() if value is not None]
+        if given:
+            fail(f"{', '.join(given)}: only with --executor ray")
+        return local(workers, steps)
+    if workers != 1:
+        fail("--workers is for --executor local; with --executor ray the cluster runs as many cells at once "
+             "as it has room for")
+    try:
+        return RayExecutor(address, study.resources.num_cpus if num_cpus is None else num_cpus,
+                           study.resources.num_gpus if num_gpus is None else num_gpus)
+    except ExecutorError as exc:
+        fail(str(exc))
+
+
 @study_app.command("run")
 def study_run(
     file: str = typer.Argument(..., help="Study file, or the name of a packaged study (e.g. vimpo_vs_grpo)."),
-    workers: int = typer.Option(1, "--workers", help="Cells run at once, each in its own process."),
+    workers: int = typer.Option(1, "--workers", help="Cells run at once, each in its own process (--executor local)."),
+    executor: Executor = typer.Option(  # noqa: B008 - typer's way
+        Executor.local, "--executor", help="local: --workers processes on this machine; ray: each cell a Ray task "
+                                           "(needs the package's ray extra)."),
+    address: str = typer.Option(None, "--address", help="Ray cluster to join: HOST:PORT of the head node "
+                                                        "(`ray start --head`); default: a local Ray instance."),
+    num_cpus: float = typer.Option(None, "--num-cpus", help="CPUs one cell takes as a Ray task "
+                                                            "(default: study.resources.num_cpus, else 1)."),
+    num_gpus: float = typer.Option(None, "--num-gpus", help="GPUs one cell takes as a Ray task "
+                                                            "(default: study.resources.num_gpus, else 0)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (cells, config hashes, actions) only."),
     as_json: bool = typer.Option(False, "--json", help="Print the outcome as one JSON object last."),
 ) -> None:
     """Train and evaluate every cell of a study's grid, skipping cells already done."""
     from vimpo_bench.config import ConfigError
+    from vimpo_bench.executors import ExecutorError
     from vimpo_bench.study import expand, plan, plan_rows, run_study
 
     study = _load(file)
@@ -83,16 +161,13 @@ def study_run(
         todo = sum(p.action != "skip" for p in planned)
         typer.echo(f"{todo} to run, {len(planned) - todo} already done")
         return
-    bar = tqdm(total=len(cells), desc=f"study {study.name}", unit="cell", position=0, dynamic_ncols=True)
-    steps = _StepBar() if workers == 1 else None
-
-    def progress(outcome, done, total):
-        bar.n = done
-        bar.set_postfix_str(f"{outcome.label}: {outcome.status}", refresh=False)
-        bar.refresh()
-
+    steps = _StepBar() if workers == 1 and executor is Executor.local else None
+    runner = _executor(study, executor, workers, address, num_cpus, num_gpus, steps)
+    bar = _CellBar(study.name, len(cells))
     try:
-        result = run_study(study, workers=workers, progress=progress, train_progress=steps)
+        result = run_study(study, progress=bar.finished, executor=runner, status=bar.status)
+    except ExecutorError as exc:
+        fail(str(exc))
     finally:
         if steps:
             steps.close()
@@ -103,7 +178,7 @@ def study_run(
     typer.echo(_table(rows))
     typer.echo(f"parent run {result.parent_run_id} in experiment {result.experiment!r}")
     if as_json:
-        typer.echo(json.dumps(result.summary(), default=str))
+        typer.echo(json.dumps({**result.summary(), "executor": executor.value}, default=str))
     if result.failed:
         fail(f"{len(result.failed)} of {len(result.outcomes)} cell(s) failed: "
              + "; ".join(f"{o.label}: {o.error}" for o in result.failed), code=1)

@@ -1,17 +1,75 @@
-"""Training engines beside the native loop (`vimpo_bench.train`).
+"""Training engines, by name: `get(name)` -> an `Engine` that says what it supports and trains.
 
-`trl` runs our algorithms inside TRL's GRPOTrainer (`trl_engine.py`, `trl_trainer.py`); this module
-holds what is checked before anything heavy is imported: what the engine cannot honour (config time)
-and what the machine lacks (start time).
+    engine = engines.get(config.run.engine)
+    problem = engine.check(config)      # one line naming the keys this engine cannot honour, or None
+    result = engine.start(config, ...)  # its training entry, imported only now (TRL is heavy)
+
+`native` is the readable reference loop (vimpo_bench/train.py: CPU or one GPU, hf rollouts); `trl` runs our
+algorithms inside TRL's GRPOTrainer (trl_engine.py, trl_trainer.py). This module imports neither: an engine
+names its entry as "module:function", so checking a config costs nothing and nothing here points up the house.
+`problem(config)` is what every entry (train, study planning, sweeps) asks before a run is opened.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Engine:
+    name: str
+    summary: str
+    entry: str
+    """"module:function" of its `run(config, resume_run_id, progress, tracking_uri, stop_after, tags,
+    parent_run_id, on_eval, run_started) -> TrainResult`."""
+    check: Callable[[object], str | None]
+    """Why this engine cannot honour a config (one line naming the keys), or None: config time, no machine."""
+
+    def start(self, *args, **kwargs):
+        module, function = self.entry.split(":")
+        return getattr(importlib.import_module(module), function)(*args, **kwargs)
+
+
+ENGINES: dict[str, Engine] = {}
+
+
+def register(engine: Engine) -> Engine:
+    if engine.name in ENGINES:
+        raise ValueError(f"engine name {engine.name!r} is taken")
+    ENGINES[engine.name] = engine
+    return engine
+
+
+def names() -> list[str]:
+    return list(ENGINES)
+
+
+def get(name: str) -> Engine:
+    if name not in ENGINES:
+        raise ValueError(f"run.engine: {name!r} is not one of {', '.join(ENGINES)}")
+    return ENGINES[name]
+
+
+def problem(config) -> str | None:
+    """The one line that refuses `config` on its engine (an unknown engine, or one it cannot honour), or None."""
+    try:
+        engine = get(config.run.engine)
+    except ValueError as exc:
+        return str(exc)
+    return engine.check(config)
+
+
+def native_config_problem(config) -> str | None:
+    if config.rollout.backend == "vllm":
+        return ("rollout.backend=vllm needs run.engine=trl (the native loop has no way to push updated weights into "
+                "a vLLM engine; TRL's GRPOTrainer does)")
+    return None
 
 
 def trl_config_problem(config) -> str | None:
-    """Why the trl engine cannot honour `config` (one line naming the keys), or None."""
     pieces = config.optim.minibatches * config.optim.grad_accum
     if config.rollout.prompts_per_step % pieces:
         return (f"run.engine=trl splits each step's groups evenly over optim.minibatches x optim.grad_accum "
@@ -32,3 +90,9 @@ def trl_preflight(config) -> None:
                                "on this machine")
         if importlib.util.find_spec("vllm") is None:
             raise RuntimeError('rollout.backend=vllm needs vLLM: pip install -e ".[vllm]"')
+
+
+register(Engine("native", "the readable reference loop: CPU or one GPU, transformers rollouts",
+                "vimpo_bench.train:run_native", native_config_problem))
+register(Engine("trl", "our algorithms inside TRL's GRPOTrainer: accelerate, DeepSpeed/FSDP, vLLM rollouts",
+                "vimpo_bench.engines.trl_engine:run", trl_config_problem))

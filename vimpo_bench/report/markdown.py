@@ -17,6 +17,7 @@ from urllib.parse import quote
 import pandas as pd
 
 from vimpo_bench.report import analysis as A
+from vimpo_bench.report import grid as G
 from vimpo_bench.report import plots
 from vimpo_bench.report.endpoint import estimate, parse_endpoint, seeds_for_effect
 from vimpo_bench.report.html import Panel, cell_text
@@ -332,7 +333,7 @@ def grid(page: Page, panel: Panel, style) -> None:
     page.image(plots.grid, "grid", f"validation and test against {key}, per arm", summary, choice,
                panel.meta["grid_shown"], key, style)
     page.add(sentence(panel.meta["grid_note"]), "")
-    shown = choice.rename(columns={"grid": f"chosen {key}", "selection_mean": f"mean {A.TRAIN_SUITE}/{A.SELECT_METRIC}"})
+    shown = choice.rename(columns={"grid": f"chosen {key}", "selection_mean": f"mean {A.TRAIN_SUITE}/{G.SELECT_METRIC}"})
     page.table(shown if multi else shown.drop(columns="condition"), "grid_choice")
     final = A.on_page(panel.tables["grid_final"])
     if len(final):

@@ -9,6 +9,9 @@ from __future__ import annotations
 import pandas as pd
 
 from vimpo_bench.report import analysis as A
+from vimpo_bench.report import grid as G
+from vimpo_bench.report import records as P
+from vimpo_bench.report import refs as R
 from vimpo_bench.report.figures import Figure
 from vimpo_bench.report.html import Panel, esc, table_html
 from vimpo_bench.report.stats import interval_cells
@@ -168,7 +171,7 @@ def final_eval(p: Panel, data, labels, style):
     paired = A.paired_table(long, labels.attrs.get("default_arm"))
     p.tables |= {"final_eval_runs": long, "final_eval": summary, "paired_diff": paired}
     p.meta["labels"] = labels  # the Markdown page titles the paired table from them
-    p.meta["grid_key"] = A.grid_key(data)  # a grid study pairs its arms at their validation choices instead
+    p.meta["grid_key"] = G.grid_key(data)  # a grid study pairs its arms at their validation choices instead
     summary = summary.assign(cell=[c + (" †" if k.startswith("within") else "")
                                    for c, k in zip(interval_cells(summary), summary["interval"], strict=True)])
     index = ["condition", "suite", "metric"] if summary["condition"].ne("").any() else ["suite", "metric"]
@@ -246,18 +249,18 @@ def noisy_rewards(p: Panel, data, labels, style):
 def grid(p: Panel, data, key: str, style) -> None:
     """A grid study over `key` (e.g. algo.beta for every algorithm): validation and test against the grid
     value per arm, each arm's value chosen on validation, and the arms compared at their chosen values."""
-    long = A.grid_long(data, key)
-    summary, choice = A.grid_summary(long), A.grid_choice(long)
+    long = G.grid_long(data, key)
+    summary, choice = G.grid_summary(long), G.grid_choice(long)
     p.meta["grid_key"] = key
     if summary.empty:
         p.say(f"the training runs vary {key}, but none has a final evaluation")
         return
-    chosen = A.at_choice(long, choice)
+    chosen = G.at_choice(long, choice)
     p.tables |= {"grid": summary, "grid_choice": choice, "grid_final": A.final_eval_summary(chosen),
                  "grid_paired": A.paired_table(chosen)}
     p.body.append(f"<h3>{esc(key)}: a grid over training runs, chosen per arm on validation</h3>")
-    test = A.grid_test_metric(summary)
-    shown = [(A.TRAIN_SUITE, A.SELECT_METRIC)] + ([test] if test else [])
+    test = G.grid_test_metric(summary)
+    shown = [(A.TRAIN_SUITE, G.SELECT_METRIC)] + ([test] if test else [])
     fig = Figure(1, len(shown), titles=[f"{s}/{m}" for s, m in shown], height=420)
     for cell, (suite, metric) in enumerate(shown):
         rows = summary[(summary["suite"] == suite) & (summary["metric"] == metric)]
@@ -265,14 +268,14 @@ def grid(p: Panel, data, key: str, style) -> None:
             g = g.sort_values("grid")
             fig.add({"x": g["grid"], "y": g["mean"], "mode": "lines+markers", "name": style.name(arm, cond),
                      "line": {"color": style.color(arm)}, "error_y": _error_bars(g), "showlegend": cell == 0}, cell)
-        picked = A.at_choice(rows, choice)
+        picked = G.at_choice(rows, choice)
         fig.add({"x": picked["grid"], "y": picked["mean"], "mode": "markers", "name": "chosen on validation",
                  "marker": {"symbol": "star", "size": 16, "color": "#ff7f0e"}, "showlegend": cell == 0}, cell)
-        fig.axis("x", cell, title={"text": key}, type="log" if A.log_axis(summary["grid"]) else "linear")
+        fig.axis("x", cell, title={"text": key}, type="log" if G.log_axis(summary["grid"]) else "linear")
     p.body.append(fig.html("fig-grid-0"))
     p.body.append(table_html(choice, "grid_choice"))
     p.meta["grid_note"] = (f"each arm's {key} is the value with the highest mean over seeds of "
-                           f"{A.TRAIN_SUITE}/{A.SELECT_METRIC} (the sweeps' objective); test sets play no part in "
+                           f"{A.TRAIN_SUITE}/{G.SELECT_METRIC} (the sweeps' objective); test sets play no part in "
                            "the choice. The chosen value's validation mean is optimistic (the best of several noisy "
                            "means), its test numbers are not")
     p.meta["grid_shown"] = shown
@@ -283,11 +286,11 @@ def grid(p: Panel, data, key: str, style) -> None:
 
 
 def beta_sweep(p: Panel, data, labels, style):
-    t = A.sweep_table(data)
-    key = A.grid_key(data)
+    t = G.sweep_table(data)
+    key = G.grid_key(data)
     if t.empty and key is None:
         p.say("no beta-sweep trials in these runs (runs tagged vimpo.kind=sweep), and no training runs that "
-              f"vary {' or '.join(A.GRID_KEYS)} within an algorithm")
+              f"vary {' or '.join(G.GRID_KEYS)} within an algorithm")
         return
     if key is not None:
         grid(p, data, key, style)
@@ -313,7 +316,7 @@ def beta_sweep(p: Panel, data, labels, style):
             fig.add({"x": [best["beta"]], "y": [best["objective"]], "mode": "markers", "name": "best complete",
                      "marker": {"symbol": "star", "size": 16, "color": "#ff7f0e"}})
             p.say(f"best complete trial: beta={best['beta']:.4g}, objective={best['objective']:.4g}", "info")
-        fig.axis("x", title={"text": "beta"}, type="log" if A.log_axis(plotted["beta"]) else "linear")
+        fig.axis("x", title={"text": "beta"}, type="log" if G.log_axis(plotted["beta"]) else "linear")
         fig.axis("y", title={"text": "sweep/objective"})
         p.body.append(fig.html("fig-sweep-0"))
     states = t["state"].value_counts()
@@ -322,13 +325,13 @@ def beta_sweep(p: Panel, data, labels, style):
 
 
 def moving_ref(p: Panel, data, labels, style):
-    events = A.ref_update_steps(data.history)
+    events = R.ref_update_steps(data.history)
     if events.empty:
         p.say("no pi_ref updates in these runs (vimpo/ref_update is never 1): nothing to align")
         return
-    widths = A.ref_update_windows(events)
-    w = A.ref_windows(data.history, labels, [k for k, _ in REF_METRICS], widths)
-    p.tables |= {"ref_update_windows": w, "ref_updates": A.ref_update_table(data.history, labels)}
+    widths = R.ref_update_windows(events)
+    w = R.ref_windows(data.history, labels, [k for k, _ in REF_METRICS], widths)
+    p.tables |= {"ref_update_windows": w, "ref_updates": R.ref_update_table(data.history, labels)}
     fig = Figure(rows=1, cols=3, titles=[t for _, t in REF_METRICS], height=400)
     shown = set()
     for j, (key, _) in enumerate(REF_METRICS):
@@ -362,7 +365,7 @@ def moving_ref(p: Panel, data, labels, style):
 
 
 def diagnostics(p: Panel, data, labels, style):
-    adv = A.adv_by_position(data.adv, labels)
+    adv = R.adv_by_position(data.adv, labels)
     if adv.empty:
         p.say("no diagnostics/adv_by_position*.jsonl artifacts in these runs")
     else:
@@ -397,7 +400,7 @@ def _problem(r) -> str:
 
 
 def drilldown(p: Panel, data, labels, style):
-    rows, counts, source = A.drilldown(data, labels)
+    rows, counts, source = P.drilldown(data, labels)
     if not source:
         p.say("no graded completions: no samples.jsonl in eval runs and no samples/step_*.jsonl in "
               "training runs")
@@ -423,14 +426,14 @@ def drilldown(p: Panel, data, labels, style):
 
 
 def provenance(p: Panel, data, labels, style):
-    table, notes = A.provenance(data)
+    table, notes = P.provenance(data)
     if table.empty:
         p.say("no provenance tags (git_commit, versions.*, grader_version) on these runs")
         return
     p.tables["provenance"] = table
     for n in notes:
         p.say(n, "warn")
-    p.meta["summary"] = summary = A.provenance_summary(table)
+    p.meta["summary"] = summary = P.provenance_summary(table)
     p.body.append(table_html(summary))
     p.body.append(f"<details><summary>per run</summary>{table_html(table, 'provenance')}</details>")
 

@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from vimpo_bench.report.analysis import at_choice, log_axis
+from vimpo_bench.report.grid import at_choice, log_axis
 
 GRID = "#e4e7eb"
 LINESTYLES = {"solid": "-", "dash": "--", "dot": ":", "dashdot": "-.", "longdash": (0, (8, 3)),

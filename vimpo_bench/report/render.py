@@ -1,13 +1,19 @@
 """HTML for the report: one self-contained file (plotly.js inlined once, no network), tables as CSV.
 
+The page inlines plotly.js's "basic" bundle (trace types scatter, bar and pie; 1.2 MB), not the full
+library plotly's Python package ships (4.8 MB): every figure here is a scatter trace (figures.py).
+
 `render(data)` returns the page and its tables; `write_report(data, out)` writes NAME.html and the
 folder NAME/ beside it with one CSV per table (see docs/report.md for the list).
 """
 
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from importlib import resources
 from pathlib import Path
 
 import pandas as pd
@@ -32,6 +38,20 @@ details.problem{border:1px solid #d9e2ec;border-radius:4px;margin:6px 0;padding:
 details.problem summary{cursor:pointer}pre{white-space:pre-wrap;word-break:break-word;background:#f5f7fa;padding:8px;margin:4px 0;font-size:12px}
 .cols{display:grid;grid-template-columns:1fr 1fr;gap:10px}
 """
+
+# plotly.js-basic-dist-min from npm, vendored unchanged (MIT: assets/plotly-basic.LICENSE; see assets/README.md)
+PLOTLY_BUNDLE = "plotly-basic.min.js"
+PLOTLY_TRACES = ("scatter", "bar", "pie")  # the trace types that bundle draws
+
+
+@functools.lru_cache(maxsize=1)
+def plotly_js() -> str:
+    """The vendored plotly.js bundle, after a one-line banner naming its version and trace types."""
+    text = (resources.files("vimpo_bench.report") / "assets" / PLOTLY_BUNDLE).read_text(encoding="utf-8")
+    found = re.search(r"plotly\.js \(basic - minified\) v(\d[\w.-]*)", text[:300])
+    if found is None:
+        raise RuntimeError(f"vimpo_bench/report/assets/{PLOTLY_BUNDLE} is not plotly.js's basic bundle")
+    return f"/* plotly.js v{found.group(1)}, basic bundle ({', '.join(PLOTLY_TRACES)}); MIT license */\n{text}"
 
 
 def page(title: str, subtitle: str, panels: list[Panel], plotly_js: str) -> str:
@@ -77,11 +97,9 @@ def generated_line(data) -> str:
 
 def render(data, threshold: float | None = None) -> tuple[str, list[Panel]]:
     """The page for `data` (a collect.ReportData) and its panels (with their tables)."""
-    from plotly.offline import get_plotlyjs  # 4 MB of JavaScript: loaded only to write a page
-
     panels, _, _ = build_panels(data, threshold)
     subtitle = f"vimpo-bench report of {data.selection}: {run_counts(data.runs)} run(s); {generated_line(data).lower()}"
-    return page(f"vimpo-bench report: {data.title}", subtitle, panels, get_plotlyjs()), panels
+    return page(f"vimpo-bench report: {data.title}", subtitle, panels, plotly_js()), panels
 
 
 @dataclass
