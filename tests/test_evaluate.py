@@ -255,8 +255,8 @@ def test_evaluate_scores_what_the_generator_says(tmp_path):
 # -------------------------------------------------------------------------- end to end (CLI)
 
 
-def _tiny_model(folder: Path) -> Path:
-    """A random 2-layer Llama with helper A's character tokenizer and a toy chat template."""
+def _tiny_model(folder: Path, context: int = 4096) -> Path:
+    """A random 2-layer Llama (`context` positions) with helper A's character tokenizer and a toy chat template."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     from vimpo_bench.models import build_char_tokenizer
@@ -273,7 +273,7 @@ def _tiny_model(folder: Path) -> Path:
         num_hidden_layers=2,
         num_attention_heads=2,
         num_key_value_heads=2,
-        max_position_embeddings=4096,
+        max_position_embeddings=context,
         initializer_range=0.5,  # a less degenerate random model: outputs vary by prompt
         pad_token_id=tok.pad_token_id,
         bos_token_id=tok.bos_token_id,
@@ -330,7 +330,7 @@ def test_cli_eval_every_suite_into_mlflow(tiny_model, mlflow_store, tmp_path):
             str(tiny_model),
             "--limit",
             "2",
-            "--max-tokens",
+            "--max-new-tokens",
             "16",
             "--data-dir",
             str(DATA),
@@ -404,7 +404,7 @@ def test_cli_eval_of_an_mlflow_run_checkpoint_with_sampling(tiny_model, mlflow_s
             "3",
             "--temperature",
             "1.0",
-            "--max-tokens",
+            "--max-new-tokens",
             "8",
             "--data-dir",
             str(DATA),
@@ -436,7 +436,7 @@ def test_cli_eval_of_arith_with_the_training_tasks_options(tiny_model, mlflow_st
     on 4-term problems is tested on 4-term problems); the eval run records the options and the data hash."""
     from vimpo_bench.tasks.arith import ArithTask
 
-    out = _cli(["eval", "--suite", "arith", "--model", str(tiny_model), "--limit", "3", "--max-tokens", "4",
+    out = _cli(["eval", "--suite", "arith", "--model", str(tiny_model), "--limit", "3", "--max-new-tokens", "4",
                 "--arith-option", "terms=4", "--arith-option", "operators=+", "--grader-workers", "0", "--json"])
     summary = json.loads(out.output.strip().splitlines()[-1])
     assert summary["arith_options"]["terms"] == 4 and summary["arith_options"]["digits"] == 2
@@ -464,6 +464,209 @@ def test_cli_rejects_bad_options_with_one_line():
         assert len(result.output.strip().splitlines()) == 1
     result = CliRunner().invoke(app, ["eval", "--model", "x", "--suite", "math500", "--arith-option", "terms=4"])
     assert result.exit_code == 2 and "arith options apply to the arith suite only" in result.output
+
+
+# ------------------------------------------------------------------- an evaluation that explains itself
+
+
+def _main(monkeypatch, capsys, *args: str) -> tuple[int, list[str]]:
+    """`vimpo-bench ARGS` in this process as the console script runs it (`cli.main`): (exit code, the lines it
+    wrote to stderr other than progress bars)."""
+    import sys
+    import warnings
+
+    from vimpo_bench.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["vimpo-bench", *args])
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # main sets its own
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "\r" not in line
+             and "%|" not in line]
+    return code, lines
+
+
+def test_eval_of_the_built_in_model_says_it_builds_it_and_shows_the_warm_start(tmp_path):
+    """`eval --model tiny-arith` on a machine without the model: one line saying what it builds (minutes on a
+    CPU) and where it keeps it, then train's warm-start bar, not minutes of silence. The process is stopped
+    once the bar has moved."""
+    import re
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    env = {**os.environ, "VIMPO_BENCH_CACHE": str(cache), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"}
+    proc = subprocess.Popen([sys.executable, "-m", "vimpo_bench", "eval", "--model", "tiny-arith", "--suite", "arith",
+                             "--limit", "2", "--max-new-tokens", "8", "--no-track"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path, env=env)
+    seen = b""
+    try:
+        while not re.search(rb"warm start: .*[ |][1-9][0-9]*/600 ", seen):  # a LineBar off a terminal
+            chunk = os.read(proc.stderr.fileno(), 4096)
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        proc.kill()
+        proc.wait()
+    text = seen.decode()
+    notice = [line for line in text.splitlines() if line.startswith("tiny-arith:")]
+    assert len(notice) == 1 and re.fullmatch(
+        rf"tiny-arith: building the built-in model, once: a supervised warm start on the arith task \(at most 600 "
+        rf"steps, stopping at 45% validation accuracy; minutes on a CPU\), cached in {re.escape(str(cache))}/"
+        rf"tiny-arith-[0-9a-f]{{12}}", notice[0]), text
+    assert re.search(r"warm start: .*[ |][1-9][0-9]*/600 .*loss=", text), text
+
+
+@pytest.fixture(scope="module")
+def default_training_run(tiny_model_dir, tmp_path_factory):
+    """(folder it was trained in, store, run id) of a 1-step `vimpo-bench train` with the defaults that matter
+    here: run.log_checkpoint off (no checkpoint/ artifact), run.output_dir `runs`."""
+    from typer.testing import CliRunner
+
+    from vimpo_bench.cli import _register, app
+
+    root = tmp_path_factory.mktemp("trained")
+    store = f"sqlite:///{root / 'mlflow.db'}"
+    _register()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        patch.setenv("MLFLOW_TRACKING_URI", store)
+        out = CliRunner().invoke(app, [
+            "train", "--algo", "grpo", "--set", f"model.name={tiny_model_dir}", "--set", "rollout.prompts_per_step=4",
+            "--set", "rollout.group_size=4", "--set", "rollout.max_new_tokens=8", "--set", "optim.steps=1",
+            "--set", "eval.every=0", "--set", "eval.problems=4", "--set", "run.threads=1", "--json"])
+    assert out.exit_code == 0, out.output[-3000:]
+    return root, store, json.loads(out.stdout.strip().splitlines()[-1])["run_id"]
+
+
+def test_eval_of_a_training_run_id_takes_the_checkpoint_the_run_wrote(default_training_run, tmp_path, monkeypatch,
+                                                                      capsys):
+    """A default training run logs no checkpoint/ artifact: `eval --model RUN_ID` evaluates the checkpoint the
+    run wrote under its run.output_dir; from another folder, one line says where it looked and what to give."""
+    from mlflow.tracking import MlflowClient
+
+    root, store, run_id = default_training_run
+    assert MlflowClient(store).list_artifacts(run_id, "checkpoint") == []
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    code, lines = _main(monkeypatch, capsys, "eval", "--suite", "arith", "--model", run_id, "--limit", "2",
+                        "--max-new-tokens", "4", "--grader-workers", "0", "--output-dir", str(tmp_path / "out"))
+    assert code == 0, lines
+    (evaluation,) = [r for r in MlflowClient(store).search_runs(
+        [MlflowClient(store).get_experiment_by_name("vimpo-bench").experiment_id]) if r.data.tags.get(
+        "vimpo.kind") == "eval"]
+    assert evaluation.info.status == "FINISHED"
+    assert evaluation.data.tags["mlflow.parentRunId"] == run_id and evaluation.data.params["model"] == run_id
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, lines = _main(monkeypatch, capsys, "eval", "--suite", "arith", "--model", run_id, "--limit", "2")
+    assert code != 0 and lines == [
+        f"error: --model {run_id}: the run has no 'checkpoint/' artifact (run.log_checkpoint is off by default) and "
+        f"its checkpoint is not at {elsewhere / 'runs' / run_id}/checkpoint (run.output_dir runs, as trained): run "
+        f"eval in the folder it was trained in, or give the folder: --model PATH/{run_id}/checkpoint"], lines
+    assert list(elsewhere.iterdir()) == []  # no eval run, no records
+
+
+def test_eval_without_data_offline_fails_at_once_naming_both_ways_to_give_it(tmp_path, monkeypatch, capsys):
+    """No --data-dir, no $VIMPO_BENCH_DATA and no hub (offline mode): one line at once, naming both, instead of
+    ~25 s of hub retries and an error that names neither."""
+    from vimpo_bench.tasks.math_benchmarks import HUB_SOURCES, in_datasets_cache
+
+    if in_datasets_cache(HUB_SOURCES["aime24"]):
+        pytest.skip("this machine's datasets cache holds aime24: offline, it loads from there")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("VIMPO_BENCH_DATA", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    code, lines = _main(monkeypatch, capsys, "eval", "--suite", "aime24", "--model", "tiny-arith")
+    assert code != 0 and lines == [
+        "error: no local data for aime24/test.jsonl and hf://HuggingFaceH4/aime_2024[train] cannot be downloaded "
+        "(HF_HUB_OFFLINE is set): give a folder holding aime24/test.jsonl (laid out like ../shared/data) with "
+        "--data-dir (a training config: task.options.data_dir), or set VIMPO_BENCH_DATA to it"], lines
+    assert list(tmp_path.iterdir()) == []
+
+
+def _prompt_tokens(model: str, suite: str, limit: int) -> list[int]:
+    from transformers import AutoTokenizer
+
+    from vimpo_bench import tasks
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    problems = tasks.get(suite, data_dir=DATA).problems("test", limit)
+    texts = [prompts.render("qwen-boxed", p.question, tokenizer) for p in problems]
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+@needs_data
+def test_a_prompt_longer_than_the_context_is_cut_alike_in_both_harnesses_with_one_warning(tmp_path):
+    """A 96-token model on AIME prompts of hundreds of tokens: lm-eval keeps the last 96 - max_new_tokens tokens
+    of each; the native harness now does the same (it used to feed the whole prompt past the context), so the
+    two give the same greedy completions, and each run says so once, with the numbers."""
+    model = str(_tiny_model(tmp_path / "model", context=96))
+    longest = max(_prompt_tokens(model, "aime25", 3))
+    assert longest > 88
+    config = ev.EvalConfig(suites="aime25", limit=3, max_tokens=8, data_dir=str(DATA), grader_workers=0)
+    said = (f"prompts longer than the model's context leaves room for (96 tokens - --max-new-tokens 8 = 88): aime25 "
+            f"3 of 3 (longest {longest} tokens); each is cut to its last 88 tokens, in both harnesses (as lm-eval does)")
+    results = {}
+    for harness in ("native", "lm-eval"):
+        with pytest.warns(UserWarning) as caught:
+            results[harness] = ev.run_eval(model, config, harness=harness, track=False, output_dir=tmp_path / harness)
+        assert [str(w.message) for w in caught if "prompts longer" in str(w.message)] == [said]
+    ours, theirs = (results[h].suites["aime25"].records for h in ("native", "lm-eval"))
+    assert [r["prompt"] for r in ours] == [r["prompt"] for r in theirs]
+    assert [r["completion"] for r in ours] == [r["completion"] for r in theirs]
+
+    # No room at all (max_new_tokens >= context): lm-eval cannot run, refused before any run; native says so.
+    wide = ev.EvalConfig(suites="aime25", limit=3, max_tokens=100, data_dir=str(DATA), grader_workers=0)
+    with pytest.raises(ValueError, match=r"^--max-new-tokens 100 is not below the model's context of 96 tokens"):
+        ev.run_eval(model, wide, harness="lm-eval", track=False, output_dir=tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    with pytest.warns(UserWarning, match=rf"prompts longer than the model's whole context of 96 tokens: aime25 3 of 3 "
+                                         rf"\(longest {longest} tokens\); not cut"):
+        ev.run_eval(model, wide, track=False, output_dir=tmp_path / "native-wide")
+
+
+def test_the_backend_and_dtype_are_recorded_and_part_of_the_settings_key(tiny_model, mlflow_store):
+    out = _cli(["eval", "--suite", "arith", "--model", str(tiny_model), "--limit", "2", "--max-new-tokens", "4",
+                "--dtype", "bfloat16", "--grader-workers", "0", "--json"])
+    summary = json.loads(out.output.strip().splitlines()[-1])
+    assert (summary["backend"], summary["dtype"]) == ("hf", "bfloat16")
+    assert "backend hf  dtype bfloat16" in out.output
+    run = mlflow_store.get_run(summary["run_id"])
+    params, tags = run.data.params, run.data.tags
+    assert (params["eval.backend"], params["eval.dtype"]) == ("hf", "bfloat16")
+    assert (tags["vimpo.backend"], tags["vimpo.dtype"]) == ("hf", "bfloat16")
+    config = ev.EvalConfig(suites="arith", limit=2, max_tokens=4, grader_workers=0)
+    assert ev.made_with(params, config, dtype="bfloat16")
+    assert not ev.made_with(params, config)  # a float32 evaluation does not reuse it
+    assert not ev.made_with(params, config, backend="vllm", dtype="bfloat16")
+    # vLLM runs a float32 request in bfloat16, and that is what its run records
+    assert ev.settings_params(config, backend="vllm")["eval.dtype"] == "bfloat16"
+    # an eval run recorded before these params existed ran on hf in float32
+    legacy = {k: v for k, v in params.items() if not k.startswith("eval.")}
+    assert ev.made_with(legacy, config) and not ev.made_with(legacy, config, dtype="bfloat16")
+
+
+def test_vllm_backend_without_vllm_says_what_it_needs(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed here")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    code, lines = _main(monkeypatch, capsys, "eval", "--suite", "arith", "--model", str(tiny_model_dir),
+                        "--backend", "vllm")
+    assert code != 0 and lines == [
+        "error: --backend vllm needs vLLM, which is not installed: it runs on a CUDA GPU and comes with the "
+        "package's vllm extra (pip install 'vimpo-bench[vllm]'); --backend hf runs anywhere"], lines
+    assert list(tmp_path.iterdir()) == []
 
 
 # ------------------------------------------------------------------------------------ vLLM

@@ -152,10 +152,11 @@ def test_first_update_matches_the_native_engine(case, tiny_model_dir, tmp_path, 
               for name, keys, skip in (("native", native, None), ("trl", trl, "step"))}
     for engine, keys in logged.items():
         assert keys <= DOCUMENTED, f"{engine} logs keys docs/metrics.md does not list: {sorted(keys - DOCUMENTED)}"
-    # the step's own metrics agree as a set (the post-step ones, val/ and vimpo/ref_update, are compared on whole
+    # the step's own metrics agree as a set (the post-step ones, val/, perf/eval_* and vimpo/ref_update, on whole
     # runs in test_a_study_with_a_native_and_a_trl_cell_renders_in_the_report)
     assert logged["native"] - logged["trl"] == set(), f"trl does not log {sorted(logged['native'] - logged['trl'])}"
-    assert logged["trl"] - logged["native"] <= {"val/greedy_accuracy", "val/sampled_accuracy", "vimpo/ref_update"}
+    assert logged["trl"] - logged["native"] <= {"val/greedy_accuracy", "val/sampled_accuracy", "vimpo/ref_update",
+                                                "perf/eval_s", "perf/eval_sequences"}
     compared = [k for k in native if k in trl and not k.startswith(("perf/", "val/", "_"))]
     assert {"loss/total", "loss/actor", "policy/grad_norm", "reward/trained_mean"} <= set(compared)
     for key in compared:

@@ -146,7 +146,7 @@ class BetaScheduleConfig:
 
 
 @dataclass
-class EvalConfig:
+class HeldoutEvalConfig:
     every: int = num(20, ge=0)
     """Held-out evaluation every N steps (0 = only at start and end)."""
     problems: int = num(200, ge=1)
@@ -188,7 +188,7 @@ SECTIONS = {
     "reward": RewardConfig,
     "ref": RefConfig,
     "beta_schedule": BetaScheduleConfig,
-    "eval": EvalConfig,
+    "eval": HeldoutEvalConfig,
     "run": RunConfig,
 }
 # Keys a study file may carry that training itself does not read (studies and sweeps read them).
@@ -217,7 +217,7 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     ref: RefConfig = field(default_factory=RefConfig)
     beta_schedule: BetaScheduleConfig = field(default_factory=BetaScheduleConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: HeldoutEvalConfig = field(default_factory=HeldoutEvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:

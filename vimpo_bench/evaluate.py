@@ -15,9 +15,9 @@ Library code never prints: progress goes to an optional callback.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import os
-import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -27,6 +27,20 @@ from typing import Any
 
 from vimpo_bench import faults, grading, prompts, tasks
 from vimpo_bench.config import check_ranges, num
+from vimpo_bench.eval_models import (  # noqa: F401 - the model side of eval, re-exported for callers of evaluate
+    DEFAULT_CONTEXT,
+    TOKENIZER_FILES,
+    build_generator,
+    check_prompt_lengths,
+    effective_dtype,
+    model_context,
+    model_folder,
+    prepare_builtin_model,
+    prompt_room,
+    resolve_model,
+    suite_prompts,
+    tokenizer_and_config,
+)
 from vimpo_bench.eval_results import (
     RECORD_FIELDS,
     SETTINGS_KEYS,
@@ -47,6 +61,9 @@ from vimpo_bench.eval_results import (
 )
 from vimpo_bench.rollout.base import Generator, SamplingParams
 from vimpo_bench.tracking import NullTracker, Tracker
+
+HARNESSES = ("native", "lm-eval")
+BACKENDS = ("hf", "vllm")
 
 # ------------------------------------------------------------------------------ sampling presets
 
@@ -149,10 +166,23 @@ class EvalConfig:
         return tasks.get_suite_task(suite, self.data_dir, **self.suite_options(suite))
 
 
-def settings_params(config: EvalConfig) -> dict[str, str]:
-    """The eval-run params that determine its numbers, as the run stores them (`log_result`): the
-    suites, template, sampling, seed, limit and each suite's test-data hash (which the arith options
-    determine). An existing eval run was made with `config` iff its params hold all of these."""
+# The eval-run params naming how the model ran: the generation backend and the weights' dtype change the
+# numbers (bf16 vs fp32 logits flip greedy choices), so they are part of the settings key. Eval runs recorded
+# before these params existed ran with the defaults: `made_with` reads a missing one as its default.
+BACKEND_PARAM, DTYPE_PARAM = "eval.backend", "eval.dtype"
+RUNTIME_DEFAULTS = {BACKEND_PARAM: "hf", DTYPE_PARAM: "float32"}
+
+
+def runtime_params(backend: str = "hf", dtype: str = "float32") -> dict[str, str]:
+    """`eval.backend` and `eval.dtype` (the dtype the weights ran in) of an eval run."""
+    return {BACKEND_PARAM: backend, DTYPE_PARAM: effective_dtype(backend, dtype)}
+
+
+def settings_params(config: EvalConfig, backend: str = "hf", dtype: str = "float32") -> dict[str, str]:
+    """The eval-run params that determine its numbers, as the run stores them (`log_result`, `run_eval`):
+    the suites, template, sampling, seed, limit, each suite's test-data hash (which the arith options
+    determine), the backend and the dtype. An existing eval run was made with `config` iff its params hold
+    all of these."""
     from vimpo_bench.tracking import flatten
 
     record = config.record()
@@ -160,6 +190,7 @@ def settings_params(config: EvalConfig) -> dict[str, str]:
     for suite in record["suite_list"]:
         options = json.dumps(config.suite_options(suite), sort_keys=True)
         params[f"data.{suite}.sha256"] = _test_data_hash(suite, config.data_dir, options)
+    params.update(runtime_params(backend, dtype))
     return {key: str(value) for key, value in flatten(params).items()}
 
 
@@ -169,9 +200,11 @@ def _test_data_hash(suite: str, data_dir: str | None, options_json: str) -> str:
     return tasks.get_suite_task(suite, data_dir, **json.loads(options_json)).data_hash("test")
 
 
-def made_with(run_params: dict[str, str], config: EvalConfig) -> bool:
-    """Whether an eval run with these (MLflow) params was made with `config`'s settings."""
-    return all(run_params.get(key) == value for key, value in settings_params(config).items())
+def made_with(run_params: dict[str, str], config: EvalConfig, backend: str = "hf", dtype: str = "float32") -> bool:
+    """Whether an eval run with these (MLflow) params was made with `config`'s settings on `backend` in
+    `dtype` (a run from before `eval.backend` / `eval.dtype` were recorded ran with their defaults)."""
+    return all(run_params.get(key, RUNTIME_DEFAULTS.get(key)) == value
+               for key, value in settings_params(config, backend, dtype).items())
 
 
 # ------------------------------------------------------------------------------------ evaluation
@@ -223,8 +256,7 @@ def evaluate(
         for index, suite in enumerate(suites):
             task = config.suite_task(suite)
             problems = task.problems("test", config.limit)
-            template = "plain" if suite == "arith" else config.template
-            prompt_texts = [prompts.render(template, task.prompt(p), tokenizer) for p in problems]
+            template, prompt_texts = suite_prompts(config, suite, task, problems, tokenizer)
             records: list[dict[str, Any]] = []
             started = time.monotonic()
             for batch, start in enumerate(range(0, len(problems), config.batch_size)):
@@ -280,66 +312,6 @@ def evaluate(
 # --------------------------------------------------------------------------- the CLI's one call
 
 
-_RUN_ID = re.compile(r"^(?:runs:/)?([0-9a-f]{32})(?:/.*)?$")
-
-
-def resolve_model(spec: str, download_dir: Path, tracking_uri: str | None = None) -> tuple[str, str | None]:
-    """(what `models.load_policy` loads, the MLflow run it came from or None).
-
-    `spec` is a local folder (a `save_pretrained` folder, or a run's folder or checkpoint folder holding
-    one), an MLflow run id (or `runs:/<id>`: its `checkpoint/` artifact is downloaded into `download_dir`),
-    the built-in `tiny-arith`, or a Hugging Face hub id. A local path that holds no model is refused here.
-    """
-    from vimpo_bench.models import looks_like_local_path
-
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return str(model_folder(path)), None
-    if path.exists():
-        raise ValueError(f"--model {spec}: a file, not a model folder")
-    if looks_like_local_path(spec):
-        raise FileNotFoundError(f"--model {spec}: no such folder")
-    match = _RUN_ID.match(spec)
-    if match:
-        from vimpo_bench import tracking
-
-        run_id = match.group(1)
-        client = tracking._client(tracking_uri)
-        try:
-            client.get_run(run_id)
-        except Exception as exc:
-            raise ValueError(
-                f"--model {spec!r}: no MLflow run with that id in {client.tracking_uri}"
-            ) from exc
-        try:
-            local = client.download_artifacts(run_id, "checkpoint", str(download_dir))
-        except Exception as exc:
-            raise ValueError(f"MLflow run {run_id} has no 'checkpoint/' artifact to evaluate") from exc
-        return local, run_id
-    return spec, None
-
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
-
-
-def model_folder(path: Path) -> Path:
-    """The `save_pretrained` folder at `path`, or under it as a run writes it (`<run>/checkpoint/policy`, or
-    `checkpoint/` as the MLflow artifact): a model config, weights and a tokenizer. Else ValueError saying
-    which folder to give (transformers' own error is a cut-off tokenizer message)."""
-    from vimpo_bench.checkpoints import check_weights
-
-    for folder in (path, path / "checkpoint", path / "policy", path / "checkpoint" / "policy"):
-        if (folder / "config.json").is_file() and (any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))):
-            break
-    else:
-        raise ValueError(f"--model {path}: not a model folder (no model config.json and weights in it, its "
-                         "checkpoint/ or policy/); give a save_pretrained folder, e.g. runs/<run id>/checkpoint/policy")
-    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
-        raise ValueError(f"--model {path}: {folder} has no tokenizer (none of {', '.join(TOKENIZER_FILES)})")
-    check_weights(folder)  # a truncated or emptied weights file, named
-    return folder
-
-
 def run_eval(
     model: str,
     config: EvalConfig,
@@ -354,28 +326,49 @@ def run_eval(
     output_dir: str | os.PathLike | None = None,
     step: int = 0,
     progress: Callable[[EvalProgress], None] | None = None,
+    model_progress: Callable[[str, int, int, dict], None] | None = None,
+    notice: Callable[[str], None] | None = None,
 ) -> EvalResult:
     """Evaluate `model` on `config.suites` and record an MLflow eval run (`track=False`: none).
 
     harness: "native" (our loop) or "lm-eval" (lm-evaluation-harness with our task YAMLs and grader).
     backend: "hf" (transformers, any device) or "vllm" (GPU). The eval run is nested under
-    `parent_run_id`, or under the run `model` came from when it is a run id.
+    `parent_run_id`, or under the run `model` came from when it is a run id; its params `eval.backend` and
+    `eval.dtype` (tags `vimpo.backend`, `vimpo.dtype`) say how the model ran.
+    `model_progress(phase, done, total, metrics)` sees the built-in model's warm start when it is built
+    (`train`'s progress signature); `notice(line)` is told what a long step does before it starts.
+    Prompts longer than the model's context leaves beside `max_tokens` are cut from the left in both
+    harnesses, with one warning (`check_prompt_lengths`).
     """
-    if harness not in ("native", "lm-eval"):
-        raise ValueError(f"unknown harness {harness!r}; valid: native, lm-eval")
-    if backend not in ("hf", "vllm"):
-        raise ValueError(f"unknown backend {backend!r}; valid: hf, vllm")
+    if harness not in HARNESSES:
+        raise ValueError(f"unknown harness {harness!r}; valid: {', '.join(HARNESSES)}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    if backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise ValueError("--backend vllm needs vLLM, which is not installed: it runs on a CUDA GPU and comes with "
+                         "the package's vllm extra (pip install 'vimpo-bench[vllm]'); --backend hf runs anywhere")
     for suite in tasks.expand_suites(config.suites):  # data errors first, before loading a model
         config.suite_task(suite).problems("test", config.limit)
     with tempfile.TemporaryDirectory(prefix="vimpo-eval-") as tmp:
         source, source_run = resolve_model(model, Path(tmp), tracking_uri)
+        source = prepare_builtin_model(source, model_progress, notice)
         parent = parent_run_id or source_run
         if harness == "native":  # a model that does not load fails before an eval run exists
             generator, tokenizer = build_generator(source, config, backend=backend, dtype=dtype)
+            add_special = generator.add_special_tokens
+            hf_config = generator.model.config if backend == "hf" else None
+        else:
+            tokenizer, hf_config = tokenizer_and_config(source)
+            add_special = not (config.template == "qwen-boxed" and prompts.has_chat_template(tokenizer))
+        if hf_config is None:
+            hf_config = tokenizer_and_config(source)[1]
+        check_prompt_lengths(config, tokenizer, model_context(hf_config, tokenizer), add_special, harness,
+                             cut=harness == "lm-eval" or backend == "hf")
         tracker: Any = NullTracker()
         owner = None
         if track:
-            tracker, owner = start_eval_run(model, config, experiment, parent, tracking_uri, output_dir)
+            tracker, owner = start_eval_run(model, config, experiment, parent, tracking_uri, output_dir,
+                                            backend=backend, dtype=dtype)
         out = (
             Path(output_dir)
             if output_dir
@@ -402,6 +395,7 @@ def run_eval(
                     generator, config, tokenizer, tracker, progress, out, step=step, model=model
                 )
             result.parent_run_id = parent
+            result.extra.update({"backend": backend, "dtype": effective_dtype(backend, dtype)})
             if track:
                 tracker.log_dict(result.summary(), "summary.json")
                 tracker.finish("FINISHED")
@@ -422,46 +416,33 @@ def start_eval_run(
     parent: str | None,
     tracking_uri: str | None,
     output_dir: str | os.PathLike | None,
+    backend: str = "hf",
+    dtype: str = "float32",
 ):
     """(tracker, owner): a new MLflow eval run held by this process for its life (`vimpo_bench.owners`: the
-    lock is taken before the run exists). Eval runs of the experiment whose process died (kill -9, OOM)
-    are marked KILLED first, so that no record says RUNNING forever."""
+    lock is taken before the run exists), with the `eval.backend` and `eval.dtype` params (and `vimpo.backend`,
+    `vimpo.dtype` tags). Eval runs of the experiment whose process died (kill -9, OOM) are marked KILLED
+    first, so that no record says RUNNING forever."""
     from vimpo_bench import owners, tracking
 
     experiment = experiment or tracking.DEFAULT_EXPERIMENT
     owner = owners.RunOwner(Path(output_dir) if output_dir else Path("runs") / "eval")
+    runtime = runtime_params(backend, dtype)
     try:
         owners.close_dead_evals(experiment, tracking_uri)
         tracker = tracking.MlflowTracker.start(
             run_name=f"eval-{','.join(tasks.expand_suites(config.suites))}",
             experiment=experiment,
-            tags={"vimpo.kind": "eval", "vimpo.model": model, **owner.tags},
+            tags={"vimpo.kind": "eval", "vimpo.model": model, "vimpo.backend": runtime[BACKEND_PARAM],
+                  "vimpo.dtype": runtime[DTYPE_PARAM], **owner.tags},
             parent_run_id=parent,
             tracking_uri=tracking_uri,
         )
+        tracker.log_params(runtime)
     except BaseException:
         owner.release()
         raise
     return tracker, owner
-
-
-def build_generator(source: str, config: EvalConfig, backend: str = "hf", dtype: str = "float32"):
-    """(generator, tokenizer) for a model folder or hub id. Prompts rendered with the tokenizer's chat
-    template already hold its BOS, so the tokenizer adds no special tokens to those."""
-    uses_chat = config.template == "qwen-boxed"
-    if backend == "vllm":
-        from vimpo_bench.rollout.vllm import VLLMGenerator
-
-        generator = VLLMGenerator(source, dtype="bfloat16" if dtype == "float32" else dtype)
-        generator.add_special_tokens = not (uses_chat and prompts.has_chat_template(generator.tokenizer))
-        return generator, generator.tokenizer
-    from vimpo_bench.models import load_policy
-    from vimpo_bench.rollout.hf import HFGenerator
-
-    model, tokenizer = load_policy(source, dtype=dtype)
-    add_special = not (uses_chat and prompts.has_chat_template(tokenizer))
-    return HFGenerator(model, tokenizer, add_special_tokens=add_special), tokenizer
-
 
 __all__ = [
     "PRESETS",

@@ -348,6 +348,7 @@ def warm_start_tiny_arith(
     num_threads: int | None = None,
     target_accuracy: float | None = 0.45,
     eval_every: int = 25,
+    on_build: Callable[[Path, dict], None] | None = None,
 ) -> Path:
     """Build (or reuse) the warm-started tiny model; returns its folder `cache_dir/tiny-arith-<hash>/`.
 
@@ -368,7 +369,8 @@ def warm_start_tiny_arith(
     name (a killed run may leave a `.tmp-tiny-arith-*` folder behind, which is never read).
     `progress(step, steps, loss)` is called after each step. `num_threads` (not part of the key: it
     changes speed only) sets torch's intra-op threads for the call (default: min(current, 4)) and
-    restores them after; on a CPU shared with other jobs, 1 thread is often fastest.
+    restores them after; on a CPU shared with other jobs, 1 thread is often fastest. `on_build(folder,
+    settings)` is called before a model that is not cached yet is built (to say that it takes minutes).
     """
     settings = warm_start_settings(task_options, steps, batch_size, lr, seed, target_accuracy, eval_every)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -383,6 +385,8 @@ def warm_start_tiny_arith(
     if target_accuracy is not None and not 0 < target_accuracy <= 1:
         raise ValueError(f"target_accuracy must be in (0, 1] or None, got {target_accuracy}")
 
+    if on_build is not None:
+        on_build(target, settings)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=cache_dir))
     try:

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing import get_context
+from pathlib import Path
 from typing import Any
 
 from vimpo_bench import faults, locks
@@ -407,6 +408,34 @@ class SweepResult:
 
 
 SweepProgress = Callable[[int, int, float | None], None]  # (trials ended, trials wanted, best value so far)
+
+
+def plan_sweep(study: Study, param_names: list[str], trials: int | None = None,
+               storage: str | None = None) -> dict[str, Any]:
+    """What `sweep` would do, checked as a run checks it, and what the storage holds already; runs nothing and
+    creates no storage (a sqlite file that does not exist is read as empty)."""
+    import optuna
+
+    spec = sweep_spec(study)
+    params = resolve_params(study, param_names)
+    trials = trials if trials is not None else study.budget.trials
+    if trials is None or trials < 1:
+        raise ConfigError(f"give --trials N >= 1 (or study.budget.trials in {study.path})")
+    url = storage or DEFAULT_STORAGE
+    name = f"{study.name}:{'+'.join(param_names)}"
+    held: dict[str, int] = {}
+    local = url.startswith("sqlite:///") and url != "sqlite:///:memory:"
+    if not local or Path(url.removeprefix("sqlite:///")).is_file():
+        try:
+            stored = optuna.load_study(study_name=name, storage=make_storage(url, spec.heartbeat))
+            for trial in stored.get_trials(deepcopy=False):
+                held[trial.state.name] = held.get(trial.state.name, 0) + 1
+        except KeyError:  # no such study in that storage yet
+            pass
+    return {"optuna_study": name, "storage": redact(url), "metric": spec.metric, "direction": spec.direction,
+            "params": {p.name: _describe(p) for p in params}, "trials": trials, "held": held,
+            "to_run": max(trials - sum(n for s, n in held.items() if s in ("COMPLETE", "PRUNED")), 0),
+            "steps": study.base_config().optim.steps}
 
 
 def run_sweep(

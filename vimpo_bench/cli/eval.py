@@ -4,43 +4,48 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Literal
 
 import typer
 
-from vimpo_bench.cli import app, fail
+from vimpo_bench.cli import BACKENDS, DTYPES, HARNESSES, PRESETS, TEMPLATES, app, choice, fail
+from vimpo_bench.cli.progress import StepBars, bar
 
 
 class _ProgressBar:
-    """One tqdm bar per suite on stderr: problems done, accuracy so far, ETA (off when not a TTY)."""
+    """One tqdm bar per suite on stderr: problems done, accuracy so far, ETA (off when not a TTY); before them,
+    the built-in model's warm start when it is built, with `train`'s bar (`model`)."""
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
         self.bar = None
         self.suite = None
+        self.model_bars = StepBars()
+
+    def model(self, phase: str, done: int, total: int, metrics: dict) -> None:
+        if self.enabled:
+            self.model_bars(phase, done, total, metrics)
 
     def __call__(self, event) -> None:
         if not self.enabled:
             return
-        from tqdm import tqdm
-
+        self.model_bars.close()  # a warm start that stopped early (at its target accuracy) is over
         if event.suite != self.suite:
             self.close()
             self.suite = event.suite
-            self.bar = tqdm(
-                total=event.total,
-                desc=f"{event.suite} [{event.suite_index + 1}/{event.n_suites}]",
-                unit="problem",
-                disable=None,
-                leave=True,
-            )
+            self.bar = bar(total=event.total, desc=f"{event.suite} [{event.suite_index + 1}/{event.n_suites}]", unit="problem")
         self.bar.n = event.done
         self.bar.set_postfix(acc=f"{event.accuracy:.3f}", refresh=False)
         self.bar.refresh()
 
     def close(self) -> None:
+        self.model_bars.close()
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+DEFAULT_MAX_NEW_TOKENS = 4096  # evaluate.DEFAULT_MAX_TOKENS (the CLI starts without importing it)
 
 
 def _fmt(value: float | None) -> str:
@@ -50,8 +55,9 @@ def _fmt(value: float | None) -> str:
 def _print_summary(result) -> None:
     n = result.config["sampling"]["n"]
     typer.echo(
-        f"model {result.model}  harness {result.harness}  template {result.config['template']}  "
-        f"n={n} T={result.config['sampling']['temperature']}  grader {result.grader_version}"
+        f"model {result.model}  harness {result.harness}  backend {result.extra.get('backend')}  dtype "
+        f"{result.extra.get('dtype')}  template {result.config['template']}  n={n} "
+        f"T={result.config['sampling']['temperature']}  grader {result.grader_version}"
     )
     header = f"{'suite':<14}{'problems':>9}{'accuracy':>10}  {'95% CI':<17}"
     if n > 1:
@@ -95,24 +101,37 @@ def eval_command(
     model: str = typer.Option(
         ...,
         "--model",
-        help="Model folder, checkpoint folder, MLflow run id (its checkpoint/ artifact), 'tiny-arith' or a hub id.",
+        help="Model folder, a training run's folder or checkpoint folder, MLflow run id (its checkpoint/ "
+        "artifact, else the checkpoint it wrote under its run.output_dir), 'tiny-arith' or a hub id.",
     ),
     suite: str = typer.Option(
         "math500",
         "--suite",
         help="math500, aime24, aime25, aime, olympiadbench, math, arith; or a comma list.",
     ),
-    template: str = typer.Option(
-        "qwen-boxed", "--template", help="Prompt template: qwen-boxed, r1 or plain (arith always plain)."
+    template: Literal[TEMPLATES] = typer.Option(
+        "qwen-boxed",
+        "--template",
+        parser=choice(TEMPLATES, "unknown prompt template {value!r}; valid templates: {valid}"),
+        help="Prompt template (arith always plain).",
     ),
-    preset: str = typer.Option(
-        "greedy", "--preset", help="Sampling preset: greedy, avg16, r1, dapo, passk; flags below override it."
+    preset: Literal[PRESETS] = typer.Option(
+        "greedy",
+        "--preset",
+        parser=choice(PRESETS, "unknown sampling preset {value!r}; valid presets: {valid}"),
+        help="Sampling preset; the flags below override it.",
     ),
     n: int = typer.Option(None, "--n", help="Samples per problem (avg@n, pass@k for k <= n, maj@n)."),
     temperature: float = typer.Option(None, "--temperature", help="Sampling temperature (0 = greedy)."),
     top_p: float = typer.Option(None, "--top-p", help="Nucleus sampling threshold."),
     top_k: int = typer.Option(0, "--top-k", help="Top-k cutoff (0 = off)."),
-    max_tokens: int = typer.Option(4096, "--max-tokens", help="New tokens per sample."),
+    max_new_tokens: int = typer.Option(
+        None,
+        "--max-new-tokens",
+        help=f"New tokens per sample (default {DEFAULT_MAX_NEW_TOKENS}): the length limit that train calls "
+        "rollout.max_new_tokens.",
+    ),
+    max_tokens: int = typer.Option(None, "--max-tokens", hidden=True, help="Old name of --max-new-tokens."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed (batch b uses seed + b)."),
     limit: int = typer.Option(None, "--limit", help="Only the first N problems of each suite."),
     data_dir: str = typer.Option(
@@ -120,7 +139,7 @@ def eval_command(
         "--data-dir",
         help="Folder with <suite>/test.jsonl (default $VIMPO_BENCH_DATA, else the HF hub).",
     ),
-    arith_option: list[str] = typer.Option(
+    arith_option: list[str] = typer.Option(  # noqa: B008 - typer's way
         [],
         "--arith-option",
         help="An option of the arith suite, KEY=VALUE (repeatable), as in the training config's task.options: "
@@ -133,14 +152,32 @@ def eval_command(
     grader_timeout: float = typer.Option(
         5.0, "--grader-timeout", help="Seconds per answer before it counts as a timeout."
     ),
-    harness: str = typer.Option("native", "--harness", help="native or lm-eval."),
-    backend: str = typer.Option("hf", "--backend", help="hf (transformers) or vllm (GPU)."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
+    harness: Literal[HARNESSES] = typer.Option(
+        "native",
+        "--harness",
+        parser=choice(HARNESSES, "unknown harness {value!r}; valid: {valid}"),
+        help="native (our loop) or lm-eval (lm-evaluation-harness's, with our tasks and grader).",
+    ),
+    backend: Literal[BACKENDS] = typer.Option(
+        "hf",
+        "--backend",
+        parser=choice(BACKENDS, "unknown backend {value!r}; valid: {valid}"),
+        help="hf (transformers, anywhere) or vllm (a CUDA GPU and the vllm extra). Recorded as eval.backend.",
+    ),
+    dtype: Literal[DTYPES] = typer.Option(
+        "float32",
+        "--dtype",
+        parser=choice(DTYPES, "unknown dtype {value!r}; valid: {valid}"),
+        help="Weights' dtype (vllm runs float32 as bfloat16). Recorded as eval.dtype.",
+    ),
     run: str = typer.Option(None, "--run", help="Training run id: the eval run is nested under it."),
     step: int = typer.Option(
         0, "--step", help="Step to log the metrics at (e.g. the training step of the checkpoint)."
     ),
     experiment: str = typer.Option(None, "--experiment", help="MLflow experiment (default vimpo-bench)."),
+    tracking_uri: str = typer.Option(
+        None, "--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI, else ./mlflow.db)."
+    ),
     output_dir: str = typer.Option(
         None, "--output-dir", help="Where records go (default runs/eval/<run id>)."
     ),
@@ -151,6 +188,11 @@ def eval_command(
     """Evaluate a model on math benchmarks, graded like the papers grade, every sample kept."""
     from vimpo_bench import evaluate
 
+    if max_tokens is not None:
+        if max_new_tokens is not None and max_new_tokens != max_tokens:
+            fail(f"--max-tokens {max_tokens} and --max-new-tokens {max_new_tokens}: one limit, give --max-new-tokens")
+        typer.echo("warning: --max-tokens is the old name of --max-new-tokens", err=True)
+        max_new_tokens = max_tokens
     try:
         config = evaluate.EvalConfig(
             suites=suite,
@@ -160,7 +202,7 @@ def eval_command(
             temperature=temperature,
             top_p=top_p,
             top_k=top_k,
-            max_tokens=max_tokens,
+            max_tokens=DEFAULT_MAX_NEW_TOKENS if max_new_tokens is None else max_new_tokens,
             seed=seed,
             limit=limit,
             data_dir=data_dir,
@@ -182,9 +224,12 @@ def eval_command(
             parent_run_id=run,
             track=track,
             experiment=experiment,
+            tracking_uri=tracking_uri,
             output_dir=output_dir,
             step=step,
             progress=bar,
+            model_progress=bar.model,
+            notice=lambda line: typer.echo(line, err=True),
         )
     finally:
         bar.close()

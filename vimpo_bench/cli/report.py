@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import typer
 
-from vimpo_bench.cli import app, fail
+from vimpo_bench.cli import FORMATS, app, choice, fail
 
 
 @app.command("report")
@@ -17,8 +19,9 @@ def report_command(
                             "figures) go to a folder of the same name without the suffix."),
     tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI, "
                                      "else ./mlflow.db)."),
-    format: str = typer.Option("html", "--format", help="html (one self-contained page) or markdown (a results page "
-                               "with PNG figures that reads on a code host)."),
+    format: Literal[FORMATS] = typer.Option("html", "--format", parser=choice(FORMATS, "unknown format {value!r}: "
+                                            "choose one of {valid}"), help="html (one self-contained page) or "
+                                            "markdown (a results page with PNG figures that reads on a code host)."),
     threshold: float = typer.Option(None, "--threshold", help="Validation accuracy of the steps-to-threshold table "
                                     "(default: midway between the arms' start and the best arm's end)."),
     reading: str = typer.Option(None, "--reading", help="Markdown file put in the page's closing Reading section "

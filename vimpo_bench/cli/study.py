@@ -11,6 +11,10 @@ import typer
 from tqdm import tqdm
 
 from vimpo_bench.cli import app, fail
+from vimpo_bench.cli.progress import StepBars, bar
+
+# sweep.BUILTIN_PARAMS (the CLI starts without importing the sweep module; a test holds them equal)
+SWEEP_PARAMS = ("beta", "lr", "value_scale", "value_coef", "clip")
 
 study_app = typer.Typer(help="Declarative experiment grids (study files in studies/).", no_args_is_help=True)
 app.add_typer(study_app, name="study")
@@ -36,28 +40,6 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-class _StepBar:
-    """A second tqdm bar for the training steps of the cell or trial running in this process."""
-
-    def __init__(self):
-        self.bar = None
-
-    def __call__(self, phase: str, done: int, total: int, metrics: dict) -> None:
-        if self.bar is None or self.bar.desc != phase or done < self.bar.n:
-            self.close()
-            self.bar = tqdm(total=total, desc=phase, unit="step", position=1, leave=False, dynamic_ncols=True)
-        self.bar.n = done
-        acc = metrics.get("reward/clean_mean")
-        if acc is not None:
-            self.bar.set_postfix(acc=f"{acc:.3f}", refresh=False)
-        self.bar.refresh()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
 class _CellBar:
     """The study's bar: cells finished of all, with cells done, running and failed, and an ETA from the time
     the cells run here have taken so far (skipped cells take none). Opened at the first report, once the
@@ -81,8 +63,8 @@ class _CellBar:
 
     def show(self) -> None:
         if self.bar is None:
-            self.bar = tqdm(total=self.total, desc=f"study {self.name}", unit="cell", position=0, dynamic_ncols=True,
-                            bar_format="{desc}: {n_fmt}/{total_fmt} cells |{bar}| {elapsed}{postfix}")
+            self.bar = bar(total=self.total, desc=f"study {self.name}", unit="cell", position=0,
+                           bar_format="{desc}: {n_fmt}/{total_fmt} cells |{bar}| {elapsed}{postfix}")
             self.started = time.monotonic()
         counts, left = self.counts, self.total - self.done
         worked = counts["done"] + counts["failed"]
@@ -161,7 +143,7 @@ def study_run(
         todo = sum(p.action != "skip" for p in planned)
         typer.echo(f"{todo} to run, {len(planned) - todo} already done")
         return
-    steps = _StepBar() if workers == 1 and executor is Executor.local else None
+    steps = StepBars(position=1, leave=False) if workers == 1 and executor is Executor.local else None
     runner = _executor(study, executor, workers, address, num_cpus, num_gpus, steps)
     bar = _CellBar(study.name, len(cells))
     try:
@@ -186,8 +168,8 @@ def study_run(
 
 @app.command("sweep")
 def sweep_command(
-    params: list[str] = typer.Argument(..., help="Parameters to search: beta, lr, value_coef, clip or a name "
-                                                 "declared under study.sweep.params."),
+    params: list[str] = typer.Argument(..., help="Parameters to search: " + ", ".join(SWEEP_PARAMS) +  # noqa: B008
+                                       " (built in), or a name declared under the study file's study.sweep.params."),
     study: str = typer.Option("beta_sweep", "--study", help="Study file or packaged study name."),
     trials: int = typer.Option(None, "--trials", help="Trials the Optuna study should hold in all "
                                                       "(default: study.budget.trials)."),
@@ -195,21 +177,40 @@ def sweep_command(
                                                         "(default sqlite:///optuna.db; postgresql+psycopg://... "
                                                         "for several machines)."),
     workers: int = typer.Option(1, "--workers", help="Processes running trials at once on this machine."),
-    as_json: bool = typer.Option(False, "--json", help="Print the best trial as one JSON object last."),
+    tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI, "
+                                     "else ./mlflow.db)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the search (Optuna study, parameters and ranges, "
+                                 "trials, storage) and the trials the storage holds; run nothing."),
+    as_json: bool = typer.Option(False, "--json", help="Print the best trial (with --dry-run: the plan) as one JSON "
+                                 "object last."),
 ) -> None:
     """Search hyperparameters with Optuna; each trial is an MLflow run; rerunning continues the study."""
     import optuna
 
-    from vimpo_bench.sweep import run_sweep
+    from vimpo_bench.sweep import plan_sweep, run_sweep
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = _load(study)
-    bars: list[tqdm] = []  # opened at the first report, after run_sweep has checked every input
-    steps = _StepBar() if workers == 1 else None
+    if dry_run:
+        try:
+            planned = plan_sweep(spec, params, trials=trials, storage=storage)
+        except ValueError as exc:
+            fail(str(exc))
+        held = ", ".join(f"{n} {s.lower()}" for s, n in sorted(planned["held"].items())) or "none"
+        typer.echo(f"optuna study {planned['optuna_study']!r} in {planned['storage']}: {planned['trials']} trial(s) "
+                   f"of {planned['steps']} steps, {planned['direction']} {planned['metric']}; held now: {held}; "
+                   f"{planned['to_run']} to run")
+        for name, described in planned["params"].items():
+            typer.echo(f"  {name}: {described}")
+        if as_json:
+            typer.echo(json.dumps(planned))
+        return
+    bars: list = []  # opened at the first report, after run_sweep has checked every input
+    steps = StepBars(position=1, leave=False) if workers == 1 else None
 
     def progress(done, total, best):
         if not bars:
-            bars.append(tqdm(desc=f"sweep {' '.join(params)}", unit="trial", position=0, dynamic_ncols=True))
+            bars.append(bar(desc=f"sweep {' '.join(params)}", unit="trial", position=0))
         bars[0].total, bars[0].n = total, done
         if best is not None:
             bars[0].set_postfix(best=f"{best:.4f}", refresh=False)
@@ -217,14 +218,14 @@ def sweep_command(
 
     try:
         result = run_sweep(spec, params, trials=trials, storage=storage, workers=workers, progress=progress,
-                           train_progress=steps)
+                           train_progress=steps, tracking_uri=tracking_uri)
     except ValueError as exc:  # a ConfigError, a bad --storage
         fail(str(exc))
     finally:
         if steps:
             steps.close()
-        for bar in bars:
-            bar.close()
+        for shown in bars:
+            shown.close()
     states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(result.states.items()))
     typer.echo(f"optuna study {result.optuna_study!r} in {result.storage}: {result.trials} trial(s) ({states}); "
                f"parent run {result.parent_run_id}")

@@ -5,68 +5,65 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Literal
 
 import typer
-from tqdm import tqdm
 
-from vimpo_bench.cli import app, fail
-
-
-class _Bars:
-    """tqdm bars for the warm start and the RL steps (step, reward, accuracy, ETA)."""
-
-    def __init__(self):
-        self.bars: dict[str, tqdm] = {}
-
-    def __call__(self, phase: str, done: int, total: int, metrics: dict) -> None:
-        bar = self.bars.get(phase)
-        if bar is None:
-            bar = self.bars[phase] = tqdm(total=total, desc=phase, unit="step", dynamic_ncols=True)
-        bar.n = done
-        if phase == "train":
-            shown = {"reward": metrics.get("reward/trained_mean"), "acc": metrics.get("reward/clean_mean"),
-                     "val": metrics.get("val/sampled_accuracy")}
-            bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items() if v is not None}, refresh=False)
-        else:
-            bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.items()}, refresh=False)
-        bar.refresh()
-        if done >= total:
-            bar.close()
-
-    def close(self) -> None:
-        for bar in self.bars.values():
-            bar.close()
+from vimpo_bench.cli import ALGOS, ENGINES, app, choice, fail
+from vimpo_bench.cli.progress import StepBars
 
 
 @app.command("train")
 def train_command(
-    study: Path = typer.Option(None, "--study", help="Study file or packaged study name (default: tiny_demo)."),
-    algo: str = typer.Option(None, "--algo", help="Algorithm: vimpo, grpo, dr_grpo, dapo, rloo."),
-    set_: list[str] = typer.Option([], "--set", help="Override a config key: section.key=value (repeatable)."),
-    engine: str = typer.Option(None, "--engine", help="Training engine: native (default) or trl (TRL's GRPOTrainer)."),
+    study: Path = typer.Option(None, "--study",  # noqa: B008 - typer's way
+                               help="Study file or packaged study name (default: tiny_demo)."),
+    algo: Literal[ALGOS] = typer.Option(None, "--algo", parser=choice(ALGOS, "unknown algorithm {value!r}; valid "
+                                        "algorithms: {valid}"), help="Algorithm (algo.name)."),
+    set_: list[str] = typer.Option([], "--set",  # noqa: B008 - typer's way
+                                   help="Override a config key: section.key=value (repeatable)."),
+    engine: Literal[ENGINES] = typer.Option(None, "--engine", parser=choice(ENGINES, "--engine sets run.engine: "
+                                            "{value!r} is not one of {valid}"),
+                                            help="Training engine (run.engine): native (default) or trl (TRL's "
+                                            "GRPOTrainer)."),
+    seed: int = typer.Option(None, "--seed", help="Seed of everything: prompts, sampling, noise, initialisation "
+                             "(run.seed; default 0)."),
+    max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="Response length limit in tokens "
+                                       "(rollout.max_new_tokens; `eval --max-new-tokens` is the same limit)."),
+    experiment: str = typer.Option(None, "--experiment", help="MLflow experiment (run.experiment; default "
+                                   "vimpo-bench)."),
+    tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI, "
+                                     "else ./mlflow.db)."),
     resume: str = typer.Option(None, "--resume", help="MLflow run id to continue from its last checkpoint."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON summary object last."),
 ) -> None:
-    """Train a policy with VIMPO or a baseline; every run is recorded in MLflow."""
+    """Train a policy with VIMPO or a baseline; every run is recorded in MLflow.
+
+    --algo sets algo.name (before --set, so that --set algo.KEY applies to it); --engine, --seed,
+    --max-new-tokens and --experiment set the key they name, over --set."""
     from vimpo_bench.config import DEFAULT_STUDY, ConfigError, load_config
     from vimpo_bench.train import run
 
     overrides = list(set_)
     if algo:
         overrides.insert(0, f"algo.name={algo}")
-    if engine:
-        overrides.append(f"run.engine={engine}")
+    named = {"run.engine": engine, "run.seed": seed, "rollout.max_new_tokens": max_new_tokens,
+             "run.experiment": None if experiment is None else json.dumps(experiment)}  # a YAML string, any name
+    overrides += [f"{key}={value}" for key, value in named.items() if value is not None]
     try:
         config = load_config(str(study) if study else DEFAULT_STUDY, overrides)
     except ConfigError as exc:
         fail(str(exc))
-    bars, started = _Bars(), []
+    bars, started = StepBars(), []
     try:
-        result = run(config, resume_run_id=resume, progress=bars, run_started=started.append)
+        result = run(config, resume_run_id=resume, progress=bars, run_started=started.append,
+                     tracking_uri=tracking_uri)
     except KeyboardInterrupt:
         bars.close()
-        typer.echo(_interrupted(config, started[0] if started else None), err=True)
+        typer.echo(_interrupted(config, started[0] if started else None, tracking_uri), err=True)
         raise typer.Exit(130) from None
+    except ConfigError as exc:  # a config the chosen engine cannot honour, found before the run starts
+        bars.close()
+        fail(str(exc))
     finally:
         bars.close()
     if os.environ.get("RANK", "0") != "0":  # several processes (accelerate, torchrun): the main one reports
@@ -88,7 +85,7 @@ def train_command(
             )
 
 
-def _interrupted(config, run_id: str | None) -> str:
+def _interrupted(config, run_id: str | None, tracking_uri: str | None = None) -> str:
     """What Ctrl-C left behind (`train.run` recorded the run KILLED) and the command that continues it."""
     from vimpo_bench.checkpoints import find_checkpoint
     from vimpo_bench.config import RunConfig
@@ -98,6 +95,8 @@ def _interrupted(config, run_id: str | None) -> str:
     if find_checkpoint(Path(config.run.output_dir) / run_id) is None:
         return f"interrupted: run {run_id} recorded KILLED before its first checkpoint; run the command again to start over"
     where = "" if config.run.output_dir == RunConfig.output_dir else f" --set run.output_dir={config.run.output_dir}"
+    if tracking_uri:
+        where += f" --tracking-uri {tracking_uri}"
     return f"interrupted: run {run_id} recorded KILLED; resume it with: vimpo-bench train --resume {run_id}{where}"
 
 

@@ -172,8 +172,51 @@ def read_jsonl(path: Path) -> tuple[list[Problem], str]:
     return problems, hashlib.sha256(raw).hexdigest()
 
 
-def read_hub(source: HubSource) -> tuple[list[Problem], str]:
-    """(problems, sha256 over the mapped rows as canonical JSON lines) from the Hugging Face hub."""
+_TRUE = ("1", "true", "yes", "on")
+
+
+def hub_unavailable(timeout: float = 5.0) -> str | None:
+    """Why the Hugging Face hub cannot serve a dataset now (offline mode is set, or its host does not answer
+    within `timeout` s), or None. `datasets` would otherwise retry for about 25 s before failing."""
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    from vimpo_bench import net
+
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if os.environ.get(var, "").lower() in _TRUE:
+            return f"{var} is set"
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    try:
+        net.connect_url(constants.ENDPOINT, timeout)
+    except OSError as exc:
+        return f"{urlsplit(constants.ENDPOINT).hostname} is unreachable ({exc.strerror or type(exc).__name__})"
+    return None
+
+
+def in_datasets_cache(source: HubSource) -> bool:
+    """Whether `datasets` holds a copy of `source` it can load offline (where its cache factory looks)."""
+    import glob
+
+    from datasets import config
+    from datasets.naming import camelcase_to_snakecase
+
+    *namespace, name = source.path.split("/")
+    folder = Path(config.HF_DATASETS_CACHE).expanduser() / "___".join([*namespace, camelcase_to_snakecase(name)])
+    return any(os.path.isdir(p) for p in glob.glob(str(folder / "*" / "*" / "*")))
+
+
+def read_hub(source: HubSource, local_file: str = "<name>/test.jsonl") -> tuple[list[Problem], str]:
+    """(problems, sha256 over the mapped rows as canonical JSON lines) from the Hugging Face hub. Offline
+    (or with the hub unreachable) and without a cached copy: DataError at once, saying how to give the local
+    file instead (`local_file`, its path under a data folder)."""
+    why = hub_unavailable()
+    if why is not None and not in_datasets_cache(source):
+        raise DataError(f"no local data for {local_file} and {source.describe()} cannot be downloaded ({why}): "
+                        f"give a folder holding {local_file} (laid out like ../shared/data) with --data-dir "
+                        f"(a training config: task.options.data_dir), or set {DATA_ENV} to it")
     import datasets
 
     rows = datasets.load_dataset(source.path, source.name, split=source.split)
@@ -215,7 +258,7 @@ class MathBenchmark:
             if self.data_dir is not None:
                 problems, sha = read_jsonl(self.data_dir / self.folder / self.splits[split])
             else:
-                problems, sha = read_hub(HUB_SOURCES[self.folder])
+                problems, sha = read_hub(HUB_SOURCES[self.folder], f"{self.folder}/{self.splits[split]}")
             expected = self.expected_rows.get(split)
             if expected is not None and len(problems) != expected:
                 warnings.warn(
