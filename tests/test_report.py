@@ -828,3 +828,12 @@ def test_runs_that_shared_their_machine_are_counted_and_drop_wall_clock_columns(
                           "final_mean": [0.6], "seeds_reached": [2], "seeds": [2], "median_seed_step": [10.0],
                           "median_seed_time_s": [3.0]})
     assert "seconds (seed-mean)" in steps_display(steps) and "seconds (seed-mean)" not in steps_display(steps, wall=False)
+
+
+def test_eval_runs_with_different_backends_or_dtypes_are_not_pooled():
+    tags = pd.DataFrame({"vimpo.backend": ["hf", "vllm"], "vimpo.dtype": ["float32", "bfloat16"]})
+    with pytest.raises(ValueError, match=r"differ in vimpo.backend \(hf, vllm\)"):
+        A.refuse_mixed_runtimes(tags)
+    A.refuse_mixed_runtimes(pd.DataFrame({"vimpo.backend": ["hf", None]}))  # an old run counts as hf: no refusal
+    with pytest.raises(ValueError, match="vimpo.dtype"):
+        A.refuse_mixed_runtimes(pd.DataFrame({"vimpo.dtype": ["bfloat16", None]}))

@@ -391,6 +391,19 @@ def steps_to_threshold(curve: pd.DataFrame, history: pd.DataFrame, labels: pd.Da
 # --- Final evaluation -----------------------------------------------------------------------------
 
 
+RUNTIME_TAGS = ("vimpo.backend", "vimpo.dtype")  # what an eval run generated with; it changes the numbers
+
+
+def refuse_mixed_runtimes(eval_tags: pd.DataFrame) -> None:
+    """A page does not pool eval runs that generated with different backends (hf, vllm) or dtypes: raise
+    ValueError in one line naming them (runs from before these tags count as hf / float32)."""
+    for tag, default in zip(RUNTIME_TAGS, ("hf", "float32"), strict=True):
+        values = eval_tags[tag].fillna(default) if tag in eval_tags else pd.Series(default, index=eval_tags.index)
+        if values.nunique() > 1:
+            raise ValueError(f"the eval runs differ in {tag} ({', '.join(natural_sorted(values.unique()))}): their "
+                             "numbers are not comparable, so this page does not pool them; report each separately")
+
+
 def final_eval_long(data: ReportData, labels: pd.DataFrame) -> pd.DataFrame:
     """One row per (training run, suite, metric): the final value with the run's own interval if logged.
     Suites come from eval runs (eval/<suite>/<metric>; the latest eval run per training run wins) and
@@ -399,6 +412,7 @@ def final_eval_long(data: ReportData, labels: pd.DataFrame) -> pd.DataFrame:
     rows = []
     ev_labels = run_labels(data, labels)
     ev = data.of_kind("eval").sort_values("start_time")
+    refuse_mixed_runtimes(data.tags.reindex(ev["run_id"][ev["run_id"].isin(ev_labels.index)]))
     for run_id in ev["run_id"][ev["run_id"].isin(ev_labels.index)]:
         final = data.final.loc[run_id].dropna() if run_id in data.final.index else pd.Series(dtype=float)
         lab = ev_labels.loc[run_id]
