@@ -113,7 +113,8 @@ def measure(run_dir: Path, batches: int, seed: int) -> pd.DataFrame:
         rollouts = generator.generate([render_prompt(config, task, p, tokenizer) for p in problems],
                                       sampling_params(config, n=config.rollout.group_size),
                                       seed=step_seed(seed, draw, 1))
-        _, _, rewards, include = score(config, task, problems, rollouts, draw)
+        scored = score(config, task, problems, rollouts, draw)
+        rewards, include = scored.rewards, scored.include
         with torch.no_grad():
             old_logp, _ = sampled_logprobs(config, policy, rollouts)
             ref_logp, _ = sampled_logprobs(config, reference, rollouts)

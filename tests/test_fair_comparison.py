@@ -44,7 +44,8 @@ TEXTS, TRUNCATED = ["right", "right", "wrong", "wrong"], [False, True, True, Fal
 @pytest.mark.parametrize("algo", ["vimpo", "grpo", "dr_grpo", "dapo", "rloo"])
 def test_zero_reward_rule_applies_to_every_algorithm(algo):
     config = load_config(overrides=[f"algo.name={algo}"])
-    graded, clean, rewards, include = score(config, _Task(), PROBLEMS, _rollouts(TEXTS, TRUNCATED), step=0)
+    s = score(config, _Task(), PROBLEMS, _rollouts(TEXTS, TRUNCATED), step=0)
+    graded, clean, rewards, include = s.graded, s.clean, s.rewards, s.include
     assert graded.tolist() == [1.0, 1.0, 0.0, 0.0]
     assert clean.tolist() == [1.0, 0.0, 0.0, 0.0]  # the cut response that graded right gets R = 0
     assert rewards.tolist() == clean.tolist() and include is None
@@ -55,13 +56,15 @@ def test_the_rule_comes_before_the_noise(algo):
     """Flip every reward (p = 1): the noise sees the rule's rewards, so the cut right answer becomes 1
     (0 flipped), for VIMPO and GRPO alike."""
     config = load_config(overrides=[f"algo.name={algo}", "reward.noise=symmetric", "reward.p=1.0"])
-    _, clean, rewards, _ = score(config, _Task(), PROBLEMS, _rollouts(TEXTS, TRUNCATED), step=0)
+    s = score(config, _Task(), PROBLEMS, _rollouts(TEXTS, TRUNCATED), step=0)
+    clean, rewards = s.clean, s.rewards
     assert rewards.tolist() == [1.0 - r for r in clean.tolist()] == [0.0, 1.0, 1.0, 1.0]
 
 
 def test_mask_rule_leaves_truncated_responses_out():
     config = load_config(overrides=["algo.name=grpo", "reward.truncated=mask"])
-    _, clean, _, include = score(config, _Task(), PROBLEMS, _rollouts(TEXTS, TRUNCATED), step=0)
+    s = score(config, _Task(), PROBLEMS, _rollouts(TEXTS, TRUNCATED), step=0)
+    clean, include = s.clean, s.include
     assert include.tolist() == [True, False, False, True]
     assert clean.tolist() == [1.0, 1.0, 0.0, 0.0]
 

@@ -10,7 +10,6 @@ ownership in `runs`, the parts of a step in `steps`, checkpoints in `checkpoints
 from __future__ import annotations
 
 import dataclasses
-import random
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -31,10 +30,11 @@ from vimpo_bench.checkpoints import (
 )
 from vimpo_bench.config import Config, ConfigError
 from vimpo_bench.logprobs import token_logprobs
+from vimpo_bench.loop import Scored, algorithm_at, group_orders, reward_metrics, rewards_of, seed_process
 from vimpo_bench.models import frozen_copy
 from vimpo_bench.provenance import run_identity
-from vimpo_bench.reference import beta_at, is_ref_update_step, lr_factor
-from vimpo_bench.rewards import noisy_rewards, truncation_rule, verifier_rewards
+from vimpo_bench.reference import is_ref_update_step, lr_factor
+from vimpo_bench.rewards import verifier_rewards
 from vimpo_bench.rollout.base import Rollouts
 from vimpo_bench.runs import (
     OnEval,
@@ -128,10 +128,7 @@ def train(
     In-training evaluation uses the task's validation split; the test split is for `vimpo-bench eval`."""
     tracker = tracker or NullTracker()
     started = time.perf_counter()
-    if config.run.threads:
-        torch.set_num_threads(config.run.threads)
-    torch.manual_seed(config.run.seed)
-    random.seed(config.run.seed)
+    seed_process(config)
 
     # -- setup: task, policy, frozen reference, generator, optimizer ---------------------------
     task = task_registry.get(config.task.name, **config.task.options)
@@ -203,12 +200,7 @@ def rl_step(config, task, train_pool, prompt_text, policy, reference, generator,
     """One RL step in labelled phases; returns its metrics (and the batch under `_batch`)."""
     seed = config.run.seed
     timer = PhaseTimer()
-    beta = beta_at(config.beta_schedule.kind, config.algo["beta"], config.beta_schedule.final, step,
-                   config.optim.steps)
-    algo = config.make_algorithm(beta=beta)
-    if "norm_len" in config.algo and config.algo["norm_len"] is None:
-        # Dr. GRPO's constant is the longest possible completion, not the batch's padded length.
-        algo = dataclasses.replace(algo, norm_len=config.rollout.max_new_tokens)
+    algo = algorithm_at(config, step)
 
     # -- rollout: G responses to each of P prompts from the current policy ------------------------
     with timer("rollout"):
@@ -221,7 +213,8 @@ def rl_step(config, task, train_pool, prompt_text, policy, reference, generator,
     # -- scoring: verifier, then the truncation rule, then the noise model -------------------------
     # One rule for every algorithm, before the noise: the algorithm sees only `rewards`.
     with timer("scoring"):
-        graded, clean, rewards, include = score(config, task, problems, rollouts, step)
+        scored = score(config, task, problems, rollouts, step)
+    rewards, include = scored.rewards, scored.include
 
     # -- log-probs of the sampled tokens under pi_old (= the policy now) and pi_ref; no gradient ---
     # At the sampling temperature (ratios and KL refer to the distribution that sampled), dropout off
@@ -241,51 +234,33 @@ def rl_step(config, task, train_pool, prompt_text, policy, reference, generator,
         stats = ppo_update(config, algo, policy, optimizer, scheduler, rollouts, full, step)
 
     response_tokens = mask.sum().item()
-    kept = torch.ones_like(clean, dtype=torch.bool) if include is None else include
     metrics = {
-        "reward/trained_mean": rewards[kept].mean().item() if kept.any() else float("nan"),
-        "reward/clean_mean": clean[kept].mean().item() if kept.any() else float("nan"),
-        "reward/flip_rate": (rewards != clean).float().mean().item(),
-        "reward/truncated_passed_rate": (graded.bool() & rollouts.truncated).float().mean().item(),
-        "reward/kept_fraction": kept.float().mean().item(),
+        **reward_metrics(scored),
         **stats,
-        "vimpo/beta": beta,
+        "vimpo/beta": algo.beta,
         "policy/entropy": masked_mean(entropy, mask).item(),
         "policy/lr": scheduler.get_last_lr()[0],
         "rollout/response_len": mask.sum(1).mean().item(),
-        "rollout/truncation_rate": rollouts.truncated.float().mean().item(),
         **timer.metrics(),
     }
     metrics["perf/tokens_per_s"] = (rollouts.prompt_mask.sum().item() + response_tokens) / metrics["perf/step_s"]
     if config.algo["name"] == "vimpo":
         metrics["vimpo/value_coef"], metrics["vimpo/value_scale"] = algo.c_v, algo.effective_value_scale
-    metrics["_batch"] = {"full": full, "rollouts": rollouts, "clean": clean, "algo": algo}
+    metrics["_batch"] = {"full": full, "rollouts": rollouts, "clean": scored.clean, "algo": algo}
     return metrics
 
 
-def score(config: Config, task, problems: list, rollouts: Rollouts, step: int):
-    """Rewards of a step's responses, the same for every algorithm: the grader, then the truncation rule
-    (`reward.truncated`), then the noise model (seeded by run seed and step).
-
-    Returns (graded, clean, rewards, include): graded [B] the grader's verdict; clean [B] after the
-    truncation rule; rewards [B] after the noise (what the algorithm trains on); include [B] bool or
-    None (the rule `mask` leaves truncated responses out)."""
+def score(config: Config, task, problems: list, rollouts: Rollouts, step: int) -> Scored:
+    """The step's responses scored (`loop.Scored`), the same for every algorithm: the grader here, then
+    `loop.rewards_of` (the truncation rule, then the noise model seeded by run seed and step)."""
     per_row = [problems[int(g)] for g in rollouts.group_ids]
-    graded = verifier_rewards(task, rollouts.texts, per_row)
-    clean, include = truncation_rule(graded, rollouts.truncated, config.reward.truncated)
-    noise_rng = torch.Generator().manual_seed(step_seed(config.run.seed, step, 2))
-    rewards = noisy_rewards(clean, config.reward.noise, noise_rng, config.reward.p, config.reward.fp,
-                            config.reward.fn)
-    return graded, clean, rewards, include
+    return rewards_of(config, verifier_rewards(task, rollouts.texts, per_row), rollouts.truncated, step)
 
 
 def ppo_update(config, algo, policy, optimizer, scheduler, rollouts: Rollouts, full: Batch, step: int) -> dict:
     """epochs x minibatches optimizer steps; each minibatch is split into `grad_accum` microbatches."""
     sums: dict[str, list[float]] = defaultdict(list)
-    groups = torch.unique(full.group_ids)
-    shuffle = torch.Generator().manual_seed(step_seed(config.run.seed, step, 3))
-    for _epoch in range(config.optim.epochs):
-        order = groups[torch.randperm(len(groups), generator=shuffle)]
+    for order in group_orders(config, step, torch.unique(full.group_ids)):
         for minibatch_groups in torch.tensor_split(order, config.optim.minibatches):
             optimizer.zero_grad(set_to_none=True)
             for micro_groups in torch.tensor_split(minibatch_groups, config.optim.grad_accum):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +24,10 @@ from vimpo_bench import tasks as task_registry
 from vimpo_bench.checkpoints import checkpoint_dir, checkpoint_due, load_state, saved_config
 from vimpo_bench.config import Config
 from vimpo_bench.engines import trl_preflight
+from vimpo_bench.loop import seed_process
 from vimpo_bench.models import frozen_copy
 from vimpo_bench.provenance import run_identity
-from vimpo_bench.reference import beta_at, is_ref_update_step
+from vimpo_bench.reference import is_ref_update_step
 from vimpo_bench.runs import (
     TrainingError,
     TrainResult,
@@ -158,14 +158,6 @@ class EngineState:
     start_step: int = 0  # RL steps done before this process started (a resumed run)
     logged_through: int = 0  # the last step the run's record already holds (a killed process logged it)
 
-    def algo_at(self, step: int):
-        c = self.config
-        algo = c.make_algorithm(beta=beta_at(c.beta_schedule.kind, c.algo["beta"], c.beta_schedule.final, step,
-                                             c.optim.steps))
-        if "norm_len" in c.algo and c.algo["norm_len"] is None:
-            algo = dataclasses.replace(algo, norm_len=c.rollout.max_new_tokens)  # as train.rl_step
-        return algo
-
     def prompt_text(self, problem) -> str:
         return render_prompt(self.config, self.task, problem, self.tokenizer)
 
@@ -177,10 +169,7 @@ def train(config: Config, args, tracker: Tracker, run_id: str | None, progress=N
     from accelerate import PartialState
 
     started = time.perf_counter()
-    if config.run.threads:
-        torch.set_num_threads(config.run.threads)
-    torch.manual_seed(config.run.seed)
-    random.seed(config.run.seed)
+    seed_process(config)
     state = PartialState()
 
     # -- setup: task, policy, the trainer ---------------------------------------------------------

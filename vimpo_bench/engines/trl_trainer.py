@@ -32,8 +32,9 @@ from vimpo_bench.algorithms import Batch
 from vimpo_bench.algorithms.core import masked_mean
 from vimpo_bench.checkpoints import load_weights, rng_state, save_checkpoint, set_rng_state
 from vimpo_bench.logprobs import position_ids_from_mask
+from vimpo_bench.loop import algorithm_at, group_orders, reward_metrics, rewards_of
 from vimpo_bench.reference import lr_factor
-from vimpo_bench.rewards import noisy_rewards, truncation_rule, verifier_rewards
+from vimpo_bench.rewards import verifier_rewards
 from vimpo_bench.rollout.base import Rollouts
 from vimpo_bench.rollout.hf import seeded
 from vimpo_bench.runs import TrainingError
@@ -63,8 +64,8 @@ class StepPromptSampler(torch.utils.data.Sampler):
 class VimpoGRPOTrainer(GRPOTrainer):
     """GRPOTrainer whose scoring, advantages and loss are vimpo-bench's (see the module docstring).
 
-    `vb` carries the run: config, task, train_pool, reference (an unpatched copy of the policy) and
-    algo_at(step) (the algorithm with the beta of that RL step)."""
+    `vb` carries the run: config, task, train_pool and reference (an unpatched copy of the policy); the
+    algorithm of each RL step is `loop.algorithm_at`, as in the native loop."""
 
     def __init__(self, *, vb, **kwargs):
         self.vb = vb
@@ -169,11 +170,8 @@ class VimpoGRPOTrainer(GRPOTrainer):
         # step's rows in prompt order, so the draws do not depend on the number of processes.
         t = time.perf_counter()
         graded = verifier_rewards(self.vb.task, texts, [self.vb.train_pool[i] for i in problem_index]).to(device)
-        all_graded, all_truncated = gather(graded).cpu(), gather(truncated).cpu()
-        clean, include = truncation_rule(all_graded, all_truncated, config.reward.truncated)
-        noise_rng = torch.Generator().manual_seed(step_seed(config.run.seed, step, 2))
-        rewards = noisy_rewards(clean, config.reward.noise, noise_rng, config.reward.p, config.reward.fp,
-                                config.reward.fn)
+        scored = rewards_of(config, gather(graded).cpu(), gather(truncated).cpu(), step)
+        clean, rewards, include = scored.clean, scored.rewards, scored.include
         tokens = gather(torch.stack([batch["prompt_mask"].sum(), batch["completion_mask"].sum()])).sum().item()
         mine = slice(self.accelerator.process_index * rows, (self.accelerator.process_index + 1) * rows)
         timer["scoring"] = time.perf_counter() - t
@@ -187,27 +185,19 @@ class VimpoGRPOTrainer(GRPOTrainer):
         timer["logprob"] = time.perf_counter() - t
 
         # -- advantages: once, over this process's whole groups, held fixed in the update ------------
-        algo = self.vb_algo = self.vb.algo_at(step)
+        algo = self.vb_algo = algorithm_at(config, step)
         mask = batch["completion_mask"].float()
         full = Batch(logp=old_logp, old_logp=old_logp, ref_logp=ref_logp, mask=mask, rewards=rewards[mine].to(device),
                      group_ids=torch.arange(rows, device=device) // G,
                      include=None if include is None else include[mine].to(device))
         full = full.with_advantages(algo.advantages(full))
 
-        kept = torch.ones_like(clean, dtype=torch.bool) if include is None else include
         self.vb_step = {
             "full": full, "clean": clean[mine], "algo": algo, "timer": timer, "tokens": tokens,
             "rollouts": Rollouts(batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"],
                                  batch["completion_mask"], truncated, full.group_ids, texts,
                                  [x["prompt"] for x in inputs]),
-            "metrics": {
-                "reward/trained_mean": rewards[kept].mean().item() if kept.any() else float("nan"),
-                "reward/clean_mean": clean[kept].mean().item() if kept.any() else float("nan"),
-                "reward/flip_rate": (rewards != clean).float().mean().item(),
-                "reward/truncated_passed_rate": (all_graded.bool() & all_truncated).float().mean().item(),
-                "reward/kept_fraction": kept.float().mean().item(),
-                "rollout/truncation_rate": all_truncated.float().mean().item(),
-            },
+            "metrics": reward_metrics(scored),
             "local": {"policy/entropy": masked_mean(entropy, mask).item(), "rollout/response_len": mask.sum(1).mean().item()},
         }
         return {**batch, "old_logp": old_logp, "ref_logp": ref_logp, "rewards": full.rewards,
@@ -223,11 +213,8 @@ class VimpoGRPOTrainer(GRPOTrainer):
     def _whole_group_pieces(self, scored: dict) -> list[dict]:
         """epochs x (minibatches x grad_accum) pieces; group order shuffled per epoch as `train.ppo_update`."""
         group_ids = scored["group_ids"].cpu()
-        groups = torch.unique(group_ids)
-        shuffle = torch.Generator().manual_seed(step_seed(self.vb.config.run.seed, self.rl_step(), 3))
         pieces = []
-        for _epoch in range(self.num_iterations):
-            order = groups[torch.randperm(len(groups), generator=shuffle)]
+        for order in group_orders(self.vb.config, self.rl_step(), torch.unique(group_ids)):
             for part in torch.tensor_split(order, self.args.steps_per_generation):
                 rows = torch.isin(group_ids, part).nonzero().squeeze(1)
                 pieces.append({k: None if v is None else v[rows.to(v.device)] for k, v in scored.items()})
