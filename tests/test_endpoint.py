@@ -93,3 +93,11 @@ def test_a_page_with_a_declared_endpoint_opens_with_its_estimate(tmp_path, monke
     assert len(primary) == 4
     assert table.loc[0, "mean_diff"] == pytest.approx((by_arm["vimpo"] - by_arm["grpo"]).mean())
     assert (tmp_path / "ep" / "endpoint.png").is_file() and table.loc[1, "p_holm"] == pytest.approx(table.loc[1, "p"])
+
+
+def test_an_untestable_secondary_stays_out_of_the_holm_family():
+    """A secondary with one paired seed has no p: it gets no adjusted p, and the others are corrected among
+    themselves only."""
+    table = pd.DataFrame({"endpoint": ["primary", "S1", "S2", "S3"], "p": [0.01, np.nan, 0.02, 0.04]})
+    testable = (table["endpoint"] != "primary") & table["p"].notna()
+    assert E.holm(table.loc[testable, "p"].tolist()) == pytest.approx([0.04, 0.04])

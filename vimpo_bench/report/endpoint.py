@@ -240,8 +240,9 @@ def estimate(data: ReportData, labels: pd.DataFrame, eval_labels: pd.DataFrame, 
     table = pd.DataFrame(rows)
     secondary = table["endpoint"] != "primary"
     table["p_holm"] = np.nan
-    if secondary.any():
-        table.loc[secondary, "p_holm"] = holm(table.loc[secondary, "p"].tolist())
+    testable = secondary & table["p"].notna()  # a comparison without two paired seeds is not in the family yet
+    if testable.any():
+        table.loc[testable, "p_holm"] = holm(table.loc[testable, "p"].tolist())
     table["verdict"] = [verdict(r, endpoint) for r in table.to_dict("records")]
     noise = eval_noise(data, eval_labels, arms, endpoint.primary, per_seed[0])
     return {"endpoints": table, "endpoint_seeds": pd.concat(per_seed, ignore_index=True), "eval_noise": noise}

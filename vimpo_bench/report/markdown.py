@@ -193,7 +193,8 @@ def answer(page: Page, data, labels) -> None:
                                   "95% t interval": f"[{points(r['t_low'])}, {points(r['t_high'])}]",
                                   "bootstrap": (f"[{points(r['boot_low'])}, {points(r['boot_high'])}]"
                                                 if pd.notna(r["boot_low"]) else "—"),
-                                  "p (Holm)": f"{r['p_holm']:.3g}", "verdict": r["verdict"]} for r in rows[1:]]))
+                                  "p (Holm)": f"{r['p_holm']:.3g}" if pd.notna(r["p_holm"]) else "—", "verdict": r["verdict"]}
+                                 for r in rows[1:]]))
     noise = tables["eval_noise"]
     if noise["eval_noise_sd"].notna().any():
         page.add("Evaluation noise: the SD of one run's score from sampling its completions (the policy fixed) is "
