@@ -28,6 +28,8 @@ def report_command(
                                 "(--format markdown)."),
     export: str = typer.Option(None, "--export", help="First write the selected runs as a committed export to this "
                                "folder (CSV, no machine path; e.g. reports/NAME/export), then build the page from it."),
+    title: str = typer.Option(None, "--title", help="The page's title (default: the study or experiment name, else "
+                              "runs-<first id>)."),
     from_export: str = typer.Option(None, "--from-export", help="Build the page from a committed export (a folder "
                                     "written by --export, or the page folder holding export/), without any store."),
 ) -> None:
@@ -42,7 +44,7 @@ def report_command(
     try:
         files = build_report(study=study, experiment=experiment, run_ids=ids or None, out=out,
                              tracking_uri=tracking_uri, format=format, threshold=threshold, reading=reading,
-                             from_export=from_export, export_to=export)
+                             from_export=from_export, export_to=export, title=title)
     except ValueError as exc:
         fail(str(exc))
     if export:

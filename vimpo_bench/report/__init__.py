@@ -82,11 +82,13 @@ def build_report(
     reading: str | Path | None = None,
     from_export: str | Path | None = None,
     export_to: str | Path | None = None,
+    title: str | None = None,
 ) -> ReportFiles:
     """Collect the selected runs (exactly one of study, experiment, run_ids) and write the report: an HTML
     page (format "html") or a Markdown page with PNG figures (format "markdown", whose closing "Reading"
     section is the Markdown file `reading` when given). `threshold`: the validation accuracy of the
     steps-to-threshold table (default: midway between the arms' start and the best arm's end).
+    `title`: the page's title (default: the study or experiment name, else runs-<first id>).
     `export_to`: first write the selected runs as a committed export there (report/export.py), then build
     the page from that export, so the page is exactly what the export rebuilds. `from_export`: build the
     page from such an export instead of a store (no selection then; the page goes beside the export's page
@@ -109,11 +111,15 @@ def build_report(
             out = beside_export(export_folder(from_export), format)
     else:
         data = collect(study=study, experiment=experiment, run_ids=run_ids, tracking_uri=tracking_uri)
+        if title:  # a page of runs picked by id reads better under a name than under "runs-<first id>"
+            data.title = title
         if study:
             data.endpoint = declared_endpoint(study)
         if export_to is not None:
             uri = placeholder_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db")
             selection = regenerate_command(study, experiment, run_ids, uri).split(" --format ")[0]
+            if title:
+                selection += " --title " + shlex.quote(title)
             args = selection.removeprefix("vimpo-bench report ") + " --export " + shlex.quote(shown_path(export_to))
             stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
             write_export(data, export_to, f"an MLflow store ({uri})", stamp, threshold, args)

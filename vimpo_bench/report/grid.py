@@ -29,11 +29,25 @@ def sweep_table(data: ReportData) -> pd.DataFrame:
     out = pd.DataFrame({
         "trial": pd.to_numeric(tags["optuna.trial"], errors="coerce") if "optuna.trial" in tags else np.nan,
         "run_name": sw["run_name"], "algo": sw["algo"],
+        # the Optuna study a trial belongs to: trial runs are named "<optuna study>#<trial>"
+        "sweep": sw["run_name"].astype(str).str.rsplit("#", n=1).str[0],
         "state": state.fillna(fallback).fillna("UNKNOWN").str.upper(),
         "beta": pd.to_numeric(params["algo.beta"], errors="coerce") if "algo.beta" in params else np.nan,
         "objective": final["sweep/objective"] if "sweep/objective" in final else np.nan,
     }, index=sw.index)
-    return out.sort_values(["trial", "run_name"]).reset_index()
+    for tag in sorted(c for c in tags.columns if c.startswith("sweep.") and c != "sweep.beta"):
+        out[tag.removeprefix("sweep.")] = pd.to_numeric(tags[tag], errors="coerce")  # the other searched params
+    return out.sort_values(["sweep", "trial", "run_name"]).reset_index()
+
+
+def best_per_sweep(table: pd.DataFrame) -> pd.DataFrame:
+    """The best complete trial of each Optuna study in a sweep_table (max objective; ties: the earlier trial)."""
+    done = table[(table["state"] == "COMPLETE") & table["objective"].notna()]
+    if done.empty:
+        return done
+    done = done.sort_values(["sweep", "objective", "trial"], ascending=[True, False, True])
+    best = done.groupby("sweep", sort=True).head(1)
+    return best.assign(trials=best["sweep"].map(table.groupby("sweep").size()))
 
 
 # --- A grid of a hyperparameter, chosen on validation ----------------------------------------------

@@ -378,7 +378,14 @@ def beta_sweep(page: Page, panel: Panel, style) -> None:
     if t[["beta", "objective"]].notna().all(axis=1).any():
         page.image(plots.sweep, "beta_sweep", "sweep/objective against beta per trial", t)
     page.add(*(sentence(text) for _, text in panel.notes if text != panel.meta.get("grid_note")), "")
-    page.table(t[["trial", "state", "beta", "objective", "run_name"]], "beta_sweep")
+    searched = [c for c in t.columns if c not in ("run_id", "trial", "run_name", "algo", "sweep", "state", "beta",
+                                                   "objective")]
+    if t["sweep"].nunique() > 1:  # several Optuna studies (an arm each): the best of each, with its budget
+        best = G.best_per_sweep(t)
+        page.add("Best complete trial of each Optuna study (trials = the study's budget spent):", "")
+        page.table(best[["sweep", "trials", "trial", "beta", *searched, "objective"]])
+    page.table(t[["trial", "state", *(["sweep"] if t["sweep"].nunique() > 1 else []), "beta", *searched, "objective",
+                  "run_name"]], "beta_sweep")
     page.tables_line("beta_sweep")
 
 

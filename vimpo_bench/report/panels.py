@@ -310,12 +310,12 @@ def beta_sweep(p: Panel, data, labels, style):
             fig.add({"x": g["beta"], "y": g["objective"], "mode": "markers", "name": state.lower(),
                      "marker": {"symbol": symbol, "size": 10, "color": color}, "text": g["trial"],
                      "hovertemplate": "trial %{text}: beta=%{x:.4g}, objective=%{y:.4g}"})
-        done = plotted[plotted["state"] == "COMPLETE"]
-        if len(done):
-            best = done.loc[done["objective"].idxmax()]
+        for _, best in G.best_per_sweep(plotted).iterrows():
             fig.add({"x": [best["beta"]], "y": [best["objective"]], "mode": "markers", "name": "best complete",
                      "marker": {"symbol": "star", "size": 16, "color": "#ff7f0e"}})
-            p.say(f"best complete trial: beta={best['beta']:.4g}, objective={best['objective']:.4g}", "info")
+            where = f"of {best['sweep']} " if plotted["sweep"].nunique() > 1 else ""
+            p.say(f"best complete trial {where}: beta={best['beta']:.4g}, objective={best['objective']:.4g}".replace(
+                " :", ":"), "info")
         fig.axis("x", title={"text": "beta"}, type="log" if G.log_axis(plotted["beta"]) else "linear")
         fig.axis("y", title={"text": "sweep/objective"})
         p.body.append(fig.html("fig-sweep-0"))
