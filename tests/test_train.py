@@ -239,3 +239,23 @@ def test_a_run_records_the_load_average_at_start_and_end_and_the_cost_of_its_eva
     sequences = client.get_metric_history(result.run_id, "perf/eval_sequences")
     assert [m.value for m in sequences] == [3 + 3 * 2] * 3  # steps 0, 1, 2
     assert all(m.value > 0 for m in client.get_metric_history(result.run_id, "perf/eval_s"))
+    assert len(client.get_metric_history(result.run_id, "val/pass_at_2")) == 3  # eval.samples = 2
+    assert len(client.get_metric_history(result.run_id, "val/maj_at_2")) == 3
+
+
+def test_in_training_evaluation_reports_pass_and_majority_at_n_by_hand():
+    """Two problems x 3 samples: problem 0 right once (pass 1, majority wrong: two samples say 7), problem 1
+    never right (pass 0, majority wrong)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from vimpo_bench.steps import pass_and_majority
+
+    sampled = SimpleNamespace(group_ids=torch.tensor([0, 0, 0, 1, 1, 1]), texts=["5", "7", "7", "1", "2", "3"])
+    task = SimpleNamespace(extract=lambda text: text)
+    out = pass_and_majority(task, sampled, [True, False, False, False, False, False], 3)
+    assert out == {"val/pass_at_3": 0.5, "val/maj_at_3": 0.0}
+    out = pass_and_majority(task, sampled, [True, True, False, False, False, True], 3)
+    assert out == {"val/pass_at_3": 1.0, "val/maj_at_3": 0.5}
+    assert pass_and_majority(task, sampled, [True] * 6, 1) == {}

@@ -107,7 +107,8 @@ def evaluate_heldout(config, generator, task, heldout, prompt_text, step: int, t
     sampled = generator.generate(prompts, sampling_params(config, n=config.eval.samples),
                                  seed=step_seed(config.run.seed, step, 5))
     graded = [task.grade(t, heldout[int(g)]) for t, g in zip(sampled.texts, sampled.group_ids, strict=True)]
-    out["val/sampled_accuracy"] = sum(graded) / len(graded)
+    out["val/sampled_accuracy"] = sum(graded) / len(graded)  # avg@n, n = eval.samples
+    out.update(pass_and_majority(task, sampled, graded, config.eval.samples))
     shown = min(len(sampled.texts), config.eval.completions_logged)
     records += [{"step": step, "mode": "sampled", "id": heldout[int(sampled.group_ids[i])].id,
                  "completion": sampled.texts[i], "answer": task.extract(sampled.texts[i]),
@@ -117,6 +118,22 @@ def evaluate_heldout(config, generator, task, heldout, prompt_text, step: int, t
     out["perf/eval_s"] = time.perf_counter() - started
     out["perf/eval_sequences"] = (len(heldout) if config.eval.greedy else 0) + len(sampled.texts)
     return out
+
+
+def pass_and_majority(task, sampled, graded: list[bool], n: int) -> dict[str, float]:
+    """val/pass_at_<n> (unbiased pass@n: a problem counts when any of its n samples is right) and
+    val/maj_at_<n> (the most common extracted answer is right), over the validation problems; n > 1 only."""
+    if n < 2:
+        return {}
+    from vimpo_bench.eval_results import majority_correct, pass_at_k
+
+    rows: dict[int, list[int]] = {}
+    for i, g in enumerate(sampled.group_ids):
+        rows.setdefault(int(g), []).append(i)
+    passed = [pass_at_k(len(r), sum(graded[i] for i in r), len(r)) for r in rows.values()]
+    majority = [majority_correct([task.extract(sampled.texts[i]) for i in r], [graded[i] for i in r])
+                for r in rows.values()]
+    return {f"val/pass_at_{n}": sum(passed) / len(passed), f"val/maj_at_{n}": sum(majority) / len(majority)}
 
 
 def log_advantage_profile(tracker: Tracker, batch_info: dict, step: int) -> None:
