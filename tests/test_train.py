@@ -259,3 +259,30 @@ def test_in_training_evaluation_reports_pass_and_majority_at_n_by_hand():
     out = pass_and_majority(task, sampled, [True, True, False, False, False, True], 3)
     assert out == {"val/pass_at_3": 1.0, "val/maj_at_3": 0.5}
     assert pass_and_majority(task, sampled, [True] * 6, 1) == {}
+
+
+def test_each_evaluation_logs_a_completions_table_mlflow_can_load(tiny_model_dir, tmp_path):
+    """completions/step_XXXXXX.json through MLflow's table logging: prompt, response, reward, advantage,
+    truncated, one row per response up to eval.completions_logged, readable back with mlflow.load_table."""
+    import mlflow
+
+    from vimpo_bench.config import load_config
+    from vimpo_bench.train import run
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = load_config(overrides=[f"model.name={tiny_model_dir}", f"run.output_dir={tmp_path / 'runs'}",
+                                    "optim.steps=2", "eval.every=2", "eval.problems=2", "eval.samples=1",
+                                    "eval.completions_logged=3", "rollout.prompts_per_step=2",
+                                    "rollout.group_size=2", "rollout.max_new_tokens=4"])
+    result = run(config, tracking_uri=store)
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(store)  # MlflowClient.load_table searches through the fluent API's store
+    try:
+        client = mlflow.MlflowClient(store)
+        experiment = client.get_run(result.run_id).info.experiment_id
+        table = client.load_table(experiment, "completions/step_000002.json", run_ids=[result.run_id])
+    finally:
+        mlflow.set_tracking_uri(before)
+    assert list(table.columns) == ["step", "prompt", "response", "reward", "clean_reward", "advantage", "length",
+                                   "truncated"]
+    assert len(table) == 3 and set(table["step"]) == {2} and table["truncated"].dtype == bool

@@ -136,6 +136,28 @@ def pass_and_majority(task, sampled, graded: list[bool], n: int) -> dict[str, fl
     return {f"val/pass_at_{n}": sum(passed) / len(passed), f"val/maj_at_{n}": sum(majority) / len(majority)}
 
 
+def log_completions(tracker: Tracker, batch_info: dict, step: int, limit: int) -> None:
+    """The step's first `limit` responses as an MLflow table (completions/step_XXXXXX.json, browsable in the
+    MLflow UI): prompt, response, the reward trained on, the clean reward, the response's mean advantage over
+    its tokens, its length and whether it was cut at max_new_tokens."""
+    if limit <= 0:
+        return
+    full, rollouts = batch_info["full"], batch_info["rollouts"]
+    rows = min(limit, len(rollouts.texts))
+    lengths = full.mask.sum(1)
+    advantage = (full.advantages * full.mask).sum(1) / lengths.clamp(min=1)
+    tracker.log_table({
+        "step": [step] * rows,
+        "prompt": list(rollouts.prompts[:rows]),
+        "response": list(rollouts.texts[:rows]),
+        "reward": full.rewards[:rows].tolist(),
+        "clean_reward": batch_info["clean"][:rows].tolist(),
+        "advantage": advantage[:rows].tolist(),
+        "length": lengths[:rows].int().tolist(),
+        "truncated": rollouts.truncated[:rows].tolist(),
+    }, f"completions/step_{step:06d}.json")
+
+
 def log_advantage_profile(tracker: Tracker, batch_info: dict, step: int) -> None:
     """Mean advantage by token position for correct and wrong responses (the VIMPO credit picture)."""
     full, clean = batch_info["full"], batch_info["clean"]

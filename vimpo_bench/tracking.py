@@ -118,6 +118,7 @@ class Tracker(Protocol):
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
     def log_dict(self, data: Any, artifact_file: str) -> None: ...
     def log_text(self, text: str, artifact_file: str) -> None: ...
+    def log_table(self, data: dict[str, list], artifact_file: str) -> None: ...
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None: ...
     def finish(self, status: str = "FINISHED") -> None: ...
     def last_step(self, key: str) -> int | None: ...
@@ -141,6 +142,9 @@ class NullTracker:
         pass
 
     def log_text(self, text: str, artifact_file: str) -> None:
+        pass
+
+    def log_table(self, data: dict[str, list], artifact_file: str) -> None:
         pass
 
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
@@ -294,6 +298,11 @@ class MlflowTracker:
     @_recording
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, text, artifact_file)
+
+    @_recording
+    def log_table(self, data: dict[str, list], artifact_file: str) -> None:
+        """MLflow's table logging: the MLflow UI shows it as a browsable table (Evaluation / artifacts)."""
+        self.client.log_table(self.run_id, data, artifact_file)
 
     @_recording
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:

@@ -52,6 +52,7 @@ from vimpo_bench.steps import (
     evaluate_heldout,
     load_starting_policy,
     log_advantage_profile,
+    log_completions,
     make_generator,
     move_reference,
     render_prompt,
@@ -176,6 +177,7 @@ def train(
             last_eval = evaluate_heldout(config, generator, task, heldout, prompt_text, done, tracker)
             metrics.update(last_eval)
             log_advantage_profile(tracker, batch_info, done)
+            log_completions(tracker, batch_info, done, config.eval.completions_logged)
         if done > logged_through:
             tracker.log_metrics(metrics, step=done)
         history.append({"step": done, **metrics})

@@ -39,6 +39,7 @@ from vimpo_bench.steps import (
     evaluate_heldout,
     load_starting_policy,
     log_advantage_profile,
+    log_completions,
     make_generator,
     move_reference,
     render_prompt,
@@ -283,6 +284,7 @@ class RLStepCallback(TrainerCallback):
             vb.last_eval = self.evaluate(done)
             metrics.update(vb.last_eval)
             log_advantage_profile(vb.tracker, trainer.vb_step, done)
+            log_completions(vb.tracker, trainer.vb_step, done, vb.config.eval.completions_logged)
         if done > vb.logged_through:
             vb.tracker.log_metrics(metrics, step=done)
         vb.history.append({"step": done, **metrics})
