@@ -5,6 +5,7 @@ command (`--tracking-uri`, `--experiment`, `--seed`, `--max-new-tokens`); flags 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -159,3 +160,11 @@ def test_eval_takes_the_store_and_length_limit_by_name(tiny_model_dir, tmp_path,
     both = _invoke("eval", "--model", "x", "--max-tokens", "4", "--max-new-tokens", "8")
     assert both.exit_code == 2 and both.stderr.strip() == ("error: --max-tokens 4 and --max-new-tokens 8: one limit, "
                                                            "give --max-new-tokens")
+
+
+@pytest.mark.parametrize("command", [["train"], ["eval"], ["report"], ["study", "run"], ["sweep"]])
+def test_every_command_that_touches_mlflow_takes_the_same_tracking_uri_flag(command):
+    out = subprocess.run([sys.executable, "-m", "vimpo_bench", *command, "--help"], capture_output=True, text=True,
+                         env={**os.environ, "COLUMNS": "200"})
+    assert out.returncode == 0 and "--tracking-uri" in out.stdout
+    assert "MLflow store (default $MLFLOW_TRACKING_URI, else ./mlflow.db)." in " ".join(out.stdout.split())

@@ -66,6 +66,17 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def choice_option(default: str | None, flag: str, values: Sequence[str], help: str,
+                  message: str = "{value!r} is not one of {valid}"):
+    """A typed-choice option (see `choice`): `NAME: Literal[VALUES] = choice_option(DEFAULT, "--flag", VALUES, HELP)`."""
+    return typer.Option(default, flag, parser=choice(values, message), help=help)
+
+
+def tracking_uri_option():
+    """--tracking-uri, the same option in every command that reads or writes MLflow."""
+    return typer.Option(None, "--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI, else ./mlflow.db).")
+
+
 def choice(values: Sequence[str], message: str = "{value!r} is not one of {valid}") -> Callable[[str], str]:
     """The parser of a typed choice: `typer.Option(DEFAULT, "--name", parser=choice(VALUES, message))` on a
     parameter annotated `Literal[VALUES]` (which lists them in --help, `<a|b|c>`). A value outside them is

@@ -8,7 +8,17 @@ from typing import Literal
 
 import typer
 
-from vimpo_bench.cli import BACKENDS, DTYPES, HARNESSES, PRESETS, TEMPLATES, app, choice, fail
+from vimpo_bench.cli import (
+    BACKENDS,
+    DTYPES,
+    HARNESSES,
+    PRESETS,
+    TEMPLATES,
+    app,
+    choice_option,
+    fail,
+    tracking_uri_option,
+)
 from vimpo_bench.cli.progress import StepBars, bar
 
 
@@ -33,7 +43,9 @@ class _ProgressBar:
         if event.suite != self.suite:
             self.close()
             self.suite = event.suite
-            self.bar = bar(total=event.total, desc=f"{event.suite} [{event.suite_index + 1}/{event.n_suites}]", unit="problem")
+            self.bar = bar(
+                total=event.total, desc=f"{event.suite} [{event.suite_index + 1}/{event.n_suites}]", unit="problem"
+            )
         self.bar.n = event.done
         self.bar.set_postfix(acc=f"{event.accuracy:.3f}", refresh=False)
         self.bar.refresh()
@@ -74,8 +86,7 @@ def _print_summary(result) -> None:
         typer.echo(line + f"{suite.grader_timeouts:>10}")
     if result.run_id:
         typer.echo(
-            f"mlflow run {result.run_id}"
-            + (f" (nested under {result.parent_run_id})" if result.parent_run_id else "")
+            f"mlflow run {result.run_id}" + (f" (nested under {result.parent_run_id})" if result.parent_run_id else "")
         )
     if result.output_dir:
         typer.echo(f"records in {result.output_dir}/records")
@@ -109,17 +120,19 @@ def eval_command(
         "--suite",
         help="math500, aime24, aime25, aime, olympiadbench, math, arith; or a comma list.",
     ),
-    template: Literal[TEMPLATES] = typer.Option(
+    template: Literal[TEMPLATES] = choice_option(
         "qwen-boxed",
         "--template",
-        parser=choice(TEMPLATES, "unknown prompt template {value!r}; valid templates: {valid}"),
-        help="Prompt template (arith always plain).",
+        TEMPLATES,
+        "Prompt template (arith always plain).",
+        "unknown prompt template {value!r}; valid templates: {valid}",
     ),
-    preset: Literal[PRESETS] = typer.Option(
+    preset: Literal[PRESETS] = choice_option(
         "greedy",
         "--preset",
-        parser=choice(PRESETS, "unknown sampling preset {value!r}; valid presets: {valid}"),
-        help="Sampling preset; the flags below override it.",
+        PRESETS,
+        "Sampling preset; the flags below override it.",
+        "unknown sampling preset {value!r}; valid presets: {valid}",
     ),
     n: int = typer.Option(None, "--n", help="Samples per problem (avg@n, pass@k for k <= n, maj@n)."),
     temperature: float = typer.Option(None, "--temperature", help="Sampling temperature (0 = greedy)."),
@@ -152,35 +165,34 @@ def eval_command(
     grader_timeout: float = typer.Option(
         5.0, "--grader-timeout", help="Seconds per answer before it counts as a timeout."
     ),
-    harness: Literal[HARNESSES] = typer.Option(
+    harness: Literal[HARNESSES] = choice_option(
         "native",
         "--harness",
-        parser=choice(HARNESSES, "unknown harness {value!r}; valid: {valid}"),
-        help="native (our loop) or lm-eval (lm-evaluation-harness's, with our tasks and grader).",
+        HARNESSES,
+        "native (our loop) or lm-eval (lm-evaluation-harness's, with our tasks and grader).",
+        "unknown harness {value!r}; valid: {valid}",
     ),
-    backend: Literal[BACKENDS] = typer.Option(
+    backend: Literal[BACKENDS] = choice_option(
         "hf",
         "--backend",
-        parser=choice(BACKENDS, "unknown backend {value!r}; valid: {valid}"),
-        help="hf (transformers, anywhere) or vllm (a CUDA GPU and the vllm extra). Recorded as eval.backend.",
+        BACKENDS,
+        "hf (transformers, anywhere) or vllm (a CUDA GPU and the vllm extra). Recorded as eval.backend.",
+        "unknown backend {value!r}; valid: {valid}",
     ),
-    dtype: Literal[DTYPES] = typer.Option(
+    dtype: Literal[DTYPES] = choice_option(
         "float32",
         "--dtype",
-        parser=choice(DTYPES, "unknown dtype {value!r}; valid: {valid}"),
-        help="Weights' dtype (vllm runs float32 as bfloat16). Recorded as eval.dtype.",
+        DTYPES,
+        "Weights' dtype (vllm runs float32 as bfloat16). Recorded as eval.dtype.",
+        "unknown dtype {value!r}; valid: {valid}",
     ),
     run: str = typer.Option(None, "--run", help="Training run id: the eval run is nested under it."),
     step: int = typer.Option(
         0, "--step", help="Step to log the metrics at (e.g. the training step of the checkpoint)."
     ),
     experiment: str = typer.Option(None, "--experiment", help="MLflow experiment (default vimpo-bench)."),
-    tracking_uri: str = typer.Option(
-        None, "--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI, else ./mlflow.db)."
-    ),
-    output_dir: str = typer.Option(
-        None, "--output-dir", help="Where records go (default runs/eval/<run id>)."
-    ),
+    tracking_uri: str = tracking_uri_option(),
+    output_dir: str = typer.Option(None, "--output-dir", help="Where records go (default runs/eval/<run id>)."),
     track: bool = typer.Option(True, "--track/--no-track", help="Record an MLflow eval run."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object, last."),

@@ -6,7 +6,7 @@ from typing import Literal
 
 import typer
 
-from vimpo_bench.cli import FORMATS, app, choice, fail
+from vimpo_bench.cli import FORMATS, app, choice, fail, tracking_uri_option
 
 
 @app.command("report")
@@ -17,8 +17,7 @@ def report_command(
     runs: bool = typer.Option(False, "--runs", help="Report the run ids given as arguments (and runs nested under them)."),
     out: str = typer.Option(None, "--out", help="Page to write (default reports/NAME.html, or .md); its tables (and "
                             "figures) go to a folder of the same name without the suffix."),
-    tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI, "
-                                     "else ./mlflow.db)."),
+    tracking_uri: str = tracking_uri_option(),
     format: Literal[FORMATS] = typer.Option("html", "--format", parser=choice(FORMATS, "unknown format {value!r}: "
                                             "choose one of {valid}"), help="html (one self-contained page) or "
                                             "markdown (a results page with PNG figures that reads on a code host)."),

@@ -10,7 +10,7 @@ from enum import Enum
 import typer
 from tqdm import tqdm
 
-from vimpo_bench.cli import app, fail
+from vimpo_bench.cli import app, fail, tracking_uri_option
 from vimpo_bench.cli.progress import StepBars, bar
 
 # sweep.BUILTIN_PARAMS (the CLI starts without importing the sweep module; a test holds them equal)
@@ -118,6 +118,7 @@ def study_run(
                                                             "(default: study.resources.num_cpus, else 1)."),
     num_gpus: float = typer.Option(None, "--num-gpus", help="GPUs one cell takes as a Ray task "
                                                             "(default: study.resources.num_gpus, else 0)."),
+    tracking_uri: str = tracking_uri_option(),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (cells, config hashes, actions) only."),
     as_json: bool = typer.Option(False, "--json", help="Print the outcome as one JSON object last."),
 ) -> None:
@@ -136,7 +137,7 @@ def study_run(
     if dry_run:
         from vimpo_bench import tracking
 
-        planned = plan(study, cells, tracking.default_tracking_uri())
+        planned = plan(study, cells, tracking_uri or tracking.default_tracking_uri())
         typer.echo(f"study {study.name}: {len(cells)} cell(s) in experiment {study.experiment!r}"
                    + (f"; evaluated on {', '.join(study.suites)}" if study.suites else ""))
         typer.echo(_table(plan_rows(study, planned)))
@@ -147,7 +148,8 @@ def study_run(
     runner = _executor(study, executor, workers, address, num_cpus, num_gpus, steps)
     bar = _CellBar(study.name, len(cells))
     try:
-        result = run_study(study, progress=bar.finished, executor=runner, status=bar.status)
+        result = run_study(study, progress=bar.finished, executor=runner, status=bar.status,
+                           tracking_uri=tracking_uri)
     except ExecutorError as exc:
         fail(str(exc))
     finally:
@@ -177,8 +179,7 @@ def sweep_command(
                                                         "(default sqlite:///optuna.db; postgresql+psycopg://... "
                                                         "for several machines)."),
     workers: int = typer.Option(1, "--workers", help="Processes running trials at once on this machine."),
-    tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI, "
-                                     "else ./mlflow.db)."),
+    tracking_uri: str = tracking_uri_option(),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the search (Optuna study, parameters and ranges, "
                                  "trials, storage) and the trials the storage holds; run nothing."),
     as_json: bool = typer.Option(False, "--json", help="Print the best trial (with --dry-run: the plan) as one JSON "

@@ -9,7 +9,7 @@ from typing import Literal
 
 import typer
 
-from vimpo_bench.cli import ALGOS, ENGINES, app, choice, fail
+from vimpo_bench.cli import ALGOS, ENGINES, app, choice, fail, tracking_uri_option
 from vimpo_bench.cli.progress import StepBars
 
 
@@ -31,8 +31,7 @@ def train_command(
                                        "(rollout.max_new_tokens; `eval --max-new-tokens` is the same limit)."),
     experiment: str = typer.Option(None, "--experiment", help="MLflow experiment (run.experiment; default "
                                    "vimpo-bench)."),
-    tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI, "
-                                     "else ./mlflow.db)."),
+    tracking_uri: str = tracking_uri_option(),
     resume: str = typer.Option(None, "--resume", help="MLflow run id to continue from its last checkpoint."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON summary object last."),
 ) -> None:
