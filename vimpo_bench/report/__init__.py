@@ -47,24 +47,24 @@ def beside_export(folder: Path, format: str = "markdown") -> Path:
     return page_folder.parent / f"{page_folder.name}{FORMATS[format]}"
 
 
+def selection_args(study=None, experiment=None, run_ids=None) -> list[str]:
+    """The `vimpo-bench report` flags that select these runs."""
+    if study:
+        return ["--study", study]
+    if experiment:
+        return ["--experiment", experiment]
+    return ["--runs", *run_ids]
+
+
 def regenerate_command(study=None, experiment=None, run_ids=None, tracking_uri=None, out=None,
                        threshold=None, reading=None, from_export=None) -> str:
     """The `vimpo-bench report ... --format markdown` command line that writes the same page again."""
-    if from_export is not None:
+    if from_export is not None:  # an export carries its threshold: the command names the export only
         args = ["--from-export", str(from_export), "--format", "markdown"]
-        for flag, value in (("--out", out), ("--reading", reading)):
-            if value is not None:
-                args += [flag, str(value)]
-        return "vimpo-bench report " + shlex.join(args)
-    if study:
-        args = ["--study", study]
-    elif experiment:
-        args = ["--experiment", experiment]
-    else:
-        args = ["--runs", *run_ids]
-    # The default store is named as the user would type it, not as this machine's absolute path.
-    args += ["--format", "markdown", "--tracking-uri",
-             tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"]
+        threshold = None
+    else:  # the default store is named as the user would type it, not as this machine's absolute path
+        args = [*selection_args(study, experiment, run_ids), "--format", "markdown", "--tracking-uri",
+                tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"]
     for flag, value in (("--out", out), ("--threshold", threshold), ("--reading", reading)):
         if value is not None:
             args += [flag, str(value)]
@@ -117,10 +117,8 @@ def build_report(
             data.endpoint = declared_endpoint(study)
         if export_to is not None:
             uri = placeholder_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db")
-            selection = regenerate_command(study, experiment, run_ids, uri).split(" --format ")[0]
-            if title:
-                selection += " --title " + shlex.quote(title)
-            args = selection.removeprefix("vimpo-bench report ") + " --export " + shlex.quote(shown_path(export_to))
+            args = shlex.join([*selection_args(study, experiment, run_ids), *(["--title", title] if title else []),
+                               "--export", shown_path(export_to)])
             stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
             write_export(data, export_to, f"an MLflow store ({uri})", stamp, threshold, args)
             data, _ = read_export(export_to)  # the page is built from the export, byte for byte as a clone rebuilds it

@@ -263,16 +263,15 @@ def eval_noise(data: ReportData, eval_labels: pd.DataFrame, arms: pd.Series, com
                seeds: pd.DataFrame) -> pd.DataFrame:
     """Per arm of a comparison: runs, the mean per-run evaluation-noise SD of the metric (sampling of the
     completions, the policy fixed) and the SD of the metric over seeds."""
-    s = data.samples
+    noise_of: dict[str, float] = {}  # eval run -> its noise SD, for the latest eval of each training run, in run order
+    if not data.samples.empty and comp.metric.startswith(PER_PROBLEM):
+        latest = latest_evals(data, eval_labels)
+        s = data.samples[(data.samples["suite"] == comp.suite) & data.samples["run_id"].isin(latest)]
+        by_run = dict(tuple(s.groupby("run_id")))
+        noise_of = {run_id: evaluation_noise_sd(by_run[run_id]) for run_id in latest if run_id in by_run}
     rows = []
     for side, name in (("arm", comp.arm), ("baseline", comp.baseline)):
-        noise = []
-        if not s.empty and comp.metric.startswith(PER_PROBLEM):
-            latest = latest_evals(data, eval_labels)
-            for run_id in [r for r in latest if arms.get(eval_labels.at[r, "train_run_id"]) == name]:
-                run = s[(s["run_id"] == run_id) & (s["suite"] == comp.suite)]
-                if len(run):
-                    noise.append(evaluation_noise_sd(run))
+        noise = [sd for run_id, sd in noise_of.items() if arms.get(eval_labels.at[run_id, "train_run_id"]) == name]
         rows.append({"arm": name, "runs": len(seeds), "eval_noise_sd": float(np.nanmean(noise)) if noise else math.nan,
                      "seed_sd": float(seeds[side].std(ddof=1)) if len(seeds) > 1 else math.nan})
     return pd.DataFrame(rows)
