@@ -23,6 +23,7 @@ bench: setup
 	$(VENV)/bin/python benchmarks/bench_algorithms.py
 	$(VENV)/bin/python benchmarks/bench_train.py
 	$(VENV)/bin/python benchmarks/bench_perf.py
+	$(VENV)/bin/python benchmarks/bench_lora.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -43,7 +43,7 @@ def one_run(seed: int, steps: int, store: str, out: Path) -> dict:
     """Train the demo once with an MLflow record, evaluate it as a study cell does; return the figures."""
     from mlflow import MlflowClient
 
-    from vimpo_bench.config import load_config
+    from vimpo_bench.config import load_config, read_study, study_path
     from vimpo_bench.train import run
 
     config = load_config("tiny_demo", [f"run.seed={seed}", f"optim.steps={steps}", f"run.output_dir={out}",
@@ -58,11 +58,15 @@ def one_run(seed: int, steps: int, store: str, out: Path) -> dict:
     rollout_seq = config.rollout.prompts_per_step * config.rollout.group_size
     rollout_per_seq = statistics.median(m.value for m in history["perf/rollout_s"]) / rollout_seq
     evals = [e.value / n.value for e, n in zip(history["perf/eval_s"], history["perf/eval_sequences"], strict=True)]
-    # the final evaluation of a study cell: `vimpo-bench eval` on its checkpoint, timed as a whole process
-    n, limit = 8, 200
+    # the final evaluation of a study cell: `vimpo-bench eval` on its checkpoint with the study's eval settings
+    # (tiny_demo's `study.eval`: samples, temperature, token budget, grader processes), timed as a whole process
+    study_eval = read_study(study_path("tiny_demo"))["study"]["eval"]
+    n, limit = study_eval["n"], 200
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "vimpo_bench", "eval", "--model", str(out / result.run_id / "checkpoint"),
-                    "--suite", "arith", "--n", str(n), "--temperature", "1.0", "--limit", str(limit),
+                    "--suite", "arith", "--n", str(n), "--temperature", str(study_eval["temperature"]),
+                    "--max-new-tokens", str(study_eval["max_tokens"]),
+                    "--grader-workers", str(study_eval["grader_workers"]), "--limit", str(limit),
                     ], check=True, capture_output=True, env={**os.environ, "MLFLOW_TRACKING_URI": store})
     final_per_seq = (time.perf_counter() - started) / (n * limit)
     return {"rl_share": rl / wall, "wall_s": wall, "in_training_eval_ratio": statistics.median(evals) / rollout_per_seq,

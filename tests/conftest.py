@@ -41,6 +41,18 @@ def tiny_policy(tiny_model_dir):
     return model, tokenizer
 
 
+WARM_STEPS = 40  # a short supervised warm start: the model emits EOS and some right answers
+
+
+@pytest.fixture(scope="session")
+def warm_model_dir(tmp_path_factory):
+    """tiny-arith after a short warm start, cached in a session folder (built once, ~20 s)."""
+    from vimpo_bench.models import warm_start_tiny_arith
+
+    cache = tmp_path_factory.mktemp("model-cache")
+    return warm_start_tiny_arith(None, cache, steps=WARM_STEPS, seed=0, num_threads=1)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One intra-op thread for a test module (tiny models gain nothing from more, and on a shared

@@ -168,3 +168,20 @@ def test_every_command_that_touches_mlflow_takes_the_same_tracking_uri_flag(comm
                          env={**os.environ, "COLUMNS": "200"})
     assert out.returncode == 0 and "--tracking-uri" in out.stdout
     assert "MLflow store (default $MLFLOW_TRACKING_URI, else ./mlflow.db)." in " ".join(out.stdout.split())
+
+
+def test_flag_help_comes_from_the_config_fields_docs():
+    """One source: a train flag that sets a config key shows that field's docstring, and every field of every
+    config section has one (config_docs reads them from config.py)."""
+    import dataclasses
+
+    from vimpo_bench.config import SECTIONS
+    from vimpo_bench.config_docs import field_doc
+
+    for section, cls in SECTIONS.items():
+        for field in dataclasses.fields(cls):
+            assert field_doc(f"{section}.{field.name}"), f"{section}.{field.name} has no docstring"
+    out = _invoke("train", "--help").output
+    flat = " ".join(out.replace("│", " ").split())
+    for key in ("run.seed", "run.engine", "rollout.max_new_tokens", "run.experiment"):
+        assert " ".join(field_doc(key).split()) in flat, key

@@ -519,7 +519,7 @@ def test_history_falls_back_to_the_public_api_when_mlflow_internals_move(store, 
 def test_full_report_has_every_panel_and_no_errors(full_report):
     files, html = full_report
     assert files.failed_panels == []
-    for pid, *_ in PANELS:
+    for pid in (spec.id for spec in PANELS):
         assert f'data-panel="{pid}"' in html
     assert 'class="note error"' not in html
     # every panel with data drew at least one figure

@@ -134,13 +134,13 @@ def test_no_console_errors_and_no_network(page):
 def test_every_panel_present_without_errors(page):
     pg, _, _ = page
     found = pg.eval_on_selector_all("section.panel", "els => els.map(e => e.dataset.panel)")
-    assert found == [pid for pid, *_ in PANELS]
+    assert found == [spec.id for spec in PANELS]
     assert pg.locator(".note.error").count() == 0
 
 
 def test_each_panel_screenshot_is_not_blank(page):
     pg, _, shots = page
-    for pid, *_ in PANELS:
+    for pid in (spec.id for spec in PANELS):
         panel = pg.locator(f"#panel-{pid}")
         rgb = _pixels(panel.screenshot(path=str(shots / f"{pid}.png")))
         # Judge the body only: below the title and the question every panel carries.

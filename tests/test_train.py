@@ -22,16 +22,7 @@ FAST = [
 ]
 
 
-WARM_STEPS = 40  # a short supervised warm start: the model emits EOS and some right answers
-
-
-@pytest.fixture(scope="session")
-def warm_model_dir(tmp_path_factory):
-    """tiny-arith after a short warm start, cached in a session folder (built once, ~20 s)."""
-    from vimpo_bench.models import warm_start_tiny_arith
-
-    cache = tmp_path_factory.mktemp("model-cache")
-    return warm_start_tiny_arith(None, cache, steps=WARM_STEPS, seed=0, num_threads=1)
+from conftest import WARM_STEPS  # noqa: E402 - the warm model fixture (conftest.warm_model_dir) uses it
 
 
 def fast_config(model_dir, tmp_path, *extra):

@@ -1,7 +1,8 @@
 """Resumable checkpoints, one format for both engines (native `train.py`, trl `engines/`).
 
     <output_dir>/<run id>/checkpoint/
-        policy/       the policy and its tokenizer (loads and evaluates on its own)
+        policy/       the policy and its tokenizer (loads and evaluates on its own; with LoRA the merged weights)
+        adapter/      with LoRA (`model.lora`), the adapter in peft's layout: what a resume loads (lora.py)
         reference/    pi_ref, only when ref.schedule moves it (a frozen one is the starting model)
         state.pt      RL step, optimizer, lr scheduler, RNG states, step-0 evaluation (+ an engine's `extra`)
         config.json   the resolved config the run continues with
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vimpo_bench import faults
+from vimpo_bench import faults, lora
 from vimpo_bench.config import Config, from_dict
 
 TEMP_PREFIX = ".checkpoint-"  # a save in progress; left behind only by a kill, removed at the next start
@@ -64,12 +65,15 @@ def check_checkpoint(checkpoint: Path) -> None:
     """Raise CheckpointError naming the first file of `checkpoint` that cannot be read (a missing config, a
     truncated or emptied weights file or state.pt), before a resume reopens the run. Cheap: the config,
     each safetensors header and state.pt's zip directory, not the tensors."""
-    saved_config(checkpoint)
+    config = saved_config(checkpoint)
     if not list((checkpoint / "policy").glob("*.safetensors")):
         raise CheckpointError(f"checkpoint {checkpoint} is corrupt: policy/ holds no weights (*.safetensors)")
     check_weights(checkpoint / "policy")
-    if (checkpoint / "reference").is_dir():
-        check_weights(checkpoint / "reference")
+    if config.model.lora.r and not list((checkpoint / "adapter").glob("*.safetensors")):
+        raise CheckpointError(f"checkpoint {checkpoint} is corrupt: adapter/ holds no weights (*.safetensors)")
+    for folder in ("reference", "adapter"):
+        if (checkpoint / folder).is_dir():
+            check_weights(checkpoint / folder)
     state = checkpoint / "state.pt"
     try:
         zipfile.ZipFile(state).close()  # torch.save's format; a cut-off file has no central directory
@@ -109,7 +113,10 @@ def save_checkpoint(path: Path, config, policy, reference, optimizer, scheduler,
     except OSError as exc:
         raise _save_error(path, exc) from exc
     try:
-        policy.save_pretrained(tmp / "policy", state_dict=policy_weights)
+        if lora.is_lora(policy):  # policy/ merged (a plain model to evaluate), adapter/ to resume from
+            lora.save(policy, tmp / "policy", tmp / "adapter", policy_weights)
+        else:
+            policy.save_pretrained(tmp / "policy", state_dict=policy_weights)
         faults.point("save")
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp / "policy")
@@ -153,7 +160,8 @@ def find_checkpoint(run_dir: Path) -> Path | None:
 
 
 def load_weights(path: Path, policy, reference) -> None:
-    """Copy the checkpoint's policy (and moved reference, when saved) into the models, in place."""
+    """Copy the checkpoint's policy (and moved reference, when saved) into the models, in place. A LoRA policy
+    (built on the same starting model) takes the saved adapter: its frozen base is the start already."""
     from transformers import AutoModelForCausalLM
 
     def copy_weights(target, folder: Path):
@@ -161,7 +169,14 @@ def load_weights(path: Path, policy, reference) -> None:
         source = AutoModelForCausalLM.from_pretrained(folder, dtype=next(target.parameters()).dtype)
         target.load_state_dict(source.state_dict())
 
-    copy_weights(policy, path / "policy")
+    if lora.is_lora(policy):
+        check_weights(path / "adapter")
+        try:
+            lora.load_adapter(policy, path / "adapter")
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {path} cannot be resumed: {faults.one_line(exc)}") from exc
+    else:
+        copy_weights(policy, path / "policy")
     if (path / "reference").is_dir():
         copy_weights(reference, path / "reference")
 

@@ -21,8 +21,9 @@ from typing import Any
 
 import yaml
 
-from vimpo_bench import algorithms, ranges
+from vimpo_bench import algorithms, lora, ranges
 from vimpo_bench.algorithms.fixed_points import check_fixed_point
+from vimpo_bench.bounded_yaml import MAX_YAML_BYTES, BoundedLoader, YamlRefused
 from vimpo_bench.ranges import Range, clip, num, short  # noqa: F401 - the schema's field helpers, re-exported
 
 STUDIES_DIR = Path(__file__).parent / "studies"
@@ -41,9 +42,26 @@ def check_ranges(obj: Any, where: str) -> None:
     """Every number of a dataclass instance finite and within its field's declared `Range` (None skips:
     an optional field left unset). Raises ConfigError naming `where`.key and the allowed range."""
     ranges.check_ranges(obj, where, ConfigError)
+    for f in dataclasses.fields(obj):  # a nested section (model.lora)
+        if dataclasses.is_dataclass(value := getattr(obj, f.name)):
+            check_ranges(value, f"{where}.{f.name}")
 
 
 # ---------------------------------------------------------------------------------------- schema
+
+
+@dataclass
+class LoraConfig:
+    r: int = num(0, ge=0)
+    """LoRA rank (0 = off: full fine-tuning). With r > 0 only peft adapters train; pi_ref is the base model
+    (vimpo_bench/lora.py says what changes: reference, checkpoints, optimizer)."""
+    alpha: float = num(16.0, gt=0)
+    """LoRA alpha: the adapter's update is (alpha / r) B A."""
+    dropout: float = num(0.0, ge=0, lt=1)
+    """Must be 0: dropout is off in every RL forward (`models.disable_dropout`), so PPO's first ratio is 1."""
+    target_modules: str | list[str] = "all-linear"
+    """Modules that get adapters: all-linear (every linear layer but the output head) or module names, as a
+    list or comma-separated (e.g. q_proj,v_proj)."""
 
 
 @dataclass
@@ -60,6 +78,8 @@ class ModelConfig:
     """Warm-start learning rate of tiny-arith."""
     warm_start_batch_size: int = num(64, ge=1)
     """Warm-start batch size of tiny-arith."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA adapters through peft, `model.lora.r` > 0 (default: off, full fine-tuning)."""
 
 
 @dataclass
@@ -86,6 +106,10 @@ class RolloutConfig:
     """Sampling temperature."""
     top_p: float = num(1.0, gt=0, le=1)
     """Nucleus sampling threshold (1 = off)."""
+    refill_rounds: int = num(0, ge=0)
+    """DAPO's dynamic sampling: groups whose trained rewards are all equal (no signal for a group baseline) are
+    replaced by groups of freshly drawn prompts, over at most this many more rollouts (0 = off). Groups still
+    constant when the rounds run out stay in the batch, so a step always trains on prompts_per_step groups."""
 
 
 @dataclass
@@ -124,7 +148,12 @@ class RewardConfig:
     """Probability that a right answer is denied (asymmetric)."""
     truncated: str = "zero_reward"
     """Rule for responses cut at max_new_tokens, the same for every algorithm, applied before the noise:
-    zero_reward (terminal with R = 0) | mask (left out of the losses and group baselines)."""
+    zero_reward (terminal with R = 0) | mask (left out of the losses and group baselines) | soft_overlong
+    (DAPO's soft overlong punishment: the verdict is kept and a length penalty is added to every response,
+    0 up to max_new_tokens - overlong_buffer, falling linearly to -1 at max_new_tokens; never noised)."""
+    overlong_buffer: int = num(4, ge=1)
+    """soft_overlong: the last N tokens before max_new_tokens over which the penalty falls from 0 to -1
+    (DAPO's L_cache)."""
 
 
 @dataclass
@@ -196,7 +225,8 @@ STUDY_KEYS = ("study", "extends")
 # Keys added to the schema after results were recorded, with the default they were added with (which
 # reproduces the behaviour from before they existed): left out of `Config.hash()` while they hold it, so
 # that a study cell finished before the key existed is still found as done. Add each new key here.
-LATER_KEYS = {"run.engine": "native"}
+LATER_KEYS = {"run.engine": "native", "rollout.refill_rounds": 0, "reward.overlong_buffer": 4,
+              "model.lora": {"r": 0, "alpha": 16.0, "dropout": 0.0, "target_modules": "all-linear"}}
 # Dotted config keys that never change a result (names, output places, thread counts, how much is saved):
 # left out of `Config.hash()`, and never an arm or a condition in a report.
 BOOKKEEPING_KEYS = (
@@ -232,12 +262,9 @@ class Config:
         """Short stable hash of everything that changes the result (not names or output places)."""
         d = self.to_dict()
         for dotted in BOOKKEEPING_KEYS:
-            section, key = dotted.split(".")
-            d[section].pop(key, None)
-        for dotted, introduced_default in LATER_KEYS.items():
-            section, key = dotted.split(".")
-            if d[section].get(key) == introduced_default:
-                d[section].pop(key)
+            drop_key(d, dotted)
+        for dotted in sorted(LATER_KEYS, key=lambda k: -k.count(".")):  # a nested key before its section
+            drop_key(d, dotted, LATER_KEYS[dotted])
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     def make_algorithm(self, beta: float | None = None):
@@ -247,63 +274,22 @@ class Config:
         return algorithms.get(self.algo["name"], **opts)
 
 
+def drop_key(d: dict, dotted: str, *only_if: Any) -> None:
+    """Remove `a.b.key` from nested dict `d` (with `only_if`, only while the key holds that value)."""
+    *parents, key = dotted.split(".")
+    for part in parents:
+        d = d.get(part, {})
+    if key in d and (not only_if or d[key] == only_if[0]):
+        del d[key]
+
+
 # ---------------------------------------------------------------------------------------- loading
-
-# A study file has hundreds of YAML nodes; nested aliases ("billion laughs") expand a kilobyte into billions,
-# which every later deep copy, merge or message would then walk.
-MAX_YAML_NODES = 100_000
-MAX_YAML_BYTES = 2_000_000
-
-
-class YamlRefused(yaml.YAMLError):
-    """A document refused before it is built (an alias bomb, a self-referring alias)."""
-
-
-class BoundedLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses a document whose aliases expand past MAX_YAML_NODES nodes, or refer to
-    themselves, before building any Python object (the check costs one visit per distinct node)."""
-
-    def construct_document(self, node):
-        _expanded_size(node)
-        return super().construct_document(node)
-
-
-def _children(node) -> list:
-    if isinstance(node, yaml.SequenceNode):
-        return list(node.value)
-    if isinstance(node, yaml.MappingNode):
-        return [part for pair in node.value for part in pair]
-    return []
-
-
-def _expanded_size(root) -> int:
-    """Nodes of the document with every alias expanded; iterative (no recursion limit), memoized per node."""
-    sizes: dict[int, int] = {}
-    on_path: set[int] = set()
-    stack = [(root, False)]
-    while stack:
-        node, children_done = stack.pop()
-        if children_done:
-            on_path.discard(id(node))
-            sizes[id(node)] = 1 + sum(sizes[id(c)] for c in _children(node))
-            if sizes[id(node)] > MAX_YAML_NODES:
-                raise YamlRefused(f"aliases expand to more than {MAX_YAML_NODES} nodes (an alias bomb?)")
-            continue
-        if id(node) in sizes:
-            continue
-        if id(node) in on_path:
-            raise YamlRefused("an alias refers to itself")
-        on_path.add(id(node))
-        stack.append((node, True))
-        stack.extend((c, False) for c in _children(node) if id(c) not in sizes)
-    return sizes[id(root)]
-
 
 def load_yaml(text: str, where: str) -> Any:
     """YAML from user input (study files, --set values) with the bounded loader; ConfigError on a bomb, too
     deep a nesting or a syntax error, in one line."""
     try:
-        return yaml.load(text, Loader=BoundedLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=BoundedLoader)  # noqa: S506 - a SafeLoader subclass (bounded_yaml)
     except RecursionError:
         raise ConfigError(f"{where}: YAML nested too deeply") from None
     except yaml.YAMLError as exc:
@@ -501,9 +487,18 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
                 continue
             try:
                 return coerce(value, arg, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{where}: bad value {short(value)}")
+            except ConfigError as exc:  # the message of the branch the value's type fits first (a list's)
+                kind = typing.get_origin(arg) or arg
+                errors.append((isinstance(kind, type) and isinstance(value, kind), str(exc)))
+        raise ConfigError(max(errors, key=lambda e: e[0])[1] if errors else f"{where}: bad value {short(value)}")
+    if dataclasses.is_dataclass(hint):  # a nested section (model.lora)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {short(value)}")
+        return _section(hint, value, where)
+    if hint is list or origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {short(value)}")
+        return [coerce(v, (typing.get_args(hint) or (Any,))[0], f"{where}[{i}]") for i, v in enumerate(value)]
     if hint is dict or origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {short(value)}")
@@ -562,6 +557,8 @@ def validate(c: Config, source: str) -> None:
     for name in SECTIONS:
         check_ranges(getattr(c, name), f"{source}: {name}")
     _one_of(c.model.dtype, ("float32", "bfloat16", "float16"), f"{source}: model.dtype")
+    if problem := lora.config_problem(c):
+        raise ConfigError(f"{source}: {problem}")
     _one_of(c.task.template, ("none", "qwen-boxed", "r1", "plain"), f"{source}: task.template")
     _one_of(c.rollout.backend, ("hf", "vllm"), f"{source}: rollout.backend")
     _one_of(c.optim.lr_schedule, ("constant", "linear", "cosine"), f"{source}: optim.lr_schedule")
@@ -571,7 +568,11 @@ def validate(c: Config, source: str) -> None:
             f"rollout.prompts_per_step ({c.rollout.prompts_per_step}): each piece needs at least one whole group"
         )
     _one_of(c.reward.noise, ("none", "symmetric", "asymmetric"), f"{source}: reward.noise")
-    _one_of(c.reward.truncated, ("zero_reward", "mask"), f"{source}: reward.truncated")
+    _one_of(c.reward.truncated, ("zero_reward", "mask", "soft_overlong"), f"{source}: reward.truncated")
+    if c.reward.truncated == "soft_overlong" and c.reward.overlong_buffer > c.rollout.max_new_tokens:
+        raise ConfigError(f"{source}: reward.overlong_buffer ({c.reward.overlong_buffer}) exceeds "
+                          f"rollout.max_new_tokens ({c.rollout.max_new_tokens}): the penalty would start before "
+                          "the first token")
     _one_of(c.ref.schedule, ("frozen", "hard", "ema"), f"{source}: ref.schedule")
     _one_of(c.beta_schedule.kind, ("constant", "linear", "cosine"), f"{source}: beta_schedule.kind")
     if c.beta_schedule.kind != "constant":

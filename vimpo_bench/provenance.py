@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 PACKAGES = ("vimpo-bench", "torch", "transformers", "mlflow", "optuna", "math-verify", "pandas", "numpy", "trl",
-            "accelerate", "vllm")
+            "accelerate", "peft", "vllm")
 
 
 def git_state(path: Path | None = None) -> dict[str, str]:

@@ -54,8 +54,10 @@ def move_reference(config, policy, reference, batch_info) -> dict:
 def load_starting_policy(config: Config, progress=None):
     """(policy, tokenizer) a run starts from: `model.name` loaded, the built-in model warm-started on the
     run's arith task (cached: the same seed gives the same start to every algorithm), its dropout off
-    (`models.disable_dropout`: the rule for every RL forward, both engines); `progress(phase, done, total,
-    metrics)` sees the warm start."""
+    (`models.disable_dropout`: the rule for every RL forward, both engines), wrapped in LoRA adapters when
+    `model.lora.r` > 0 (`lora.wrap`: A drawn from the run's seed, B = 0, so the same function as the model
+    loaded); `progress(phase, done, total, metrics)` sees the warm start."""
+    from vimpo_bench import lora
     from vimpo_bench.models import disable_dropout, load_policy
 
     warm = {"steps": config.model.warm_start_steps, "batch_size": config.model.warm_start_batch_size,
@@ -65,7 +67,7 @@ def load_starting_policy(config: Config, progress=None):
     policy, tokenizer = load_policy(config.model.name, config.model.dtype, config.model.cache_dir,
                                     task_options=config.task.options if config.task.name == "arith" else None,
                                     warm_start=warm)
-    return disable_dropout(policy), tokenizer
+    return lora.wrap(disable_dropout(policy), config.model.lora, config.run.seed), tokenizer
 
 
 def sampled_logprobs(config: Config, model, rollouts: Rollouts, with_entropy: bool = False):

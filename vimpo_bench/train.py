@@ -30,12 +30,25 @@ from vimpo_bench.checkpoints import (
 )
 from vimpo_bench.config import Config, ConfigError
 from vimpo_bench.logprobs import token_logprobs
-from vimpo_bench.loop import Scored, algorithm_at, group_orders, reward_metrics, rewards_of, seed_process
-from vimpo_bench.models import frozen_copy
+from vimpo_bench.loop import (
+    PROMPTS,
+    SAMPLING,
+    Scored,
+    algorithm_at,
+    concat_scored,
+    group_orders,
+    informative_groups,
+    refill_seed,
+    reward_metrics,
+    rewards_of,
+    seed_process,
+    select_scored,
+)
+from vimpo_bench.lora import frozen_reference, trainable_parameters
 from vimpo_bench.provenance import run_identity
 from vimpo_bench.reference import is_ref_update_step, lr_factor
 from vimpo_bench.rewards import verifier_rewards
-from vimpo_bench.rollout.base import Rollouts
+from vimpo_bench.rollout.base import Rollouts, concat_rollouts
 from vimpo_bench.runs import (
     OnEval,
     Progress,
@@ -58,7 +71,6 @@ from vimpo_bench.steps import (
     render_prompt,
     sampled_logprobs,
     sampling_params,
-    step_seed,
 )
 from vimpo_bench.tracking import NullTracker, Tracker
 
@@ -137,11 +149,11 @@ def train(
     heldout = task.problems("validation", limit=config.eval.problems)
     policy, tokenizer = load_starting_policy(config, progress)  # dropout zeroed: rho = 1 on the first minibatch
     identity = run_identity(policy)  # the machine and the starting weights' checksum, for the record
-    reference = frozen_copy(policy)
+    reference = frozen_reference(policy)  # with LoRA: the base, adapters off, its tensors shared (lora.py)
     policy.train()
     generator = make_generator(config, policy, tokenizer)
     opt_steps_total = config.optim.steps * config.optim.epochs * config.optim.minibatches
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+    optimizer = torch.optim.AdamW(trainable_parameters(policy), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(config.optim.lr_schedule, s, opt_steps_total, config.optim.warmup_steps))
 
@@ -200,22 +212,17 @@ def train(
 def rl_step(config, task, train_pool, prompt_text, policy, reference, generator, optimizer, scheduler,
             step: int) -> dict:
     """One RL step in labelled phases; returns its metrics (and the batch under `_batch`)."""
-    seed = config.run.seed
     timer = PhaseTimer()
     algo = algorithm_at(config, step)
 
-    # -- rollout: G responses to each of P prompts from the current policy ------------------------
-    with timer("rollout"):
-        pick = torch.Generator().manual_seed(step_seed(seed, step, 0))
-        chosen = torch.randperm(len(train_pool), generator=pick)[: config.rollout.prompts_per_step].tolist()
-        problems = [train_pool[i] for i in chosen]
-        params = sampling_params(config, n=config.rollout.group_size)
-        rollouts = generator.generate([prompt_text(p) for p in problems], params, seed=step_seed(seed, step, 1))
-
-    # -- scoring: verifier, then the truncation rule, then the noise model -------------------------
-    # One rule for every algorithm, before the noise: the algorithm sees only `rewards`.
-    with timer("scoring"):
-        scored = score(config, task, problems, rollouts, step)
+    # -- rollout and scoring: G responses to each of P prompts from the current policy; the verifier, then
+    # the truncation rule, then the noise model (one rule for every algorithm: the algorithm sees only
+    # `rewards`); with rollout.refill_rounds, constant groups replaced by fresh prompts' (DAPO) --------------
+    drawn, problems, rollouts, scored = draw_round(config, task, train_pool, prompt_text, generator, step, 0, timer)
+    refill_metrics = {}
+    if config.rollout.refill_rounds:
+        problems, rollouts, scored, refill_metrics = refill_constant_groups(
+            config, task, train_pool, prompt_text, generator, step, timer, drawn, problems, rollouts, scored)
     rewards, include = scored.rewards, scored.include
 
     # -- log-probs of the sampled tokens under pi_old (= the policy now) and pi_ref; no gradient ---
@@ -238,6 +245,7 @@ def rl_step(config, task, train_pool, prompt_text, policy, reference, generator,
     response_tokens = mask.sum().item()
     metrics = {
         **reward_metrics(scored),
+        **refill_metrics,
         **stats,
         "vimpo/beta": algo.beta,
         "policy/entropy": masked_mean(entropy, mask).item(),
@@ -252,11 +260,70 @@ def rl_step(config, task, train_pool, prompt_text, policy, reference, generator,
     return metrics
 
 
-def score(config: Config, task, problems: list, rollouts: Rollouts, step: int) -> Scored:
+def score(config: Config, task, problems: list, rollouts: Rollouts, step: int, round_: int = 0) -> Scored:
     """The step's responses scored (`loop.Scored`), the same for every algorithm: the grader here, then
-    `loop.rewards_of` (the truncation rule, then the noise model seeded by run seed and step)."""
+    `loop.rewards_of` (the truncation rule, then the noise model seeded by run seed, step and refill round)."""
     per_row = [problems[int(g)] for g in rollouts.group_ids]
-    return rewards_of(config, verifier_rewards(task, rollouts.texts, per_row), rollouts.truncated, step)
+    graded = verifier_rewards(task, rollouts.texts, per_row)
+    return rewards_of(config, graded, rollouts.truncated, rollouts.response_mask.sum(1), step, round_)
+
+
+def draw_round(config, task, train_pool, prompt_text, generator, step: int, round_: int, timer: PhaseTimer,
+               exclude: frozenset = frozenset()):
+    """Draw prompts_per_step prompts of the pool (indices not in `exclude`), sample G responses to each, score
+    them: round 0 is the step's own draw, rounds 1.. are dynamic-sampling refills (each seeded by run seed, step
+    and round). -> (pool indices, problems, rollouts, scored)."""
+    seed = config.run.seed
+    with timer("rollout"):
+        pick = torch.Generator().manual_seed(refill_seed(seed, step, round_, PROMPTS))
+        drawn = [i for i in torch.randperm(len(train_pool), generator=pick).tolist() if i not in exclude]
+        drawn = drawn[: config.rollout.prompts_per_step]
+        problems = [train_pool[i] for i in drawn]
+        params = sampling_params(config, n=config.rollout.group_size)
+        rollouts = generator.generate([prompt_text(p) for p in problems], params,
+                                      seed=refill_seed(seed, step, round_, SAMPLING))
+    with timer("scoring"):
+        scored = score(config, task, problems, rollouts, step, round_)
+    return drawn, problems, rollouts, scored
+
+
+def refill_constant_groups(config, task, train_pool, prompt_text, generator, step, timer, drawn, problems, rollouts,
+                           scored):
+    """DAPO's dynamic sampling: keep the first draw's informative groups, replace its constant ones with
+    informative groups of fresh prompts over at most rollout.refill_rounds more draws, and fill what is still
+    missing with the first draw's constant groups, so the batch keeps prompts_per_step groups.
+    -> (problems, rollouts, scored, metrics)."""
+    wanted = config.rollout.prompts_per_step
+    informative = informative_groups(scored, rollouts.group_ids).tolist()
+    first_constant = wanted - len(informative)
+    parts, rounds, seen = [], 0, frozenset(drawn)
+    need = first_constant
+    while need > 0 and rounds < config.rollout.refill_rounds:
+        rounds += 1
+        more_drawn, more_problems, more, more_scored = draw_round(
+            config, task, train_pool, prompt_text, generator, step, rounds, timer, exclude=seen)
+        keep = informative_groups(more_scored, more.group_ids).tolist()[:need]
+        if keep:
+            parts.append((more_problems, more, more_scored, keep))
+        seen |= frozenset(more_drawn)
+        need -= len(keep)
+    constant = [g for g in range(wanted) if g not in set(informative)]
+    first_keep = sorted(informative + constant[:need])
+    parts.insert(0, (problems, rollouts, scored, first_keep))
+    merged_problems, merged, merged_scored = [], [], []
+    for part_problems, part, part_scored, keep in parts:
+        merged_problems += [part_problems[g] for g in keep]
+        chosen = part.groups(keep)
+        rows = torch.cat([(part.group_ids == g).nonzero().squeeze(1) for g in keep])
+        merged.append(chosen)
+        merged_scored.append(select_scored(part_scored, rows))
+    metrics = {
+        "rollout/refill_rounds": float(rounds),
+        "rollout/constant_groups_drawn": first_constant / wanted,
+        "rollout/constant_groups_trained": need / wanted,
+    }
+    return (merged_problems, concat_rollouts(merged, generator.pad_token_id), concat_scored(merged_scored),
+            metrics)
 
 
 def ppo_update(config, algo, policy, optimizer, scheduler, rollouts: Rollouts, full: Batch, step: int) -> dict:

@@ -11,6 +11,7 @@ import typer
 
 from vimpo_bench.cli import ALGOS, ENGINES, app, choice, fail, tracking_uri_option
 from vimpo_bench.cli.progress import StepBars
+from vimpo_bench.config_docs import config_help
 
 
 @app.command("train")
@@ -23,14 +24,11 @@ def train_command(
                                    help="Override a config key: section.key=value (repeatable)."),
     engine: Literal[ENGINES] = typer.Option(None, "--engine", parser=choice(ENGINES, "--engine sets run.engine: "
                                             "{value!r} is not one of {valid}"),
-                                            help="Training engine (run.engine): native (default) or trl (TRL's "
-                                            "GRPOTrainer)."),
-    seed: int = typer.Option(None, "--seed", help="Seed of everything: prompts, sampling, noise, initialisation "
-                             "(run.seed; default 0)."),
-    max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="Response length limit in tokens "
-                                       "(rollout.max_new_tokens; `eval --max-new-tokens` is the same limit)."),
-    experiment: str = typer.Option(None, "--experiment", help="MLflow experiment (run.experiment; default "
-                                   "vimpo-bench)."),
+                                            help=config_help("run.engine")),
+    seed: int = typer.Option(None, "--seed", help=config_help("run.seed")),
+    max_new_tokens: int = typer.Option(None, "--max-new-tokens", help=config_help(
+        "rollout.max_new_tokens", "`eval --max-new-tokens` is the same limit.")),
+    experiment: str = typer.Option(None, "--experiment", help=config_help("run.experiment")),
     tracking_uri: str = tracking_uri_option(),
     resume: str = typer.Option(None, "--resume", help="MLflow run id to continue from its last checkpoint."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON summary object last."),

@@ -70,6 +70,9 @@ def native_config_problem(config) -> str | None:
 
 
 def trl_config_problem(config) -> str | None:
+    if config.rollout.refill_rounds:
+        return ("rollout.refill_rounds needs run.engine=native: TRL's GRPOTrainer generates each step's batch in "
+                "one call and has no hook to draw more prompts")
     pieces = config.optim.minibatches * config.optim.grad_accum
     if config.rollout.prompts_per_step % pieces:
         return (f"run.engine=trl splits each step's groups evenly over optim.minibatches x optim.grad_accum "

@@ -25,7 +25,7 @@ from vimpo_bench.checkpoints import checkpoint_dir, checkpoint_due, load_state, 
 from vimpo_bench.config import Config
 from vimpo_bench.engines import trl_preflight
 from vimpo_bench.loop import seed_process
-from vimpo_bench.models import frozen_copy
+from vimpo_bench.lora import frozen_reference, is_lora
 from vimpo_bench.provenance import run_identity
 from vimpo_bench.reference import is_ref_update_step
 from vimpo_bench.runs import (
@@ -223,16 +223,19 @@ def resume_state(trainer, vb: EngineState, checkpoint: Path, tracker: Tracker) -
 
 def make_trainer(config: Config, args, policy, tokenizer, task, tracker: Tracker | None = None, progress=None,
                  on_eval=None):
-    """(VimpoGRPOTrainer, EngineState) for `policy`; pi_ref starts as a copy of it."""
+    """(VimpoGRPOTrainer, EngineState) for `policy`; pi_ref starts as a copy of it (a LoRA policy's: its base,
+    adapters off, over the same tensors; TRL trains the `PeftModel` as it is, see vimpo_bench/lora.py)."""
     from datasets import Dataset
     from transformers import PrinterCallback, ProgressCallback
 
     from vimpo_bench.engines.trl_trainer import VimpoGRPOTrainer
 
+    if is_lora(policy) and sharded(args):
+        raise TrainingError(LORA_SHARDED)  # before the trainer prepares a pi_ref that shares the policy's tensors
     tokenizer.padding_side = "left"
     policy.train()
     vb = EngineState(config, task, task.problems("train"), task.problems("validation", limit=config.eval.problems),
-                     frozen_copy(policy), tokenizer, tracker or NullTracker(), progress, on_eval)
+                     frozen_reference(policy), tokenizer, tracker or NullTracker(), progress, on_eval)
     dataset = Dataset.from_dict({"prompt": [vb.prompt_text(p) for p in vb.train_pool],
                                  "problem": list(range(len(vb.train_pool)))})
     callback = RLStepCallback(vb)
@@ -241,10 +244,23 @@ def make_trainer(config: Config, args, policy, tokenizer, task, tracker: Tracker
     for quiet in (PrinterCallback, ProgressCallback):  # library code never prints (house rule 4)
         trainer.remove_callback(quiet)
     callback.trainer = trainer
+    if is_lora(policy) and (trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled):
+        raise TrainingError(LORA_SHARDED)
     if config.ref.schedule != "frozen" and (trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled):
         raise TrainingError(f"ref.schedule={config.ref.schedule} under DeepSpeed or FSDP is not built yet for "
                             "run.engine=trl; use ref.schedule=frozen or plain DDP")
     return trainer, vb
+
+
+LORA_SHARDED = ("model.lora under DeepSpeed or FSDP is not built yet for run.engine=trl (pi_ref shares the "
+                "policy's frozen base tensors, which each would shard apart); use plain DDP or full fine-tuning")
+
+
+def sharded(args) -> bool:
+    """Whether Trainer will shard the model (DeepSpeed or FSDP), read from its arguments and accelerate's
+    launch environment before the trainer exists."""
+    fsdp_env = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true", "yes")
+    return args.deepspeed_plugin is not None or bool(args.fsdp_plugin_args) or fsdp_env
 
 
 def _scored_by_the_engine(prompts, completions, **kwargs):

@@ -36,7 +36,7 @@ HEADLINE = re.compile(r"^(accuracy|(pass|maj|avg)_at_\d+|pass@\d+|.*_accuracy)$"
 # Metrics that are fractions of responses (accuracies, rates, means of a 0/1 reward): a t interval over a
 # few seeds can reach past 0 or 1, which no run can; such intervals are cut there (differences at -1, 1).
 FRACTION = re.compile(r"(^|/)((pass|maj|avg)_at_\d+|pass@\d+|accuracy|\w*_accuracy|\w*_rate|\w*_fraction|"
-                      r"clean_mean|trained_mean)$")
+                      r"clip_frac|clean_mean|trained_mean)$")
 
 
 def is_fraction(metric: object) -> bool:

@@ -21,6 +21,7 @@ from vimpo_bench import owners, tracking
 # Metric histories the panels plot (training runs only); everything else comes from latest values.
 HISTORY_KEYS = (
     "reward/clean_mean", "reward/trained_mean", "val/greedy_accuracy", "val/sampled_accuracy", "policy/kl_k1", "policy/kl_k3", "policy/entropy", "rollout/response_len",
+    "policy/clip_frac", "policy/grad_norm", "rollout/truncation_rate",
     "loss/value", "vimpo/abs_residual", "vimpo/residual_mean", "vimpo/beta", "vimpo/ref_update",
     "vimpo/value_loss_pre_ref_update", "vimpo/value_loss_post_ref_update",
     "vimpo/residual_pre_ref_update", "vimpo/residual_post_ref_update",

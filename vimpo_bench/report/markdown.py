@@ -23,11 +23,15 @@ from vimpo_bench.report.endpoint import estimate, parse_endpoint, seeds_for_effe
 from vimpo_bench.report.html import Panel, cell_text
 from vimpo_bench.report.panels import (
     CURVE_METRICS,
+    PANELS,
+    PASS_AT_K_NOTE,
     REF_METRICS,
     STEPS_NOTE,
+    absent_curves_note,
     build_panels,
     grid_pairs_note,
     paired_display,
+    pass_at_k_display,
     steps_display,
 )
 from vimpo_bench.report.render import ReportFiles, failures, generated_line, run_counts, write_tables
@@ -236,7 +240,7 @@ def runs_and_machine(page: Page, data) -> None:
 
 
 def final_eval(page: Page, panel: Panel, style) -> None:
-    page.section("Final evaluation")
+    page.section(panel.title)
     if missing(page, panel, "no evaluation results"):
         return
     summary, paired = A.on_page(panel.tables["final_eval"]), A.on_page(panel.tables["paired_diff"])
@@ -261,6 +265,15 @@ def final_eval(page: Page, panel: Panel, style) -> None:
         page.add("Each row is its own 95% interval, with no correction for the number of rows: expect about one row "
                  "in twenty to exclude 0 by chance.", "")
     page.tables_line("final_eval", "paired_diff", "final_eval_runs")
+    passes = panel.tables.get("pass_at_k")
+    if passes is not None and len(passes):
+        page.add("### pass@k against k", "")
+        page.add(sentence(PASS_AT_K_NOTE), "")
+        page.image(plots.pass_at_k, "pass_at_k", "pass@k against k, mean and 95% band over seeds per arm", passes,
+                   panel.meta["pass_at_k_titles"], style)
+        page.add("Mean over seeds [95% t interval] n=seeds at k = 1, 2, 4, ... and n; every k is in pass_at_k.csv.", "")
+        page.table(pass_at_k_display(passes), "pass_at_k")
+        page.tables_line("pass_at_k")
 
 
 def wall_note(shared: int) -> str:
@@ -269,7 +282,7 @@ def wall_note(shared: int) -> str:
 
 
 def learning_curves(page: Page, panel: Panel, style, shared: int) -> None:
-    page.section("Learning curves")
+    page.section(panel.title)
     if missing(page, panel, "no training runs, so no learning curves"):
         return
     c = panel.tables["learning_curves"]
@@ -282,11 +295,11 @@ def learning_curves(page: Page, panel: Panel, style, shared: int) -> None:
                  "")
     for key, title in CURVE_METRICS:
         frame = c[c["key"] == key]
-        if frame.empty:
-            page.add(f"`{key}`: not logged.", "")
-        else:
+        if len(frame):  # a metric no run logged is left out, not drawn empty
             page.image(plots.curve, "curve_" + re.sub(r"[^A-Za-z0-9]+", "_", key), f"{title} ({key})", frame, title,
                        style, not shared)
+    if panel.meta.get("curves_absent"):
+        page.add(sentence(absent_curves_note([f"`{k}`" for k in panel.meta["curves_absent"]])), "")
     page.tables_line("learning_curves")
 
 
@@ -309,7 +322,7 @@ def steps_to_threshold(page: Page, panel: Panel, threshold: float | None, shared
 
 
 def noisy_rewards(page: Page, panel: Panel, style) -> None:
-    page.section("Noisy rewards")
+    page.section(panel.title)
     if missing(page, panel, "no noise rates"):
         return
     t, what = panel.tables["noisy_rewards"], panel.meta.get("y_label", "final accuracy")
@@ -364,7 +377,7 @@ def grid(page: Page, panel: Panel, style) -> None:
 
 
 def beta_sweep(page: Page, panel: Panel, style) -> None:
-    page.section("beta sweep")
+    page.section(panel.title)
     if missing(page, panel, "no beta-sweep trials in these runs"):
         return
     if "grid" in panel.tables:
@@ -390,7 +403,7 @@ def beta_sweep(page: Page, panel: Panel, style) -> None:
 
 
 def moving_ref(page: Page, panel: Panel, style) -> None:
-    page.section("Moving pi_ref")
+    page.section(panel.title)
     if missing(page, panel, "no pi_ref updates in these runs"):
         return
     page.image(plots.ref_windows, "ref_update_windows", "value loss, residual and KL around pi_ref updates",
@@ -402,7 +415,7 @@ def moving_ref(page: Page, panel: Panel, style) -> None:
 
 
 def diagnostics(page: Page, panel: Panel, style) -> None:
-    page.section("VIMPO diagnostics")
+    page.section(panel.title)
     if missing(page, panel, "no diagnostics"):
         return
     adv = panel.tables.get("adv_by_position", pd.DataFrame(columns=["arm", "correct", "position", "mean_adv"]))
@@ -425,6 +438,25 @@ def provenance(page: Page, panel: Panel) -> None:
 # --- the page -------------------------------------------------------------------------------------
 
 
+def curves_and_steps(page: Page, panel: Panel, context: dict) -> None:
+    learning_curves(page, panel, context["style"], context["shared"])
+    steps_to_threshold(page, panel, context["threshold"], context["shared"])
+
+
+# The Markdown section of each topic of panels.PANELS that has one (by panel id); the page walks PANELS, so both
+# renderers show the same topics in the same order. The overview's settings and runs come before (`settings`,
+# `runs_and_machine`); the drill-down is HTML only (a browsable table of every completion).
+SECTIONS = {
+    "final-eval": lambda page, panel, context: final_eval(page, panel, context["style"]),
+    "curves": curves_and_steps,
+    "noisy": lambda page, panel, context: noisy_rewards(page, panel, context["style"]),
+    "sweep": lambda page, panel, context: beta_sweep(page, panel, context["style"]),
+    "moving-ref": lambda page, panel, context: moving_ref(page, panel, context["style"]),
+    "diagnostics": lambda page, panel, context: diagnostics(page, panel, context["style"]),
+    "provenance": lambda page, panel, context: provenance(page, panel),
+}
+
+
 def write_markdown(data, out: str | Path, command: str, reading: str | None = None,
                    threshold: float | None = None) -> ReportFiles:
     """Write OUT (NAME.md) and OUT-without-suffix/ (PNG figures and CSV tables). `command` regenerates the
@@ -445,15 +477,10 @@ def write_markdown(data, out: str | Path, command: str, reading: str | None = No
         answer(page, data, labels)
     settings(page, data, labels)
     runs_and_machine(page, data)
-    final_eval(page, by_id["final-eval"], style)
-    shared = A.overlapping(data.runs)
-    learning_curves(page, by_id["curves"], style, shared)
-    steps_to_threshold(page, by_id["curves"], threshold, shared)
-    noisy_rewards(page, by_id["noisy"], style)
-    beta_sweep(page, by_id["sweep"], style)
-    moving_ref(page, by_id["moving-ref"], style)
-    diagnostics(page, by_id["diagnostics"], style)
-    provenance(page, by_id["provenance"])
+    context = {"style": style, "shared": A.overlapping(data.runs), "threshold": threshold}
+    for spec in PANELS:  # the HTML page's topics, in its order; a topic without a Markdown section is HTML only
+        if spec.id in SECTIONS:
+            SECTIONS[spec.id](page, by_id[spec.id], context)
     page.section("Reading")
     page.add(reading.strip() if reading and reading.strip() else READING_PLACEHOLDER)
     text = re.sub(r"\n{3,}", "\n\n", "\n".join(page.lines)).strip() + "\n"

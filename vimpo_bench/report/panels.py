@@ -6,10 +6,14 @@ A panel whose data is absent says so in a note; a panel whose code fails shows t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import pandas as pd
 
 from vimpo_bench.report import analysis as A
 from vimpo_bench.report import grid as G
+from vimpo_bench.report import passk as K
 from vimpo_bench.report import records as P
 from vimpo_bench.report import refs as R
 from vimpo_bench.report.figures import Figure
@@ -22,7 +26,10 @@ CURVE_METRICS = [
     ("reward/clean_mean", "clean reward"), ("reward/trained_mean", "reward trained on (after noise)"),
     ("val/greedy_accuracy", "validation accuracy (greedy)"), ("val/sampled_accuracy", "validation accuracy (sampled)"),
     ("policy/kl_k3", "KL(π‖π_ref), k3"), ("policy/entropy", "entropy"), ("rollout/response_len", "response length (tokens)"),
+    ("policy/clip_frac", "clip fraction (tokens)"), ("policy/grad_norm", "gradient norm (before clipping)"),
+    ("rollout/truncation_rate", "truncation rate (no EOS)"),
 ]
+CURVE_COLS = 4  # cells per row of the learning-curves grid
 REF_METRICS = [("loss/value", "value loss L_V"), ("vimpo/abs_residual", "mean |terminal residual|"),
                ("policy/kl_k3", "KL k3")]
 
@@ -133,14 +140,20 @@ def learning_curves(p: Panel, data, labels, style, threshold: float | None = Non
         return
     if int(c["n"].max()) < 2:
         p.say("one seed per arm: lines without bands (a band needs two or more seeds)", "warn")
+    logged = set(c["key"])
+    drawn = [(key, title) for key, title in CURVE_METRICS if key in logged]  # a metric no run logged: left out
+    p.meta["curves_absent"] = absent = [key for key, _ in CURVE_METRICS if key not in logged]
+    if absent:
+        p.say(absent_curves_note(absent))
+    rows = -(-len(drawn) // CURVE_COLS)
     for i, (xcol, xtitle) in enumerate((("step", "step"), ("time_s", "wall time since run start (s)"))):
-        fig = Figure(rows=2, cols=4, titles=[t for _, t in CURVE_METRICS], height=640)
+        fig = Figure(rows=rows, cols=CURVE_COLS, titles=[t for _, t in drawn], height=320 * rows)
         shown = set()
-        for j, (key, _) in enumerate(CURVE_METRICS):
+        for j, (key, _) in enumerate(drawn):
             arm_bands(fig, j, c[c["key"] == key], xcol, style, shown, order="step")
-            if j >= 3:
+            if j + CURVE_COLS >= len(drawn):  # no cell below it
                 fig.axis("x", j, title={"text": xtitle})
-        for j in range(len(CURVE_METRICS), 8):  # the grid's spare cell
+        for j in range(len(drawn), rows * CURVE_COLS):  # the grid's spare cells
             fig.axis("x", j, visible=False)
             fig.axis("y", j, visible=False)
         p.body.append(f"<h3>against {esc(xtitle)}</h3>" + fig.html(f"fig-curves-{i}"))
@@ -159,6 +172,61 @@ def learning_curves(p: Panel, data, labels, style, threshold: float | None = Non
     p.body.append(table_html(steps_display(steps), "steps_to_threshold"))
     how = "given" if threshold is not None else "midway between the arms' common start and the best arm's final value"
     p.say(f"threshold {how}; " + STEPS_NOTE, "info")
+
+
+def absent_curves_note(keys: list[str]) -> str:
+    """What a page says of the learning-curve metrics it leaves out, having no history of them."""
+    return (f"not drawn: no history of {', '.join(keys)} in this page's data (not logged by the runs, or left out of "
+            "an export written before the report read them)")
+
+
+def pass_at_k_display(table: pd.DataFrame) -> pd.DataFrame:
+    """The pass@k table as pages show it: per suite and k (the powers of two and n), one column per arm with
+    mean [95% interval] n=seeds; the condition column only when some row has one."""
+    kept = table[table["k"].isin(K.shown_ks(int(table["k"].max())))]
+    kept = kept.assign(cell=interval_cells(kept))
+    index = ["condition", "suite", "k"] if kept["condition"].ne("").any() else ["suite", "k"]
+    wide = kept.pivot_table(index=index, columns="arm", values="cell", aggfunc="first").reset_index()
+    return wide[index + [a for a in A.arm_order(kept["arm"]) if a in wide.columns]]
+
+
+def pass_at_k_titles(table: pd.DataFrame) -> dict[str, str]:
+    """Per suite of the pass@k table, its figure title: the suite, its problems and samples per problem."""
+    fewest = table.groupby("suite")[["problems", "samples"]].min()
+    return {suite: f"{suite}: {r.problems} problems × {r.samples} samples" for suite, r in fewest.iterrows()}
+
+
+PASS_AT_K_NOTE = ("per problem with n samples of which c are right, pass@k = 1 − C(n−c, k) / C(n, k) (the unbiased "
+                  "estimator of Chen et al. 2021); mean over the problems of each training run's latest eval run, "
+                  "then over seeds; band = 95% t interval over seeds. k = 1 is avg@n, k = n the eval runs' pass_at_n")
+
+
+def pass_at_k(p: Panel, data, labels, style) -> None:
+    """The final-evaluation panel's pass@k part: pass@k against k per arm, a cell per suite (suites with more
+    than one sample per problem); nothing when the eval runs left no graded samples."""
+    table = K.pass_at_k_table(data, labels)
+    table = table[table.groupby("suite")["k"].transform("max") > 1] if len(table) else table
+    if table.empty:
+        return
+    p.tables["pass_at_k"] = table
+    p.meta["pass_at_k_titles"] = titles = pass_at_k_titles(table)
+    suites = list(titles)
+    cols = min(len(suites), 3)
+    rows = -(-len(suites) // cols)
+    fig = Figure(rows=rows, cols=cols, titles=list(titles.values()), height=380 * rows)
+    shown = set()
+    for j, suite in enumerate(suites):
+        frame = table[table["suite"] == suite]
+        arm_bands(fig, j, frame, "k", style, shown, order="k")
+        fig.axis("x", j, title={"text": "k"}, **({"dtick": 1} if frame["k"].max() <= 16 else {}))
+        fig.axis("y", j, title={"text": "pass@k"})
+    for j in range(len(suites), rows * cols):
+        fig.axis("x", j, visible=False)
+        fig.axis("y", j, visible=False)
+    p.body.append("<h3>pass@k against k</h3>")
+    p.say(PASS_AT_K_NOTE, "info")
+    p.body.append(fig.html("fig-passk-0"))
+    p.body.append(table_html(pass_at_k_display(table), "pass_at_k"))
 
 
 def final_eval(p: Panel, data, labels, style):
@@ -202,6 +270,7 @@ def final_eval(p: Panel, data, labels, style):
               "suite")
     else:
         p.body.append(table_html(paired_display(paired), "paired_diff"))
+    pass_at_k(p, data, labels, style)
 
 
 def grid_pairs_note(key: str) -> str:
@@ -438,21 +507,46 @@ def provenance(p: Panel, data, labels, style):
     p.body.append(f"<details><summary>per run</summary>{table_html(table, 'provenance')}</details>")
 
 
+@dataclass(frozen=True)
+class PanelSpec:
+    """One topic of the page: its id, title and question, and `fill(panel, data, labels, style, threshold)`,
+    which builds the panel's tables, notes and HTML (and says when it does not apply). The Markdown page
+    writes the same topics in the same order (markdown.SECTIONS, keyed by id)."""
+
+    id: str
+    title: str
+    question: str
+    fill: Callable
+
+
+def _with_threshold(fill: Callable) -> Callable:
+    return lambda panel, data, labels, style, threshold: fill(panel, data, labels, style, threshold)
+
+
+def _plain(fill: Callable) -> Callable:
+    return lambda panel, data, labels, style, threshold: fill(panel, data, labels, style)
+
+
+# The one list of topics, in page order (HTML and Markdown): the answer's figures first, then what explains them.
 PANELS = [
-    ("overview", "Overview", "Which runs, what differs between them, did they finish, how long did they take?", overview),
-    ("curves", "Learning curves", "Does VIMPO learn faster than the baselines, per step and per second? "
-     "Mean over seeds; band = 95% t interval.", learning_curves),
-    ("final-eval", "Final evaluation", "Does VIMPO beat each baseline at the end, by how much, how sure are we?",
-     final_eval),
-    ("noisy", "Noisy rewards", "How does final accuracy fall as the reward gets noisier, per algorithm?", noisy_rewards),
-    ("sweep", "beta sweep", "How does the objective depend on beta across the sweep's trials?", beta_sweep),
-    ("moving-ref", "Moving pi_ref", "What happens to value loss, residual and KL when the reference moves, "
-     "as beta anneals?", moving_ref),
-    ("diagnostics", "VIMPO diagnostics", "Where in a response does the implied advantage go, for right and wrong "
-     "answers, and does the value loss settle?", diagnostics),
-    ("drilldown", "Per-problem drill-down", "Which problems does one algorithm solve and the other not, and what "
-     "did each write?", drilldown),
-    ("provenance", "Provenance", "Can every run be reproduced: commits, versions, data, grader?", provenance),
+    PanelSpec("overview", "Overview", "Which runs, what differs between them, did they finish, how long did they "
+              "take?", _plain(overview)),
+    PanelSpec("final-eval", "Final evaluation", "Does VIMPO beat each baseline at the end, by how much, how sure are "
+              "we?", _plain(final_eval)),
+    PanelSpec("curves", "Learning curves", "Does VIMPO learn faster than the baselines, per step and per second? "
+              "Mean over seeds; band = 95% t interval.", _with_threshold(learning_curves)),
+    PanelSpec("noisy", "Noisy rewards", "How does final accuracy fall as the reward gets noisier, per algorithm?",
+              _plain(noisy_rewards)),
+    PanelSpec("sweep", "beta sweep", "How does the objective depend on beta across the sweep's trials?",
+              _plain(beta_sweep)),
+    PanelSpec("moving-ref", "Moving pi_ref", "What happens to value loss, residual and KL when the reference moves, "
+              "as beta anneals?", _plain(moving_ref)),
+    PanelSpec("diagnostics", "VIMPO diagnostics", "Where in a response does the implied advantage go, for right and "
+              "wrong answers, and does the value loss settle?", _plain(diagnostics)),
+    PanelSpec("drilldown", "Per-problem drill-down", "Which problems does one algorithm solve and the other not, and "
+              "what did each write?", _plain(drilldown)),
+    PanelSpec("provenance", "Provenance", "Can every run be reproduced: commits, versions, data, grader?",
+              _plain(provenance)),
 ]
 
 
@@ -462,13 +556,10 @@ def build_panels(data, threshold: float | None = None) -> tuple[list[Panel], pd.
     labels = A.label_arms(data)
     style = Style(labels)
     out = []
-    for pid, title, question, fill in PANELS:
-        panel = Panel(pid, title, question)
+    for spec in PANELS:
+        panel = Panel(spec.id, spec.title, spec.question)
         try:
-            if fill is learning_curves:
-                fill(panel, data, labels, style, threshold)
-            else:
-                fill(panel, data, labels, style)
+            spec.fill(panel, data, labels, style, threshold)
         except Exception as exc:  # one broken panel must not hide the other eight
             panel.error = f"{type(exc).__name__}: {exc}"
         out.append(panel)

@@ -97,6 +97,23 @@ def curve(frame: pd.DataFrame, title: str, style, wall: bool, path: Path) -> Pat
     return _save(fig, path)
 
 
+def pass_at_k(table: pd.DataFrame, titles: dict[str, str], style, path: Path) -> Path:
+    """pass@k against k, mean and 95% band over seeds per arm (and condition), one axes per suite of `titles`."""
+    outside = len(table[["arm", "condition"]].drop_duplicates()) > LEGEND_INSIDE
+    fig, axes = _figure(len(titles), width=4.8, right=OUTSIDE_LEGEND_WIDTH if outside else 0.2)
+    for ax, (suite, title) in zip(axes, titles.items(), strict=True):
+        frame = table[table["suite"] == suite]
+        bands(ax, frame, "k", style, order="k")
+        ks = sorted(frame["k"].unique())
+        if len(ks) <= 16:
+            ax.set_xticks(ks)
+        ax.set_xlabel("k")
+        ax.set_title(title, fontsize=10)
+    axes[0].set_ylabel("pass@k")
+    _legend(axes[-1] if outside else axes[0], outside)
+    return _save(fig, path)
+
+
 def final_eval(summary: pd.DataFrame, arms: list[str], style, path: Path) -> Path:
     """Dot and 95% bar per arm (and condition) for each suite/metric."""
     series = [(a, c) for a in arms for c in sorted(summary.loc[summary["arm"] == a, "condition"].unique())]

@@ -51,6 +51,44 @@ class Rollouts:
     def __len__(self) -> int:
         return len(self.texts)
 
+    def groups(self, chosen: list[int]) -> Rollouts:
+        """The rows answering the prompts `chosen` (group ids, in that order), renumbered 0, 1, ..."""
+        rows = torch.cat([(self.group_ids == g).nonzero().squeeze(1) for g in chosen]) if chosen else \
+            torch.zeros(0, dtype=torch.long)
+        sizes = [int((self.group_ids == g).sum()) for g in chosen]
+        return Rollouts(
+            prompt_ids=self.prompt_ids[rows], prompt_mask=self.prompt_mask[rows],
+            response_ids=self.response_ids[rows], response_mask=self.response_mask[rows],
+            truncated=self.truncated[rows],
+            group_ids=torch.arange(len(chosen)).repeat_interleave(torch.tensor(sizes, dtype=torch.long)),
+            texts=[self.texts[i] for i in rows.tolist()], prompts=[self.prompts[i] for i in rows.tolist()],
+            sample_logp=None if self.sample_logp is None else self.sample_logp[rows],
+        )
+
+
+def concat_rollouts(parts: list[Rollouts], pad_token_id: int) -> Rollouts:
+    """Batches one after the other, group ids continued: prompts re-padded on the left, responses on the right
+    (the positions `logprobs.position_ids_from_mask` gives are unchanged by extra left padding)."""
+    p_width = max(p.prompt_ids.shape[1] for p in parts)
+    t_width = max(p.response_ids.shape[1] for p in parts)
+    left = lambda x, v: torch.nn.functional.pad(x, (p_width - x.shape[1], 0), value=v)  # noqa: E731
+    right = lambda x, v: torch.nn.functional.pad(x, (0, t_width - x.shape[1]), value=v)  # noqa: E731
+    offsets = [0]
+    for part in parts[:-1]:
+        offsets.append(offsets[-1] + (int(part.group_ids.max()) + 1 if len(part) else 0))
+    logps = [p.sample_logp for p in parts]
+    return Rollouts(
+        prompt_ids=torch.cat([left(p.prompt_ids, pad_token_id) for p in parts]),
+        prompt_mask=torch.cat([left(p.prompt_mask, 0) for p in parts]),
+        response_ids=torch.cat([right(p.response_ids, pad_token_id) for p in parts]),
+        response_mask=torch.cat([right(p.response_mask, 0) for p in parts]),
+        truncated=torch.cat([p.truncated for p in parts]),
+        group_ids=torch.cat([p.group_ids + off for p, off in zip(parts, offsets, strict=True)]),
+        texts=[t for p in parts for t in p.texts],
+        prompts=[t for p in parts for t in p.prompts],
+        sample_logp=None if any(x is None for x in logps) else torch.cat([right(x, 0.0) for x in logps]),
+    )
+
 
 class Generator(Protocol):
     """Samples `params.n` responses per prompt from the current policy weights."""
