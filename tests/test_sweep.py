@@ -421,7 +421,7 @@ def test_an_interrupted_trial_is_queued_again_at_once(tmp_path, easy_model_cache
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(vimpo_bench.train, "run", interrupted)
+    monkeypatch.setattr(vimpo_bench.train, "start", interrupted)
     path = write(tmp_path / "intr.yaml", easy_study_yaml(easy_model_cache, tmp_path / "runs", steps=1))
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     with pytest.raises(KeyboardInterrupt):

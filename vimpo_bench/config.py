@@ -267,7 +267,13 @@ class Config:
             drop_key(d, dotted, LATER_KEYS[dotted])
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
+    @property
+    def algo_name(self) -> str:
+        return self.algo["name"]
+
     def make_algorithm(self, beta: float | None = None):
+        """The algorithm's typed options (its dataclass: `Vimpo`, `Grpo`, ...), built and range-checked from the
+        `algo` section (the form a study file and MLflow hold); `beta` replaces the section's."""
         opts = {k: v for k, v in self.algo.items() if k != "name"}
         if beta is not None:
             opts["beta"] = beta
@@ -578,12 +584,12 @@ def validate(c: Config, source: str) -> None:
     if c.beta_schedule.kind != "constant":
         if c.beta_schedule.final is None:
             raise ConfigError(f"{source}: beta_schedule.final is required for a {c.beta_schedule.kind} schedule")
-        if c.algo["name"] == "vimpo" and c.beta_schedule.final <= 0:
+        if c.algo_name == "vimpo" and c.beta_schedule.final <= 0:
             raise ConfigError(f"{source}: beta_schedule.final: VIMPO needs beta > 0, got {c.beta_schedule.final}")
     try:
         algo = c.make_algorithm()
     except ValueError as exc:
         raise ConfigError(f"{source}: {exc}") from None  # the message names the key: algo.<option>
-    if c.algo["name"] == "vimpo":
+    if c.algo_name == "vimpo":
         check_vimpo_fixed_point(c, algo, source)
 

@@ -57,6 +57,29 @@ Progress = Callable[[str, int, int, dict], None]  # (phase, done, total, latest 
 OnEval = Callable[[int, dict], None]  # (step, validation metrics) after each evaluation past step 0; may raise EarlyStop
 
 
+@dataclass(frozen=True)
+class RunRequest:
+    """One training run as every entry asks for it (the train CLI, a study cell, a sweep trial) and every engine
+    takes it (`engines.get(name).start(request)`): the config, where and how the run is recorded, and hooks.
+
+    resume_run_id: continue that MLflow run from its last checkpoint (with the config saved there);
+    tracking_uri: the MLflow store (None: $MLFLOW_TRACKING_URI, else ./mlflow.db); tags: added to the run's own
+    (a `vimpo.kind` among them replaces `train`); parent_run_id: nest the run under it; stop_after: end after
+    that many steps, checkpointed, as a kill would; progress(phase, done, total, metrics); on_eval(step,
+    validation metrics), which may raise EarlyStop (the run ends KILLED); run_started(run_id), once the run
+    exists."""
+
+    config: Config
+    resume_run_id: str | None = None
+    tracking_uri: str | None = None
+    tags: dict | None = None
+    parent_run_id: str | None = None
+    stop_after: int | None = None
+    progress: Progress | None = None
+    on_eval: OnEval | None = None
+    run_started: Callable[[str], None] | None = None
+
+
 def checkpoint_engine(run_dir: Path) -> str | None:
     """The run.engine a run's checkpoint was saved by (None: no checkpoint): a run resumes on its own engine,
     whatever the resuming command's config says."""
@@ -69,7 +92,7 @@ def checkpoint_engine(run_dir: Path) -> str | None:
 def start_tracker(config: Config, tags: dict | None, parent_run_id: str | None, tracking_uri: str | None):
     """A new MLflow run for `config`, tagged with its kind and config hash from the start, so that a run
     failing before its first step is still found by them (both engines)."""
-    run_name = config.run.run_name or f"{config.algo['name']}-s{config.run.seed}-{config.hash()[:6]}"
+    run_name = config.run.run_name or f"{config.algo_name}-s{config.run.seed}-{config.hash()[:6]}"
     first_tags = {"vimpo.kind": "train", "vimpo.config_hash": config.hash(), **(tags or {})}
     return MlflowTracker.start(run_name, config.run.experiment, tags=first_tags, parent_run_id=parent_run_id,
                                tracking_uri=tracking_uri)
@@ -131,7 +154,7 @@ def record_run(tracker: Tracker, config: Config, task, tags: dict | None = None,
     tracker.log_params({**config.to_dict(), **(identity or {})})
     tracker.set_tags({
         "vimpo.kind": "train",
-        "vimpo.algo": config.algo["name"],
+        "vimpo.algo": config.algo_name,
         "vimpo.seed": config.run.seed,
         "vimpo.task": config.task.name,
         "vimpo.config_hash": config.hash(),

@@ -31,7 +31,7 @@ def move_reference(config, policy, reference, batch_info) -> dict:
     and after (each move redefines V's zero point), with the run's own baseline and truncation rule."""
     full, rollouts, algo = batch_info["full"], batch_info["rollouts"], batch_info["algo"]
     out = {"vimpo/ref_update": 1.0}
-    if config.algo["name"] != "vimpo":
+    if config.algo_name != "vimpo":
         update_reference(reference, policy, config.ref.schedule, config.ref.alpha)
         return out
 

@@ -416,7 +416,7 @@ def retire(planned: list[PlannedCell], tracking_uri: str | None) -> int:
 
 def plan_rows(study: Study, planned: list[PlannedCell]) -> list[dict[str, Any]]:
     """The plan as table rows (what `--dry-run` prints)."""
-    return [{"cell": p.cell.index, **p.cell.labels, "algo": p.cell.config.algo["name"],
+    return [{"cell": p.cell.index, **p.cell.labels, "algo": p.cell.config.algo_name,
              "steps": p.cell.config.optim.steps, "config_hash": p.cell.config.hash(), "action": p.action,
              "run_id": p.run_id or ""} for p in planned]
 
@@ -507,7 +507,7 @@ def run_cell(study: Study, planned: PlannedCell, parent_run_id: str, tracking_ur
     """Train (or resume) one cell, then evaluate it on the study's suites; never raises for a cell's own
     failure (the outcome says what went wrong; the training run is marked FAILED by `train.run`)."""
     from vimpo_bench import evaluate, tracking, train
-    from vimpo_bench.runs import claim_run
+    from vimpo_bench.runs import RunRequest, claim_run
 
     cell, started = planned.cell, time.monotonic()
     config = copy.deepcopy(cell.config)
@@ -516,9 +516,9 @@ def run_cell(study: Study, planned: PlannedCell, parent_run_id: str, tracking_ur
     run_id, metrics = planned.run_id, {}
     try:
         if planned.action in ("run", "resume"):
-            result = train.run(config, resume_run_id=run_id if planned.action == "resume" else None,
-                               progress=train_progress, tracking_uri=tracking_uri, tags=cell_tags(study, cell),
-                               parent_run_id=parent_run_id)
+            result = train.start(RunRequest(
+                config, resume_run_id=run_id if planned.action == "resume" else None, progress=train_progress,
+                tracking_uri=tracking_uri, tags=cell_tags(study, cell), parent_run_id=parent_run_id))
             run_id = result.run_id
             metrics.update({k: v for k, v in result.final.items() if k.startswith("val/")})
         if study.suites:

@@ -301,8 +301,8 @@ def run_trial(job: SweepJob, trial, progress=None) -> None:
     from optuna.trial import TrialState
 
     from vimpo_bench import tracking
-    from vimpo_bench.runs import EarlyStop
-    from vimpo_bench.train import run
+    from vimpo_bench.runs import EarlyStop, RunRequest
+    from vimpo_bench.train import start
 
     values = {p.name: p.suggest(trial) for p in job.params}
     assigned = {key: value for p in job.params for key, value in p.assign(values[p.name]).items()}
@@ -328,8 +328,8 @@ def run_trial(job: SweepJob, trial, progress=None) -> None:
 
     state, value, error = TrialState.COMPLETE, None, None
     try:
-        result = run(config, progress=progress, tracking_uri=job.tracking_uri, tags=tags,
-                     parent_run_id=job.parent_run_id, on_eval=on_eval, run_started=started)
+        result = start(RunRequest(config, progress=progress, tracking_uri=job.tracking_uri, tags=tags,
+                                  parent_run_id=job.parent_run_id, on_eval=on_eval, run_started=started))
         value = result.final[job.spec.metric]
     except EarlyStop:
         state = TrialState.PRUNED

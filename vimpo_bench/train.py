@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -52,6 +51,7 @@ from vimpo_bench.rollout.base import Rollouts, concat_rollouts
 from vimpo_bench.runs import (
     OnEval,
     Progress,
+    RunRequest,
     TrainingError,
     TrainResult,
     checkpoint_engine,
@@ -77,49 +77,41 @@ from vimpo_bench.tracking import NullTracker, Tracker
 # ------------------------------------------------------------------------------------ entry point
 
 
-def run(
-    config: Config,
-    resume_run_id: str | None = None,
-    progress: Progress | None = None,
-    tracking_uri: str | None = None,
-    stop_after: int | None = None,
-    tags: dict | None = None,
-    parent_run_id: str | None = None,
-    on_eval: OnEval | None = None,
-    run_started: Callable[[str], None] | None = None,
-) -> TrainResult:
-    """Train with an MLflow run: new, or `resume_run_id` continued from its last checkpoint.
+def run(config: Config, **options) -> TrainResult:
+    """Train with an MLflow run: `start(RunRequest(config, **options))` (see `runs.RunRequest` for the options:
+    resume_run_id, tracking_uri, tags, parent_run_id, stop_after, progress, on_eval, run_started)."""
+    return start(RunRequest(config, **options))
 
-    `tags` are added to the run's own (a `vimpo.kind` among them replaces `train`); the run is nested
-    under `parent_run_id` when given; `run_started(run_id)` is called once the run exists (a sweep
-    records it on its trial). An `EarlyStop` raised by `on_eval` ends the run as KILLED."""
+
+def start(request: RunRequest) -> TrainResult:
+    """Train as `request` asks: a new run on its engine, or `resume_run_id` continued from its last checkpoint."""
     # A run resumes on the engine its checkpoint was saved by; a new one on run.engine, if that engine can
     # honour the config (vimpo_bench/engines: each engine says what it supports).
-    saved = resume_run_id and checkpoint_engine(Path(config.run.output_dir) / resume_run_id)
+    saved = request.resume_run_id and checkpoint_engine(Path(request.config.run.output_dir) / request.resume_run_id)
     if not saved:
-        problem = engines.problem(config)
+        problem = engines.problem(request.config)
         if problem:
             raise ConfigError(problem)
-    return engines.get(saved or config.run.engine).start(config, resume_run_id, progress, tracking_uri, stop_after,
-                                                          tags, parent_run_id, on_eval, run_started)
+    return engines.get(saved or request.config.run.engine).start(request)
 
 
-def run_native(config: Config, resume_run_id=None, progress=None, tracking_uri=None, stop_after=None, tags=None,
-               parent_run_id=None, on_eval=None, run_started=None) -> TrainResult:
-    """`run` on the native engine (the loop below), with the same arguments and result."""
-    tracker, owner, checkpoint = open_run(config, resume_run_id, tags, parent_run_id, tracking_uri)
+def run_native(request: RunRequest) -> TrainResult:
+    """`start` on the native engine (the loop below)."""
+    config = request.config
+    tracker, owner, checkpoint = open_run(config, request.resume_run_id, request.tags, request.parent_run_id,
+                                          request.tracking_uri)
     if checkpoint is not None:  # a resumed run goes on with the config it was started with
         try:
             config = saved_config(checkpoint)
         except BaseException:
             owner.release()
             raise
-    if run_started:
-        run_started(tracker.run_id)
+    if request.run_started:
+        request.run_started(tracker.run_id)
     try:  # finished while still holding the lock: never "RUNNING, no owner"
         return train_to_status(tracker, config.optim.steps, lambda: train(
-            config, tracker, progress=progress, resume_from=checkpoint, stop_after=stop_after, tags=tags,
-            on_eval=on_eval))
+            config, tracker, progress=request.progress, resume_from=checkpoint, stop_after=request.stop_after,
+            tags=request.tags, on_eval=request.on_eval))
     finally:
         owner.release()
 
@@ -254,7 +246,7 @@ def rl_step(config, task, train_pool, prompt_text, policy, reference, generator,
         **timer.metrics(),
     }
     metrics["perf/tokens_per_s"] = (rollouts.prompt_mask.sum().item() + response_tokens) / metrics["perf/step_s"]
-    if config.algo["name"] == "vimpo":
+    if config.algo_name == "vimpo":
         metrics["vimpo/value_coef"], metrics["vimpo/value_scale"] = algo.c_v, algo.effective_value_scale
     metrics["_batch"] = {"full": full, "rollouts": rollouts, "clean": scored.clean, "algo": algo}
     return metrics

@@ -1,4 +1,4 @@
-"""`vimpo-bench train`: parse, load the config, call `vimpo_bench.train.run`."""
+"""`vimpo-bench train`: parse, load the config, call `vimpo_bench.train.start` with a `runs.RunRequest`."""
 
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ def train_command(
     --algo sets algo.name (before --set, so that --set algo.KEY applies to it); --engine, --seed,
     --max-new-tokens and --experiment set the key they name, over --set."""
     from vimpo_bench.config import DEFAULT_STUDY, ConfigError, load_config
-    from vimpo_bench.train import run
+    from vimpo_bench.runs import RunRequest
+    from vimpo_bench.train import start
 
     overrides = list(set_)
     if algo:
@@ -52,8 +53,8 @@ def train_command(
         fail(str(exc))
     bars, started = StepBars(), []
     try:
-        result = run(config, resume_run_id=resume, progress=bars, run_started=started.append,
-                     tracking_uri=tracking_uri)
+        result = start(RunRequest(config, resume_run_id=resume, progress=bars, run_started=started.append,
+                                  tracking_uri=tracking_uri))
     except KeyboardInterrupt:
         bars.close()
         typer.echo(_interrupted(config, started[0] if started else None, tracking_uri), err=True)

@@ -2,7 +2,7 @@
 
     engine = engines.get(config.run.engine)
     problem = engine.check(config)      # one line naming the keys this engine cannot honour, or None
-    result = engine.start(config, ...)  # its training entry, imported only now (TRL is heavy)
+    result = engine.start(request)      # a runs.RunRequest; its training entry, imported only now (TRL is heavy)
 
 `native` is the readable reference loop (vimpo_bench/train.py: CPU or one GPU, hf rollouts); `trl` runs our
 algorithms inside TRL's GRPOTrainer (trl_engine.py, trl_trainer.py). This module imports neither: an engine
@@ -23,14 +23,13 @@ class Engine:
     name: str
     summary: str
     entry: str
-    """"module:function" of its `run(config, resume_run_id, progress, tracking_uri, stop_after, tags,
-    parent_run_id, on_eval, run_started) -> TrainResult`."""
+    """"module:function" of its `run(request: runs.RunRequest) -> runs.TrainResult`."""
     check: Callable[[object], str | None]
     """Why this engine cannot honour a config (one line naming the keys), or None: config time, no machine."""
 
-    def start(self, *args, **kwargs):
+    def start(self, request):
         module, function = self.entry.split(":")
-        return getattr(importlib.import_module(module), function)(*args, **kwargs)
+        return getattr(importlib.import_module(module), function)(request)
 
 
 ENGINES: dict[str, Engine] = {}

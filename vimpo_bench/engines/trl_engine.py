@@ -1,4 +1,4 @@
-"""The `trl` training engine: `run(config, ...)` as `train.run`, with TRL's GRPOTrainer driving the loop
+"""The `trl` training engine: `run(request)` as `train.start`, with TRL's GRPOTrainer driving the loop
 (`trl_trainer.VimpoGRPOTrainer`) and `RLStepCallback` doing, at the end of each RL step, what the native
 loop does after its update: move pi_ref, evaluate on the validation split, log, report progress.
 
@@ -29,6 +29,7 @@ from vimpo_bench.lora import frozen_reference, is_lora
 from vimpo_bench.provenance import run_identity
 from vimpo_bench.reference import is_ref_update_step
 from vimpo_bench.runs import (
+    RunRequest,
     TrainingError,
     TrainResult,
     open_run,
@@ -47,10 +48,10 @@ from vimpo_bench.steps import (
 from vimpo_bench.tracking import NullTracker, Tracker
 
 
-def run(config: Config, resume_run_id=None, progress=None, tracking_uri=None, stop_after=None, tags=None,
-        parent_run_id=None, on_eval=None, run_started=None) -> TrainResult:
-    """`train.run` for run.engine=trl (same arguments and result): a new run, or `resume_run_id` continued
+def run(request: RunRequest) -> TrainResult:
+    """`train.start` for run.engine=trl (same request and result): a new run, or `resume_run_id` continued
     from its last checkpoint with the config saved there."""
+    config = request.config
     trl_preflight(config)
     args = trainer_args(config)  # sets up the process group under accelerate/torchrun
     from accelerate import PartialState
@@ -64,7 +65,8 @@ def run(config: Config, resume_run_id=None, progress=None, tracking_uri=None, st
         shared, failure = [None, None, None], None
         if state.is_main_process:
             try:
-                tracker, owner, checkpoint = open_run(config, resume_run_id, tags, parent_run_id, tracking_uri)
+                tracker, owner, checkpoint = open_run(config, request.resume_run_id, request.tags,
+                                                      request.parent_run_id, request.tracking_uri)
                 shared = [tracker.run_id, checkpoint and str(checkpoint), None]
             except Exception as exc:
                 shared, failure = [None, None, str(exc)], exc
@@ -78,11 +80,11 @@ def run(config: Config, resume_run_id=None, progress=None, tracking_uri=None, st
         if checkpoint is not None:
             config = saved_config(checkpoint)
             args = trainer_args(config)
-        if run_started and state.is_main_process:
-            run_started(run_id)
+        if request.run_started and state.is_main_process:
+            request.run_started(run_id)
         return train_to_status(tracker, config.optim.steps, lambda: train(
-            config, args, tracker, run_id, progress=progress, stop_after=stop_after, tags=tags, on_eval=on_eval,
-            resume_from=checkpoint))
+            config, args, tracker, run_id, progress=request.progress, stop_after=request.stop_after,
+            tags=request.tags, on_eval=request.on_eval, resume_from=checkpoint))
     finally:
         if owner is not None:
             owner.release()
@@ -333,7 +335,7 @@ class RLStepCallback(TrainerCallback):
                    **{f"perf/{k}_s": v for k, v in timer.items()},
                    "perf/update_s": max(step_s - sum(timer.values()), 0.0), "perf/step_s": step_s,
                    "perf/tokens_per_s": info["tokens"] / step_s}
-        if self.vb.config.algo["name"] == "vimpo":
+        if self.vb.config.algo_name == "vimpo":
             metrics["vimpo/value_coef"], metrics["vimpo/value_scale"] = info["algo"].c_v, info["algo"].effective_value_scale
         return metrics
 
