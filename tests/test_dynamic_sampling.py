@@ -149,3 +149,20 @@ def test_soft_overlong_trains_and_logs_its_penalty(warm_model_dir, tmp_path, mon
     assert -1.0 <= step["reward/length_penalty_mean"] <= 0.0
     # no noise, nothing masked: what is trained on is the verdict plus the penalty
     assert step["reward/trained_mean"] == pytest.approx(step["reward/clean_mean"] + step["reward/length_penalty_mean"])
+
+
+def test_in_training_suite_evaluation_at_its_cadence(warm_model_dir, tmp_path, monkeypatch):
+    """eval.suites: a benchmark suite scored as `vimpo-bench eval` scores it, at the start, every suites_every
+    steps and at the end, logged as bench/<suite>/*; a cadence that misses the validation steps is refused."""
+    monkeypatch.chdir(tmp_path)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = fast_config(warm_model_dir, tmp_path, "optim.steps=3", "eval.every=1", "eval.suites=arith",
+                         "eval.suites_every=2", "eval.problems=5", "eval.samples=2")
+    result = run(config, tracking_uri=store)
+    client = MlflowClient(store)
+    for key in ("bench/arith/accuracy", "bench/arith/pass_at_2", "bench/arith/maj_at_2"):
+        history = client.get_metric_history(result.run_id, key)
+        assert sorted(m.step for m in history) == [0, 2, 3], key
+        assert all(0.0 <= m.value <= 1.0 for m in history)
+    with pytest.raises(ConfigError, match="eval.suites_every"):
+        fast_config(warm_model_dir, tmp_path, "eval.every=2", "eval.suites=arith", "eval.suites_every=3")

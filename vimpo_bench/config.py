@@ -34,13 +34,9 @@ class ConfigError(ValueError):
     """A config problem a user can fix; the message names the file and key."""
 
 
-# ------------------------------------------------------------------------------- numeric ranges
-# `Range` and `num` live in vimpo_bench.ranges (the algorithm dataclasses declare theirs the same way).
-
-
 def check_ranges(obj: Any, where: str) -> None:
-    """Every number of a dataclass instance finite and within its field's declared `Range` (None skips:
-    an optional field left unset). Raises ConfigError naming `where`.key and the allowed range."""
+    """Every number of a dataclass instance finite and within its field's declared `Range` (`ranges.num`; None
+    skips an optional field left unset). Raises ConfigError naming `where`.key and the allowed range."""
     ranges.check_ranges(obj, where, ConfigError)
     for f in dataclasses.fields(obj):  # a nested section (model.lora)
         if dataclasses.is_dataclass(value := getattr(obj, f.name)):
@@ -186,6 +182,11 @@ class HeldoutEvalConfig:
     """Also measure greedy accuracy."""
     completions_logged: int = num(32, ge=0)
     """Completions saved as an artifact at each evaluation."""
+    suites: str = ""
+    """Benchmark suites also evaluated in training (`eval --suite` names, comma list; '' = none): the first
+    `problems` test problems, `samples` each, at the rollout's temperature and length limit: bench/<suite>/*."""
+    suites_every: int = num(0, ge=0)
+    """Steps between those suite evaluations, a multiple of `every` (0 = only at the start and the end)."""
 
 
 @dataclass
@@ -225,8 +226,8 @@ STUDY_KEYS = ("study", "extends")
 # Keys added to the schema after results were recorded, with the default they were added with (which
 # reproduces the behaviour from before they existed): left out of `Config.hash()` while they hold it, so
 # that a study cell finished before the key existed is still found as done. Add each new key here.
-LATER_KEYS = {"run.engine": "native", "rollout.refill_rounds": 0, "reward.overlong_buffer": 4,
-              "model.lora": {"r": 0, "alpha": 16.0, "dropout": 0.0, "target_modules": "all-linear"}}
+LATER_KEYS = {"run.engine": "native", "rollout.refill_rounds": 0, "reward.overlong_buffer": 4, "eval.suites": "",
+              "eval.suites_every": 0, "model.lora": dataclasses.asdict(LoraConfig())}
 # Dotted config keys that never change a result (names, output places, thread counts, how much is saved):
 # left out of `Config.hash()`, and never an arm or a condition in a report.
 BOOKKEEPING_KEYS = (
@@ -571,8 +572,10 @@ def validate(c: Config, source: str) -> None:
     if c.optim.minibatches * c.optim.grad_accum > c.rollout.prompts_per_step:
         raise ConfigError(
             f"{source}: optim.minibatches x optim.grad_accum ({c.optim.minibatches * c.optim.grad_accum}) exceeds "
-            f"rollout.prompts_per_step ({c.rollout.prompts_per_step}): each piece needs at least one whole group"
-        )
+            f"rollout.prompts_per_step ({c.rollout.prompts_per_step}): each piece needs at least one whole group")
+    if c.eval.suites_every and (not c.eval.every or c.eval.suites_every % c.eval.every):
+        raise ConfigError(f"{source}: eval.suites_every ({c.eval.suites_every}) must be a multiple of eval.every "
+                          f"({c.eval.every}): suites are evaluated beside the validation split")
     _one_of(c.reward.noise, ("none", "symmetric", "asymmetric"), f"{source}: reward.noise")
     _one_of(c.reward.truncated, ("zero_reward", "mask", "soft_overlong"), f"{source}: reward.truncated")
     if c.reward.truncated == "soft_overlong" and c.reward.overlong_buffer > c.rollout.max_new_tokens:

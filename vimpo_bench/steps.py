@@ -119,7 +119,34 @@ def evaluate_heldout(config, generator, task, heldout, prompt_text, step: int, t
     # what an evaluation costs per generated sequence, against a rollout's (benchmarks/bench_perf.py)
     out["perf/eval_s"] = time.perf_counter() - started
     out["perf/eval_sequences"] = (len(heldout) if config.eval.greedy else 0) + len(sampled.texts)
+    if config.eval.suites and suites_due(config, step):
+        out.update(evaluate_suites(config, generator, step))
     return out
+
+
+def suites_due(config: Config, step: int) -> bool:
+    """Whether the benchmark suites (`eval.suites`) are evaluated at `step`: at the start, at the end, and every
+    `eval.suites_every` steps (a multiple of eval.every, so it falls on a validation evaluation)."""
+    every = config.eval.suites_every
+    return step in (0, config.optim.steps) or bool(every and step % every == 0)
+
+
+def evaluate_suites(config: Config, generator, step: int) -> dict[str, float]:
+    """The benchmark suites of `eval.suites` on the current policy, as `vimpo-bench eval` scores them (the same
+    records, grader and metrics): the first eval.problems test problems, eval.samples each, at the rollout's
+    temperature and length limit, graded in this process. -> bench/<suite>/{accuracy, pass_at_n, maj_at_n}."""
+    from vimpo_bench.evaluate import EvalConfig, evaluate
+
+    n = config.eval.samples
+    arith = config.task.options if config.task.name == "arith" and "arith" in config.eval.suites.split(",") else None
+    settings = EvalConfig(suites=config.eval.suites, n=n, temperature=config.rollout.temperature,
+                          top_p=config.rollout.top_p, max_tokens=config.rollout.max_new_tokens,
+                          limit=config.eval.problems, seed=step_seed(config.run.seed, step, 7), grader_workers=0,
+                          arith_options=dict(arith) if arith is not None else None,
+                          **({} if config.task.template == "none" else {"template": config.task.template}))
+    result = evaluate(generator, settings, tokenizer=getattr(generator, "tokenizer", None), step=step)
+    keys = ("accuracy", *((f"pass_at_{n}", f"maj_at_{n}") if n > 1 else ()))
+    return {f"bench/{suite}/{key}": r.metrics[key] for suite, r in result.suites.items() for key in keys}
 
 
 def pass_and_majority(task, sampled, graded: list[bool], n: int) -> dict[str, float]:
