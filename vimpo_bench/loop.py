@@ -97,15 +97,15 @@ def rewards_of(config: Config, graded: torch.Tensor, truncated: torch.Tensor, le
 def concat_scored(parts: list[Scored]) -> Scored:
     """Scored batches one after the other (a step's refill rounds)."""
     include = [p.kept for p in parts] if any(p.include is not None for p in parts) else None
-    cat = lambda name: torch.cat([getattr(p, name) for p in parts])  # noqa: E731
-    return Scored(cat("graded"), cat("clean"), cat("rewards"), None if include is None else torch.cat(include),
-                  cat("truncated"), cat("lengths"), cat("penalty"))
+    fields = {f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(Scored)
+              if f.name != "include"}
+    return Scored(**fields, include=None if include is None else torch.cat(include))
 
 
 def select_scored(scored: Scored, rows: torch.Tensor) -> Scored:
-    return Scored(scored.graded[rows], scored.clean[rows], scored.rewards[rows],
-                  None if scored.include is None else scored.include[rows], scored.truncated[rows],
-                  scored.lengths[rows], scored.penalty[rows])
+    """The rows `rows` of a scored batch."""
+    return Scored(**{f.name: None if (v := getattr(scored, f.name)) is None else v[rows]
+                     for f in dataclasses.fields(Scored)})
 
 
 def informative_groups(scored: Scored, group_ids: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,8 @@ of the RNG (the run's other draws are those of a full fine-tuning run). What cha
   frozen base, and pi_ref with it, by rounding error at each push) and, at start, DeepSpeed/FSDP (sharding
   the policy and a pi_ref that share tensors is not built).
 
-This module imports nothing of vimpo_bench (config calls `config_problem`) and peft only when LoRA is on.
+This module imports nothing of vimpo_bench at the top (config calls `config_problem`; `frozen_reference`
+imports `models` when called) and peft only when LoRA is on.
 """
 
 from __future__ import annotations
@@ -120,20 +121,21 @@ def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 
 def frozen_reference(policy: torch.nn.Module) -> torch.nn.Module:
-    """pi_ref at the start of a run, eval mode, no gradients: an independent copy of a full fine-tuning policy
-    (as `models.frozen_copy`); for a LoRA policy, the base model without adapters over the policy's own frozen
-    base tensors (no copy of any weight)."""
-    if not is_lora(policy):
-        reference = copy.deepcopy(policy)
-    else:
-        from peft.tuners.tuners_utils import BaseTunerLayer
+    """pi_ref at the start of a run, eval mode, no gradients: `models.frozen_copy` of a full fine-tuning policy;
+    for a LoRA policy, the base model without adapters over the policy's own frozen base tensors (no copy of
+    any weight)."""
+    from vimpo_bench.models import frozen_copy  # here, not at the top: config imports this module
 
-        base = policy.get_base_model()
-        shared = {id(t): t for t in itertools.chain(base.parameters(), base.buffers())}
-        reference = copy.deepcopy(base, memo=shared)  # new modules, the same tensors
-        for name, module in list(reference.named_modules()):
-            if isinstance(module, BaseTunerLayer):
-                reference.set_submodule(name, module.get_base_layer())
+    if not is_lora(policy):
+        return frozen_copy(policy)
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    base = policy.get_base_model()
+    shared = {id(t): t for t in itertools.chain(base.parameters(), base.buffers())}
+    reference = copy.deepcopy(base, memo=shared)  # new modules, the same tensors
+    for name, module in list(reference.named_modules()):
+        if isinstance(module, BaseTunerLayer):
+            reference.set_submodule(name, module.get_base_layer())
     reference.eval()
     reference.requires_grad_(False)
     return reference
@@ -169,9 +171,7 @@ def merged_state_dict(policy) -> dict[str, torch.Tensor]:
 def save(policy, policy_dir: Path, adapter_dir: Path, policy_weights: dict | None = None) -> None:
     """A LoRA policy saved twice: merged into a plain model in `policy_dir` (what evaluation loads) and as its
     adapter in `adapter_dir` (what a resume loads)."""
-    if (
-        policy_weights is not None
-    ):  # gathered from shards: LoRA under DeepSpeed/FSDP is refused at start (trl engine)
+    if policy_weights is not None:  # gathered from shards: LoRA under DeepSpeed/FSDP is refused at start (trl)
         raise ValueError("saving a LoRA policy from gathered (sharded) weights is not built yet")
     policy.get_base_model().save_pretrained(policy_dir, state_dict=merged_state_dict(policy))
     policy.save_pretrained(adapter_dir)

@@ -136,9 +136,11 @@ def evaluate_suites(config: Config, generator, step: int) -> dict[str, float]:
     records, grader and metrics): the first eval.problems test problems, eval.samples each, at the rollout's
     temperature and length limit, graded in this process. -> bench/<suite>/{accuracy, pass_at_n, maj_at_n}."""
     from vimpo_bench.evaluate import EvalConfig, evaluate
+    from vimpo_bench.tasks import expand_suites
 
     n = config.eval.samples
-    arith = config.task.options if config.task.name == "arith" and "arith" in config.eval.suites.split(",") else None
+    on_arith = config.task.name == "arith" and "arith" in expand_suites(config.eval.suites)
+    arith = config.task.options if on_arith else None
     settings = EvalConfig(suites=config.eval.suites, n=n, temperature=config.rollout.temperature,
                           top_p=config.rollout.top_p, max_tokens=config.rollout.max_new_tokens,
                           limit=config.eval.problems, seed=step_seed(config.run.seed, step, 7), grader_workers=0,

@@ -210,11 +210,11 @@ def rl_step(config, task, train_pool, prompt_text, policy, reference, generator,
     # -- rollout and scoring: G responses to each of P prompts from the current policy; the verifier, then
     # the truncation rule, then the noise model (one rule for every algorithm: the algorithm sees only
     # `rewards`); with rollout.refill_rounds, constant groups replaced by fresh prompts' (DAPO) --------------
-    drawn, problems, rollouts, scored = draw_round(config, task, train_pool, prompt_text, generator, step, 0, timer)
+    drawn, rollouts, scored = draw_round(config, task, train_pool, prompt_text, generator, step, 0, timer)
     refill_metrics = {}
     if config.rollout.refill_rounds:
-        problems, rollouts, scored, refill_metrics = refill_constant_groups(
-            config, task, train_pool, prompt_text, generator, step, timer, drawn, problems, rollouts, scored)
+        rollouts, scored, refill_metrics = refill_constant_groups(
+            config, task, train_pool, prompt_text, generator, step, timer, drawn, rollouts, scored)
     rewards, include = scored.rewards, scored.include
 
     # -- log-probs of the sampled tokens under pi_old (= the policy now) and pi_ref; no gradient ---
@@ -264,7 +264,7 @@ def draw_round(config, task, train_pool, prompt_text, generator, step: int, roun
                exclude: frozenset = frozenset()):
     """Draw prompts_per_step prompts of the pool (indices not in `exclude`), sample G responses to each, score
     them: round 0 is the step's own draw, rounds 1.. are dynamic-sampling refills (each seeded by run seed, step
-    and round). -> (pool indices, problems, rollouts, scored)."""
+    and round). -> (pool indices, rollouts, scored)."""
     seed = config.run.seed
     with timer("rollout"):
         pick = torch.Generator().manual_seed(refill_seed(seed, step, round_, PROMPTS))
@@ -276,15 +276,14 @@ def draw_round(config, task, train_pool, prompt_text, generator, step: int, roun
                                       seed=refill_seed(seed, step, round_, SAMPLING))
     with timer("scoring"):
         scored = score(config, task, problems, rollouts, step, round_)
-    return drawn, problems, rollouts, scored
+    return drawn, rollouts, scored
 
 
-def refill_constant_groups(config, task, train_pool, prompt_text, generator, step, timer, drawn, problems, rollouts,
-                           scored):
+def refill_constant_groups(config, task, train_pool, prompt_text, generator, step, timer, drawn, rollouts, scored):
     """DAPO's dynamic sampling: keep the first draw's informative groups, replace its constant ones with
     informative groups of fresh prompts over at most rollout.refill_rounds more draws, and fill what is still
     missing with the first draw's constant groups, so the batch keeps prompts_per_step groups.
-    -> (problems, rollouts, scored, metrics)."""
+    -> (rollouts, scored, metrics)."""
     wanted = config.rollout.prompts_per_step
     informative = informative_groups(scored, rollouts.group_ids).tolist()
     first_constant = wanted - len(informative)
@@ -292,30 +291,24 @@ def refill_constant_groups(config, task, train_pool, prompt_text, generator, ste
     need = first_constant
     while need > 0 and rounds < config.rollout.refill_rounds:
         rounds += 1
-        more_drawn, more_problems, more, more_scored = draw_round(
+        more_drawn, more, more_scored = draw_round(
             config, task, train_pool, prompt_text, generator, step, rounds, timer, exclude=seen)
         keep = informative_groups(more_scored, more.group_ids).tolist()[:need]
         if keep:
-            parts.append((more_problems, more, more_scored, keep))
+            parts.append((more, more_scored, keep))
         seen |= frozenset(more_drawn)
         need -= len(keep)
-    constant = [g for g in range(wanted) if g not in set(informative)]
-    first_keep = sorted(informative + constant[:need])
-    parts.insert(0, (problems, rollouts, scored, first_keep))
-    merged_problems, merged, merged_scored = [], [], []
-    for part_problems, part, part_scored, keep in parts:
-        merged_problems += [part_problems[g] for g in keep]
-        chosen = part.groups(keep)
-        rows = torch.cat([(part.group_ids == g).nonzero().squeeze(1) for g in keep])
-        merged.append(chosen)
-        merged_scored.append(select_scored(part_scored, rows))
+    kept = set(informative)
+    constant = [g for g in range(wanted) if g not in kept]
+    parts.insert(0, (rollouts, scored, sorted(informative + constant[:need])))
+    merged = [part.groups(keep) for part, _, keep in parts]
+    merged_scored = [select_scored(part_scored, part.rows_of(keep)) for part, part_scored, keep in parts]
     metrics = {
         "rollout/refill_rounds": float(rounds),
         "rollout/constant_groups_drawn": first_constant / wanted,
         "rollout/constant_groups_trained": need / wanted,
     }
-    return (merged_problems, concat_rollouts(merged, generator.pad_token_id), concat_scored(merged_scored),
-            metrics)
+    return concat_rollouts(merged, generator.pad_token_id), concat_scored(merged_scored), metrics
 
 
 def ppo_update(config, algo, policy, optimizer, scheduler, rollouts: Rollouts, full: Batch, step: int) -> dict:

@@ -170,7 +170,7 @@ class VimpoGRPOTrainer(GRPOTrainer):
         # step's rows in prompt order, so the draws do not depend on the number of processes.
         t = time.perf_counter()
         graded = verifier_rewards(self.vb.task, texts, [self.vb.train_pool[i] for i in problem_index]).to(device)
-        lengths = torch.tensor([len(c) for c in completion_ids], device=device)  # EOS counted, as the native mask
+        lengths = batch["completion_mask"].sum(1)  # EOS counted, as the native loop's response_mask.sum(1)
         scored = rewards_of(config, gather(graded).cpu(), gather(truncated).cpu(), gather(lengths).cpu(), step)
         clean, rewards, include = scored.clean, scored.rewards, scored.include
         tokens = gather(torch.stack([batch["prompt_mask"].sum(), batch["completion_mask"].sum()])).sum().item()

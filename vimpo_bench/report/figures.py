@@ -59,6 +59,7 @@ class Figure:
     def __init__(self, rows=1, cols=1, titles=(), height=420, secondary_y=False, hspace=0.07, vspace=0.16):
         self.data: list[dict] = []
         self.height = height
+        self.cells = rows * cols
         self.layout: dict = {
             "height": height, "margin": {"l": 55, "r": 55 if secondary_y else 20, "t": 40 if titles else 20, "b": 40},
             "paper_bgcolor": "white", "plot_bgcolor": "white", "hovermode": "closest",
@@ -82,6 +83,12 @@ class Figure:
     @staticmethod
     def axes(cell: int) -> tuple[str, str]:
         return ("x", "y") if cell == 0 else (f"x{cell + 1}", f"y{cell + 1}")
+
+    def hide_cells(self, first: int) -> None:
+        """Hide the grid's spare cells, `first` to the last (a grid wider than its number of plots)."""
+        for cell in range(first, self.cells):
+            self.axis("x", cell, visible=False)
+            self.axis("y", cell, visible=False)
 
     def axis(self, which: str, cell: int = 0, **props) -> None:
         """Set properties (title, type, ...) of the x or y axis of `cell`."""

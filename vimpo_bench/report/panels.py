@@ -153,9 +153,7 @@ def learning_curves(p: Panel, data, labels, style, threshold: float | None = Non
             arm_bands(fig, j, c[c["key"] == key], xcol, style, shown, order="step")
             if j + CURVE_COLS >= len(drawn):  # no cell below it
                 fig.axis("x", j, title={"text": xtitle})
-        for j in range(len(drawn), rows * CURVE_COLS):  # the grid's spare cells
-            fig.axis("x", j, visible=False)
-            fig.axis("y", j, visible=False)
+        fig.hide_cells(len(drawn))
         p.body.append(f"<h3>against {esc(xtitle)}</h3>" + fig.html(f"fig-curves-{i}"))
     p.body.append("<h3>steps to reach a fixed validation accuracy</h3>")
     steps = A.steps_to_threshold(c, data.history, labels, threshold)
@@ -220,9 +218,7 @@ def pass_at_k(p: Panel, data, labels, style) -> None:
         arm_bands(fig, j, frame, "k", style, shown, order="k")
         fig.axis("x", j, title={"text": "k"}, **({"dtick": 1} if frame["k"].max() <= 16 else {}))
         fig.axis("y", j, title={"text": "pass@k"})
-    for j in range(len(suites), rows * cols):
-        fig.axis("x", j, visible=False)
-        fig.axis("y", j, visible=False)
+    fig.hide_cells(len(suites))
     p.body.append("<h3>pass@k against k</h3>")
     p.say(PASS_AT_K_NOTE, "info")
     p.body.append(fig.html("fig-passk-0"))

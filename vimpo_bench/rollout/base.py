@@ -51,10 +51,15 @@ class Rollouts:
     def __len__(self) -> int:
         return len(self.texts)
 
+    def rows_of(self, chosen: list[int]) -> torch.Tensor:
+        """The row indices answering the prompts `chosen` (group ids), group after group in that order."""
+        if not chosen:
+            return torch.zeros(0, dtype=torch.long)
+        return torch.cat([(self.group_ids == g).nonzero().squeeze(1) for g in chosen])
+
     def groups(self, chosen: list[int]) -> Rollouts:
         """The rows answering the prompts `chosen` (group ids, in that order), renumbered 0, 1, ..."""
-        rows = torch.cat([(self.group_ids == g).nonzero().squeeze(1) for g in chosen]) if chosen else \
-            torch.zeros(0, dtype=torch.long)
+        rows = self.rows_of(chosen)
         sizes = [int((self.group_ids == g).sum()) for g in chosen]
         return Rollouts(
             prompt_ids=self.prompt_ids[rows], prompt_mask=self.prompt_mask[rows],
@@ -66,13 +71,23 @@ class Rollouts:
         )
 
 
+def pad_right(x: torch.Tensor, width: int, value: float) -> torch.Tensor:
+    """[B, L] -> [B, width], `value` appended on the right (responses)."""
+    return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)
+
+
+def pad_left(x: torch.Tensor, width: int, value: float) -> torch.Tensor:
+    """[B, L] -> [B, width], `value` prepended on the left (prompts)."""
+    return torch.nn.functional.pad(x, (width - x.shape[1], 0), value=value)
+
+
 def concat_rollouts(parts: list[Rollouts], pad_token_id: int) -> Rollouts:
     """Batches one after the other, group ids continued: prompts re-padded on the left, responses on the right
     (the positions `logprobs.position_ids_from_mask` gives are unchanged by extra left padding)."""
     p_width = max(p.prompt_ids.shape[1] for p in parts)
     t_width = max(p.response_ids.shape[1] for p in parts)
-    left = lambda x, v: torch.nn.functional.pad(x, (p_width - x.shape[1], 0), value=v)  # noqa: E731
-    right = lambda x, v: torch.nn.functional.pad(x, (0, t_width - x.shape[1]), value=v)  # noqa: E731
+    left = lambda x, v: pad_left(x, p_width, v)  # noqa: E731
+    right = lambda x, v: pad_right(x, t_width, v)  # noqa: E731
     offsets = [0]
     for part in parts[:-1]:
         offsets.append(offsets[-1] + (int(part.group_ids.max()) + 1 if len(part) else 0))

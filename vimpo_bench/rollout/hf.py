@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from vimpo_bench.rollout.base import Rollouts, SamplingParams
+from vimpo_bench.rollout.base import Rollouts, SamplingParams, pad_left, pad_right
 
 
 def validate_params(params: SamplingParams) -> None:
@@ -96,14 +96,6 @@ def response_masks(
     mask = (eos_before == 0).long()
     ids = response_ids.masked_fill(mask == 0, pad_token_id)
     return ids, mask, ~is_eos.any(dim=1)
-
-
-def _pad_right(x: torch.Tensor, width: int, value: float) -> torch.Tensor:
-    return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)
-
-
-def _pad_left(x: torch.Tensor, width: int, value: float) -> torch.Tensor:
-    return torch.nn.functional.pad(x, (width - x.shape[1], 0), value=value)
 
 
 @contextlib.contextmanager
@@ -222,18 +214,18 @@ class HFGenerator:
         p_width = max(p["prompt_ids"].shape[1] for p in parts)
         t_width = max(p["response_ids"].shape[1] for p in parts)
         cat = torch.cat
-        response_ids = cat([_pad_right(p["response_ids"], t_width, self.pad_token_id) for p in parts])
-        response_mask = cat([_pad_right(p["response_mask"], t_width, 0) for p in parts])
+        response_ids = cat([pad_right(p["response_ids"], t_width, self.pad_token_id) for p in parts])
+        response_mask = cat([pad_right(p["response_mask"], t_width, 0) for p in parts])
         sample_logp = None
         if self.return_sample_logp:
-            sample_logp = cat([_pad_right(p["sample_logp"], t_width, 0.0) for p in parts])
+            sample_logp = cat([pad_right(p["sample_logp"], t_width, 0.0) for p in parts])
         texts = self.tokenizer.batch_decode(
             [ids[mask.bool()].tolist() for ids, mask in zip(response_ids, response_mask, strict=True)],
             skip_special_tokens=True,
         )
         return Rollouts(
-            prompt_ids=cat([_pad_left(p["prompt_ids"], p_width, self.pad_token_id) for p in parts]),
-            prompt_mask=cat([_pad_left(p["prompt_mask"], p_width, 0) for p in parts]),
+            prompt_ids=cat([pad_left(p["prompt_ids"], p_width, self.pad_token_id) for p in parts]),
+            prompt_mask=cat([pad_left(p["prompt_mask"], p_width, 0) for p in parts]),
             response_ids=response_ids,
             response_mask=response_mask,
             truncated=cat([p["truncated"] for p in parts]),
