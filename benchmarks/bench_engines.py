@@ -17,8 +17,8 @@ import torch
 
 from vimpo_bench.config import load_config
 from vimpo_bench.engines import trl_engine
-from vimpo_bench.tracking import NullTracker
-from vimpo_bench.train import train
+from vimpo_bench.engines.native import train
+from vimpo_bench.runs.tracking import NullTracker
 
 SPLIT = ("perf/step_s", "perf/rollout_s", "perf/scoring_s", "perf/logprob_s", "perf/update_s", "perf/tokens_per_s")
 

@@ -30,12 +30,12 @@ from faultkit import (  # noqa: E402
 )
 from test_fuzz_inputs import alias_bomb, alias_bomb_flow, random_jsonl, random_yaml  # noqa: E402
 
-from vimpo_bench import tracking  # noqa: E402
 from vimpo_bench.config import ConfigError, load_config  # noqa: E402
+from vimpo_bench.engines import run  # noqa: E402
+from vimpo_bench.experiments.study import expand, load_study, run_study  # noqa: E402
 from vimpo_bench.models import warm_start_tiny_arith  # noqa: E402
-from vimpo_bench.study import expand, load_study, run_study  # noqa: E402
+from vimpo_bench.runs import tracking  # noqa: E402
 from vimpo_bench.tasks.math_benchmarks import DataError, read_jsonl  # noqa: E402
-from vimpo_bench.train import run  # noqa: E402
 
 DEADLINE = 5.0
 

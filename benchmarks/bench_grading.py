@@ -150,7 +150,7 @@ def bench_eval(limit: int, max_tokens: int, suite: str) -> dict:
         out = subprocess.run(command, cwd=tmp, env=env, capture_output=True, text=True, check=True)
         wall = time.perf_counter() - t0
         # The same evaluation in this process, after imports, without MLflow: generation + grading.
-        from vimpo_bench import evaluate
+        from vimpo_bench.evaluation import evaluate
 
         config = evaluate.EvalConfig(
             suites=suite, limit=limit, max_tokens=max_tokens, data_dir=str(data_dir()), grader_workers=2

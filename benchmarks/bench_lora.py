@@ -60,7 +60,7 @@ def child(args) -> None:
     import torch
 
     from vimpo_bench.config import load_config
-    from vimpo_bench.train import train
+    from vimpo_bench.engines.native import train
 
     torch.set_num_threads(args.threads)
     baseline = rss_mb()
@@ -81,8 +81,8 @@ def child(args) -> None:
 def model_bytes(args, arm: str) -> dict[str, int]:
     """Parameter counts and the distinct bytes of policy + pi_ref, as the loop builds them."""
     from vimpo_bench.config import load_config
-    from vimpo_bench.lora import frozen_reference, trainable_parameters
-    from vimpo_bench.steps import load_starting_policy
+    from vimpo_bench.models.lora import frozen_reference, trainable_parameters
+    from vimpo_bench.rl.steps import load_starting_policy
 
     policy, _ = load_starting_policy(load_config("tiny_demo", overrides(args, arm, "unused")))
     reference = frozen_reference(policy)
@@ -114,7 +114,7 @@ def main() -> None:
         return child(args)
 
     from vimpo_bench.config import load_config
-    from vimpo_bench.train import train
+    from vimpo_bench.engines.native import train
 
     # the tiny-arith warm start, built here if not cached (untimed)
     train(load_config("tiny_demo", ["optim.steps=0", "eval.problems=1", "eval.samples=1"]))

@@ -46,9 +46,9 @@ def one_run(seed: int, steps: int, store: str, out: Path) -> dict:
     from mlflow import MlflowClient
 
     from vimpo_bench.config import load_config
-    from vimpo_bench.evaluate import run_eval
-    from vimpo_bench.study import eval_config, load_study
-    from vimpo_bench.train import run
+    from vimpo_bench.engines import run
+    from vimpo_bench.evaluation.evaluate import run_eval
+    from vimpo_bench.experiments.study import eval_config, load_study
 
     config = load_config("tiny_demo", [f"run.seed={seed}", f"optim.steps={steps}", f"run.output_dir={out}",
                                       "run.checkpoint_every=0"])
@@ -98,7 +98,7 @@ def rollout_vs_floor(seed: int = 0, repeats: int = 3) -> tuple[list[float], str]
     from vimpo_bench import tasks
     from vimpo_bench.config import load_config
     from vimpo_bench.models import load_policy
-    from vimpo_bench.steps import make_generator, render_prompt, sampling_params
+    from vimpo_bench.rl.steps import make_generator, render_prompt, sampling_params
 
     config = load_config("tiny_demo", [f"run.seed={seed}"])
     task = tasks.get(config.task.name, **config.task.options)

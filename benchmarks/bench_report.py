@@ -59,10 +59,10 @@ def main() -> None:
     import mlflow  # noqa: F401
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  (MLflow imports it on first store use: ~2-4 s)
 
-    from vimpo_bench import tracking
     from vimpo_bench.report import collect, write_report
     from vimpo_bench.report.collect import HISTORY_KEYS, history_frame, select_runs
     from vimpo_bench.report.markdown import write_markdown
+    from vimpo_bench.runs import tracking
     t_import = time.perf_counter() - t0
 
     t0, c0 = time.perf_counter(), time.process_time()

@@ -19,7 +19,7 @@ import statistics
 import time
 
 from vimpo_bench.config import load_config
-from vimpo_bench.train import train
+from vimpo_bench.engines.native import train
 
 SPLIT = ("perf/rollout_s", "perf/scoring_s", "perf/logprob_s", "perf/update_s", "perf/step_s", "perf/tokens_per_s")
 
@@ -56,9 +56,7 @@ def step_cost(steps: int) -> None:
 
     from vimpo_bench import tasks
     from vimpo_bench.algorithms import Batch
-    from vimpo_bench.models import frozen_copy, load_policy
-    from vimpo_bench.rewards import truncation_rule, verifier_rewards
-    from vimpo_bench.train import (
+    from vimpo_bench.engines.native import (
         make_generator,
         ppo_update,
         render_prompt,
@@ -66,6 +64,8 @@ def step_cost(steps: int) -> None:
         sampling_params,
         step_seed,
     )
+    from vimpo_bench.models import frozen_copy, load_policy
+    from vimpo_bench.rl.rewards import truncation_rule, verifier_rewards
 
     print(f"== step cost, {steps} steps: the same batch through a GRPO and a VIMPO update, order alternating")
     config = load_config("tiny_demo", ["eval.every=0"])

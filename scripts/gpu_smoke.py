@@ -149,8 +149,8 @@ def first_updates(policy, reference, fb: dict) -> dict:
     """{algo: (loss, flat float32 gradient on the CPU)}: each algorithm's first update of batch `fb`, as the
     engines run it (pi_old and pi_ref without gradient in eval mode; the loss's forward in train mode)."""
     from vimpo_bench.algorithms import Batch
-    from vimpo_bench.logprobs import token_logprobs
-    from vimpo_bench.steps import eval_mode
+    from vimpo_bench.rl.logprobs import token_logprobs
+    from vimpo_bench.rl.steps import eval_mode
 
     ids = (fb["prompt_ids"], fb["prompt_mask"], fb["response_ids"], fb["response_mask"])
     with torch.no_grad(), eval_mode(policy):
@@ -220,7 +220,7 @@ def run_engine(engine: str, overrides: list[str], tracking_uri: str, n_params: i
     """`train.run` for `engine`; its per-step numbers read back from MLflow (see the module docstring)."""
     from mlflow.tracking import MlflowClient
 
-    from vimpo_bench import train
+    from vimpo_bench import engines as train
     from vimpo_bench.config import load_config
 
     config = load_config(overrides=overrides)

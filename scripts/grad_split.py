@@ -43,9 +43,10 @@ import torch
 from vimpo_bench import tasks as task_registry
 from vimpo_bench.algorithms import Batch, get
 from vimpo_bench.config import ConfigError, from_dict
-from vimpo_bench.logprobs import token_logprobs
+from vimpo_bench.engines.native import score
 from vimpo_bench.models import load_policy
-from vimpo_bench.steps import (
+from vimpo_bench.rl.logprobs import token_logprobs
+from vimpo_bench.rl.steps import (
     eval_mode,
     load_starting_policy,
     make_generator,
@@ -54,7 +55,6 @@ from vimpo_bench.steps import (
     sampling_params,
     step_seed,
 )
-from vimpo_bench.train import score
 
 ACTOR_KINDS = ("implied", "soft_rtg", "residual", "mc")
 REFERENCES = ("ref:reward", "ref:kl")

@@ -16,8 +16,9 @@ import signal
 import time
 from pathlib import Path
 
-from vimpo_bench import faults, tracking
+from vimpo_bench import faults
 from vimpo_bench.config import load_config
+from vimpo_bench.runs import tracking
 
 EASY_TASK_SET = ["task.options.digits=1", "task.options.terms=3", "task.options.n_train=500",
                  "task.options.n_test=100", "task.options.n_validation=100"]
@@ -63,7 +64,7 @@ def run_killed(kill_at: str, target, *args, timeout: float = 300) -> int:
 
 
 def train_run(config, store: str) -> None:
-    from vimpo_bench.train import run
+    from vimpo_bench.engines import run
 
     run(config, tracking_uri=store)
 

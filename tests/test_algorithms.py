@@ -60,9 +60,9 @@ def test_grpo_loss_by_hand():
 
 
 def test_grpo_kl_penalty_by_hand():
-    l = torch.tensor([[0.5, -0.2]])
-    b = Batch(logp=l.repeat(2, 1), old_logp=l.repeat(2, 1), ref_logp=torch.zeros(2, 2), mask=torch.ones(2, 2),
-              rewards=torch.tensor([1.0, 1.0]), group_ids=torch.tensor([0, 0]))
+    log_ratio = torch.tensor([[0.5, -0.2]])
+    b = Batch(logp=log_ratio.repeat(2, 1), old_logp=log_ratio.repeat(2, 1), ref_logp=torch.zeros(2, 2),
+              mask=torch.ones(2, 2), rewards=torch.tensor([1.0, 1.0]), group_ids=torch.tensor([0, 0]))
     k3 = [math.exp(-0.5) + 0.5 - 1, math.exp(0.2) - 0.2 - 1]
     loss, stats = get("grpo", beta=0.1).loss(b)  # advantages 0: the loss is the KL term alone
     assert loss.item() == pytest.approx(0.1 * sum(k3) / 2, rel=1e-5)
@@ -111,8 +111,8 @@ def loop_policy_loss(b, adv_seq, eps_low, eps_high, beta, agg, norm_len=None):
             rho = math.exp(float(b.logp[i, t] - b.old_logp[i, t]))
             a = adv_seq[i]
             term = -min(rho * a, min(max(rho, 1 - eps_low), 1 + eps_high) * a)
-            l = float(b.logp[i, t] - b.ref_logp[i, t])
-            term += beta * (math.exp(-l) + l - 1)
+            log_ratio = float(b.logp[i, t] - b.ref_logp[i, t])
+            term += beta * (math.exp(-log_ratio) + log_ratio - 1)
             s, n = s + term, n + 1
         per_seq_sum.append(s)
         per_seq_n.append(n)
@@ -120,7 +120,7 @@ def loop_policy_loss(b, adv_seq, eps_low, eps_high, beta, agg, norm_len=None):
     if agg == "token-mean":
         return total / n_tok
     if agg == "seq-mean-token-mean":
-        means = [s / n for s, n in zip(per_seq_sum, per_seq_n) if n > 0]
+        means = [s / n for s, n in zip(per_seq_sum, per_seq_n, strict=True) if n > 0]
         return sum(means) / len(means)
     return sum(s / norm_len for s in per_seq_sum) / B
 

@@ -45,7 +45,7 @@ def test_the_cli_silences_the_bars_of_the_libraries_underneath():
 
 def test_sweep_help_lists_every_built_in_parameter():
     from vimpo_bench.cli.study import SWEEP_PARAMS
-    from vimpo_bench.sweep import BUILTIN_PARAMS
+    from vimpo_bench.experiments.sweep import BUILTIN_PARAMS
 
     assert set(SWEEP_PARAMS) == set(BUILTIN_PARAMS)
     out = subprocess.run([sys.executable, "-m", "vimpo_bench", "sweep", "--help"], capture_output=True, text=True,

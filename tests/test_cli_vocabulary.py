@@ -74,7 +74,9 @@ def test_a_value_outside_the_choices_is_refused_before_start_up(command, option,
 def test_the_choices_are_the_librarys():
     """The CLI lists the values without importing the library (it starts in a fraction of a second): the
     lists must be the library's own."""
-    from vimpo_bench import algorithms, engines, evaluate, models, prompts, report
+    from vimpo_bench import algorithms, engines, models, report
+    from vimpo_bench.evaluation import evaluate
+    from vimpo_bench.tasks import prompts
 
     assert cli.ALGOS == tuple(algorithms.names())
     assert cli.ENGINES == tuple(engines.names())
@@ -172,11 +174,11 @@ def test_every_command_that_touches_mlflow_takes_the_same_tracking_uri_flag(comm
 
 def test_flag_help_comes_from_the_config_fields_docs():
     """One source: a train flag that sets a config key shows that field's docstring, and every field of every
-    config section has one (config_docs reads them from config.py)."""
+    config section has one (cli.config_help reads them from the schema)."""
     import dataclasses
 
+    from vimpo_bench.cli.config_help import field_doc
     from vimpo_bench.config import SECTIONS
-    from vimpo_bench.config_docs import field_doc
 
     for section, cls in SECTIONS.items():
         for field in dataclasses.fields(cls):

@@ -10,11 +10,11 @@ from test_train import fast_config
 
 from vimpo_bench import engines
 from vimpo_bench.config import ConfigError, load_config
-from vimpo_bench.logprobs import token_logprobs
-from vimpo_bench.loop import Scored, informative_groups, length_metrics, rewards_of
-from vimpo_bench.rewards import overlong_penalty
+from vimpo_bench.engines import run
+from vimpo_bench.rl.logprobs import token_logprobs
+from vimpo_bench.rl.loop import Scored, informative_groups, length_metrics, rewards_of
+from vimpo_bench.rl.rewards import overlong_penalty
 from vimpo_bench.rollout.base import Rollouts, concat_rollouts
-from vimpo_bench.train import run
 
 
 def test_overlong_penalty_is_dapos_linear_ramp():

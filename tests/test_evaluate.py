@@ -14,9 +14,10 @@ import pandas as pd
 import pytest
 import torch
 
-from vimpo_bench import evaluate as ev
-from vimpo_bench import grading, prompts
+from vimpo_bench import grading
+from vimpo_bench.evaluation import evaluate as ev
 from vimpo_bench.rollout.base import Rollouts, SamplingParams
+from vimpo_bench.tasks import prompts
 
 DATA = Path(
     os.environ.get("VIMPO_BENCH_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -317,7 +318,7 @@ def _cli(args: list[str]):
 
 @needs_data
 def test_cli_eval_every_suite_into_mlflow(tiny_model, mlflow_store, tmp_path):
-    from vimpo_bench.tracking import MlflowTracker
+    from vimpo_bench.runs.tracking import MlflowTracker
 
     parent = MlflowTracker.start(run_name="train", tags={"vimpo.kind": "train"})
     parent.finish()
@@ -386,7 +387,7 @@ def test_cli_eval_every_suite_into_mlflow(tiny_model, mlflow_store, tmp_path):
 
 @needs_data
 def test_cli_eval_of_an_mlflow_run_checkpoint_with_sampling(tiny_model, mlflow_store):
-    from vimpo_bench.tracking import MlflowTracker
+    from vimpo_bench.runs.tracking import MlflowTracker
 
     train = MlflowTracker.start(run_name="train", tags={"vimpo.kind": "train"})
     train.log_artifact(tiny_model, "checkpoint")

@@ -12,11 +12,11 @@ import torch
 
 from vimpo_bench import tasks
 from vimpo_bench.config import Config, ConfigError, load_config
+from vimpo_bench.engines.native import eval_mode, move_reference, sampled_logprobs, score
 from vimpo_bench.models import build_tiny_arith_model, frozen_copy
 from vimpo_bench.rollout.base import Rollouts, SamplingParams
 from vimpo_bench.rollout.hf import HFGenerator
 from vimpo_bench.tasks.base import Problem
-from vimpo_bench.train import eval_mode, move_reference, sampled_logprobs, score
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -105,8 +105,8 @@ def test_math_train_validation_is_held_out_of_training():
 
 
 def test_sweeps_tune_on_validation_only():
-    from vimpo_bench.study import load_study
-    from vimpo_bench.sweep import resolve_params, sweep_spec
+    from vimpo_bench.experiments.study import load_study
+    from vimpo_bench.experiments.sweep import resolve_params, sweep_spec
 
     study = load_study("beta_sweep")
     assert sweep_spec(study).metric == "val/sampled_accuracy"
@@ -119,7 +119,7 @@ def test_sweeps_tune_on_validation_only():
 # ---- 2 beta c_V -----------------------------------------------------------------------------------
 
 def test_a_beta_schedule_keeps_two_beta_cv_fixed():
-    from vimpo_bench.reference import beta_at
+    from vimpo_bench.rl.reference import beta_at
 
     config = load_config(overrides=["beta_schedule.kind=linear", "beta_schedule.final=0.005"])
     scales = []

@@ -28,9 +28,9 @@ from faultkit import (
 )
 from optuna.trial import TrialState
 
-from vimpo_bench import tracking
 from vimpo_bench.config import ConfigError, load_config
-from vimpo_bench.study import load_study, run_study
+from vimpo_bench.experiments.study import load_study, run_study
+from vimpo_bench.runs import tracking
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 RNG = random.Random(12)  # the kill points; change the seed to explore others (the benchmark draws many)
@@ -39,7 +39,7 @@ RNG = random.Random(12)  # the kill points; change the seed to explore others (t
 @pytest.fixture(scope="module")
 def reference(easy_model_cache, tmp_path_factory):
     """Metric histories of one uninterrupted run (its own store, opened in this process only)."""
-    from vimpo_bench.train import run
+    from vimpo_bench.engines import run
 
     root = tmp_path_factory.mktemp("reference")
     store = f"sqlite:///{root / 'mlflow.db'}"
@@ -49,7 +49,7 @@ def reference(easy_model_cache, tmp_path_factory):
 
 @pytest.mark.parametrize("point", sorted(KILL_POINTS))
 def test_a_run_killed_anywhere_resumes_to_the_same_records(point, easy_model_cache, reference, tmp_path):
-    from vimpo_bench.train import run
+    from vimpo_bench.engines import run
 
     hit = RNG.choice(KILL_POINTS[point])
     store, out = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "runs"
@@ -97,7 +97,7 @@ def test_a_study_killed_in_a_cell_reruns_honestly(easy_model_cache, easy_study_y
 
 @pytest.mark.slow  # four worker processes start (a minute or more on 2 cores)
 def test_a_sweep_killed_with_two_workers_keeps_exact_trial_counts(easy_model_cache, easy_study_yaml, tmp_path):
-    from vimpo_bench.sweep import make_storage, run_sweep
+    from vimpo_bench.experiments.sweep import make_storage, run_sweep
 
     store, storage = f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'optuna.db'}"
     path = tmp_path / "ksweep.yaml"
@@ -132,7 +132,7 @@ def test_a_sweep_killed_between_asking_for_a_trial_and_training_it_keeps_exact_c
         easy_model_cache, easy_study_yaml, tmp_path):
     """The kill lands right after Optuna's trial exists, before its training run does: the next sweep finds it
     by Optuna's heartbeat (a short grace here), fails it (not counted) instead of leaving it RUNNING."""
-    from vimpo_bench.sweep import run_sweep
+    from vimpo_bench.experiments.sweep import run_sweep
 
     store, storage = f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'optuna.db'}"
     path = tmp_path / "asked.yaml"
@@ -150,7 +150,7 @@ def test_a_sweep_killed_between_asking_for_a_trial_and_training_it_keeps_exact_c
 
 
 def _eval_run(model: str, store: str, output_dir) -> None:
-    from vimpo_bench.evaluate import EvalConfig, run_eval
+    from vimpo_bench.evaluation.evaluate import EvalConfig, run_eval
 
     config = EvalConfig(suites="arith", limit=4, max_tokens=8, batch_size=4, grader_workers=0)
     run_eval(model, config, experiment="keval", tracking_uri=store, output_dir=output_dir)
@@ -159,8 +159,8 @@ def _eval_run(model: str, store: str, output_dir) -> None:
 def test_an_eval_killed_outside_a_study_does_not_stay_running(tiny_model_dir, tmp_path, monkeypatch):
     """kill -9 mid-evaluation: the report leaves the dead RUNNING eval run out, and the next eval in the
     experiment marks it KILLED; an eval whose owner is alive (its lock held) is left alone."""
-    from vimpo_bench import owners
     from vimpo_bench.report.collect import select_runs
+    from vimpo_bench.runs import owners
 
     monkeypatch.chdir(tmp_path)  # mlartifacts/ lands here
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -195,7 +195,7 @@ def _first_run(store: str, barrier) -> None:
 
 
 def _first_storage(url: str, barrier) -> None:
-    from vimpo_bench.sweep import make_storage
+    from vimpo_bench.experiments.sweep import make_storage
 
     barrier.wait()
     optuna.create_study(storage=make_storage(url), study_name="race", load_if_exists=True)
@@ -254,7 +254,8 @@ def test_an_offline_hub_id_fails_fast_in_one_line(monkeypatch):
 
 
 def test_an_unwritable_output_folder_fails_before_any_run(tmp_path):
-    from vimpo_bench.train import TrainingError, run
+    from vimpo_bench.engines import run
+    from vimpo_bench.runs.record import TrainingError
 
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
@@ -297,8 +298,8 @@ def test_a_nan_budget_does_not_switch_the_budget_off(tmp_path):
 
 
 def test_temporary_folders_of_dead_runs_go_and_a_live_run_is_left_alone(tmp_path):
-    from vimpo_bench.locks import OwnerLock
-    from vimpo_bench.runs import OWNER_LOCK, TrainingError, claim_run, prepare_output_dir, run_is_live
+    from vimpo_bench.runs.locks import OwnerLock
+    from vimpo_bench.runs.record import OWNER_LOCK, TrainingError, claim_run, prepare_output_dir, run_is_live
 
     dead, live = tmp_path / "dead-run", tmp_path / "live-run"
     (dead / ".checkpoint-x1").mkdir(parents=True)
@@ -339,7 +340,7 @@ def _cli(monkeypatch, capsys, *args: str) -> tuple[int, list[str]]:
 @pytest.fixture(scope="module")
 def finished_run(easy_model_cache, tmp_path_factory):
     """(store, output folder, run id, config) of a FINISHED 2-step run with its checkpoint (its own store)."""
-    from vimpo_bench.train import run
+    from vimpo_bench.engines import run
 
     root = tmp_path_factory.mktemp("finished")
     store, out = f"sqlite:///{root / 'mlflow.db'}", root / "runs"
@@ -393,7 +394,7 @@ def test_ctrl_c_during_train_says_interrupted_records_killed_and_names_the_resum
     import subprocess
     import sys
 
-    from vimpo_bench.train import run
+    from vimpo_bench.engines import run
 
     store, out = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "runs"
     overrides = train_overrides(easy_model_cache, out, EASY_WARM_STEPS, "optim.steps=200", "run.checkpoint_every=1")
@@ -445,8 +446,8 @@ def small_disk(tmp_path):
 
 def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_leaves_no_partial_save(
         easy_model_cache, small_disk, tmp_path):
-    from vimpo_bench.checkpoints import CheckpointError
-    from vimpo_bench.train import run
+    from vimpo_bench.engines import run
+    from vimpo_bench.runs.checkpoints import CheckpointError
 
     out = small_disk("8m")  # the policy (4.3 MB) fits, state.pt with Adam's moments (8.6 MB) does not
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -462,7 +463,7 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_leaves_no_partial
 
 def test_a_full_mlflow_store_is_one_line_without_tracebacks(easy_model_cache, small_disk, tmp_path, capfd,
                                                             monkeypatch):
-    from vimpo_bench.train import run
+    from vimpo_bench.engines import run
 
     monkeypatch.chdir(tmp_path)  # mlartifacts/ here: only the database fills its disk
     disk = small_disk("4m")
@@ -487,8 +488,8 @@ def test_a_full_mlflow_store_is_one_line_without_tracebacks(easy_model_cache, sm
 ])
 def test_a_broken_checkpoint_is_named_and_the_resume_changes_nothing(file, damage, message, finished_run,
                                                                        tmp_path):
-    from vimpo_bench.checkpoints import CheckpointError
-    from vimpo_bench.train import run
+    from vimpo_bench.engines import run
+    from vimpo_bench.runs.checkpoints import CheckpointError
 
     store, out, run_id, config = _copy_run(finished_run, tmp_path)
     checkpoint = out / run_id / "checkpoint"
@@ -538,7 +539,7 @@ def test_eval_of_something_that_is_not_a_model_is_refused_before_any_run(case, t
 def test_eval_takes_the_folder_a_run_writes(tiny_model_dir, tmp_path):
     import shutil
 
-    from vimpo_bench.evaluate import resolve_model
+    from vimpo_bench.evaluation.evaluate import resolve_model
 
     policy = tmp_path / "runs" / "abc" / "checkpoint" / "policy"
     shutil.copytree(tiny_model_dir, policy)

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from vimpo_bench.config import ConfigError, load_config
-from vimpo_bench.study import expand, load_study
+from vimpo_bench.experiments.study import expand, load_study
 from vimpo_bench.tasks.math_benchmarks import DataError, read_jsonl
 
 DEADLINE = 5.0  # seconds per call, generous for a loaded 2-core machine

@@ -9,8 +9,16 @@ import time
 
 import pytest
 
-from vimpo_bench import answers, grading
-from vimpo_bench.grading import GradeResult, extract_answer, grade, grade_batch, is_correct, split_gold
+from vimpo_bench import grading
+from vimpo_bench.grading import (
+    GradeResult,
+    answers,
+    extract_answer,
+    grade,
+    grade_batch,
+    is_correct,
+    split_gold,
+)
 
 B = "\\boxed{%s}"
 

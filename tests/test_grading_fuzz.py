@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from vimpo_bench import answers, grading
-from vimpo_bench.grading import GradeResult
+from vimpo_bench import grading
+from vimpo_bench.grading import GradeResult, answers
 
 # Pieces random inputs are made of: LaTeX the grader reads, the notation it rewrites, text it
 # extracts from, and characters that have broken parsers before.

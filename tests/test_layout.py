@@ -77,7 +77,7 @@ def test_the_package_has_no_import_cycles():
     assert cycles(graph) == []
 
 
-LOWER = ("vimpo_bench.config", "vimpo_bench.algorithms", "vimpo_bench.tasks", "vimpo_bench.answers")
+LOWER = ("vimpo_bench.config", "vimpo_bench.algorithms", "vimpo_bench.tasks", "vimpo_bench.grading.answers")
 HIGHER = ("vimpo_bench.engines", "vimpo_bench.cli", "vimpo_bench.report")
 
 
@@ -104,3 +104,56 @@ def test_no_module_is_over_600_lines():
     long = {name: n for name, path in module_names().items()
             if (n := len(path.read_text(encoding="utf-8").splitlines())) > 600}
     assert not long, long
+
+
+# The package's floors, bottom first (the package docstring reads them top-down). The ground is the modules at
+# the package root (ranges, net, faults, the package itself); a package may import its own floor's modules and
+# those of any floor below, never one above, and two packages on one floor do not import each other.
+FLOORS = (
+    {"ground"},
+    {"grading"},
+    {"algorithms"},
+    {"config"},
+    {"tasks", "rollout"},
+    {"models"},
+    {"runs"},
+    {"evaluation"},
+    {"rl"},
+    {"engines"},
+    {"experiments"},
+    {"report"},
+    {"cli"},
+)
+
+
+def floor_of(name: str, path: Path) -> str:
+    if name == "vimpo_bench.__main__":  # `python -m vimpo_bench`: the command line's door, above every floor
+        return "__main__"
+    parts = name.split(".")
+    in_package = len(parts) > 2 or (len(parts) == 2 and path.name == "__init__.py")
+    return parts[1] if in_package else "ground"
+
+
+def test_every_package_sits_on_a_floor_and_imports_only_downward():
+    modules = module_names()
+    level = {package: i for i, floor in enumerate(FLOORS) for package in floor}
+    homes = {floor_of(name, path) for name, path in modules.items()} - {"__main__"}
+    assert homes == set(level), homes ^ set(level)  # a new package is given its floor here
+    upward = []
+    for name, path in modules.items():
+        home = floor_of(name, path)
+        if home == "__main__":
+            continue
+        for target in imports_of(name, path, modules):
+            there = floor_of(target, modules[target])
+            if there != home and level[there] >= level[home] and there != "ground":
+                upward.append(f"{name} ({home}) -> {target} ({there})")
+    assert not upward, upward
+
+
+def test_the_floor_check_sees_an_upward_import():
+    level = {package: i for i, floor in enumerate(FLOORS) for package in floor}
+    assert level["config"] < level["engines"] and level["rl"] < level["engines"] < level["cli"]
+    assert floor_of("vimpo_bench.rl.loop", PACKAGE / "rl" / "loop.py") == "rl"
+    assert floor_of("vimpo_bench.net", PACKAGE / "net.py") == "ground"
+    assert floor_of("vimpo_bench.models", PACKAGE / "models" / "__init__.py") == "models"

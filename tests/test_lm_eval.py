@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from vimpo_bench import evaluate as ev
 from vimpo_bench import grading, tasks
-from vimpo_bench.lm_eval_tasks import SUITE_TASKS, TASK_DIR, load_task_yaml, task_config, utils
+from vimpo_bench.evaluation import evaluate as ev
+from vimpo_bench.evaluation.lm_eval_tasks import SUITE_TASKS, TASK_DIR, load_task_yaml, task_config, utils
 
 DATA = Path(
     os.environ.get("VIMPO_BENCH_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -110,7 +110,7 @@ def test_lm_eval_harness_end_to_end_matches_the_native_harness(tmp_path):
 
 
 def test_lm_eval_harness_refuses_suites_it_has_no_task_for():
-    from vimpo_bench.lm_eval_tasks import evaluate_with_lm_eval
+    from vimpo_bench.evaluation.lm_eval_tasks import evaluate_with_lm_eval
 
     with pytest.raises(ValueError, match="not arith"):
         evaluate_with_lm_eval("unused", ev.EvalConfig(suites="arith"))
@@ -131,18 +131,19 @@ def _imported_modules(path: Path) -> set[str]:
 
 
 def test_the_lm_eval_package_never_imports_evaluate():
-    """One-way dependency: evaluate -> lm_eval_tasks -> eval_results; neither of the last two reaches back."""
+    """One-way dependency: evaluate -> lm_eval_tasks -> results; neither of the last two reaches back."""
     import subprocess
     import sys
 
     import vimpo_bench
 
-    root = Path(vimpo_bench.__file__).parent
-    for path in [*sorted((root / "lm_eval_tasks").glob("*.py")), root / "eval_results.py"]:
-        assert "vimpo_bench.evaluate" not in _imported_modules(path), path
-    assert "vimpo_bench.lm_eval_tasks" in _imported_modules(root / "evaluate.py")
-    for module in ("vimpo_bench.lm_eval_tasks", "vimpo_bench.eval_results", "vimpo_bench.evaluate"):
+    root = Path(vimpo_bench.__file__).parent / "evaluation"
+    for path in [*sorted((root / "lm_eval_tasks").glob("*.py")), root / "results.py"]:
+        assert "vimpo_bench.evaluation.evaluate" not in _imported_modules(path), path
+    assert "vimpo_bench.evaluation.lm_eval_tasks" in _imported_modules(root / "evaluate.py")
+    evaluate = "vimpo_bench.evaluation.evaluate"
+    for module in ("vimpo_bench.evaluation.lm_eval_tasks", "vimpo_bench.evaluation.results", evaluate):
         check = (f"import sys, {module}; "
-                 "assert ('vimpo_bench.evaluate' in sys.modules) == (sys.argv[1] == 'vimpo_bench.evaluate')")
+                 f"assert ({evaluate!r} in sys.modules) == (sys.argv[1] == {evaluate!r})")
         proc = subprocess.run([sys.executable, "-c", check, module], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr

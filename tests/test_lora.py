@@ -1,4 +1,4 @@
-"""LoRA through peft (`model.lora.*`, vimpo_bench/lora.py) on the built-in tiny model, in both engines: only the
+"""LoRA through peft (`model.lora.*`, vimpo_bench/models/lora.py) on the built-in tiny model, in both engines: only the
 adapters train, pi_ref is the starting policy and stays it, a resumed run ends where an uninterrupted one does,
 the checkpoint's policy/ is a plain model `vimpo-bench eval` loads; the config keys, their hash, bad values."""
 
@@ -12,9 +12,9 @@ import torch
 from conftest import EASY_TASK, EASY_WARM_STEPS
 
 from vimpo_bench.config import LATER_KEYS, Config, ConfigError, LoraConfig, from_dict, load_config
-from vimpo_bench.lora import frozen_reference, is_lora, trainable_parameters
-from vimpo_bench.steps import load_starting_policy
-from vimpo_bench.train import train
+from vimpo_bench.engines.native import train
+from vimpo_bench.models.lora import frozen_reference, is_lora, trainable_parameters
+from vimpo_bench.rl.steps import load_starting_policy
 
 LORA = ["model.lora.r=4", "model.lora.alpha=8"]
 FAST = [
@@ -164,11 +164,10 @@ def test_native_training_moves_the_policy_and_leaves_pi_ref_at_the_start(
 ):
     from safetensors.torch import load_file
 
-    from vimpo_bench import lora
-    from vimpo_bench import train as native
-    from vimpo_bench.checkpoints import load_weights
-    from vimpo_bench.eval_models import resolve_model
-    from vimpo_bench.models import load_policy
+    from vimpo_bench.engines import native
+    from vimpo_bench.evaluation.targets import resolve_model
+    from vimpo_bench.models import load_policy, lora
+    from vimpo_bench.runs.checkpoints import load_weights
 
     config = builtin(easy_model_cache, tmp_path, "optim.steps=1", "optim.minibatches=1")
     first = train(config).history[0]
@@ -237,7 +236,7 @@ def test_the_trl_engine_trains_lora_and_resumes_to_the_same_adapter(
 ):
     pytest.importorskip("trl")
     from vimpo_bench.engines import trl_engine
-    from vimpo_bench.tracking import NullTracker
+    from vimpo_bench.runs.tracking import NullTracker
 
     def run(out, **kwargs):
         config = load_config(

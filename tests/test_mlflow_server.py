@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from vimpo_bench.config import load_config
-from vimpo_bench.train import run
+from vimpo_bench.engines import run
 
 
 def free_port() -> int:

@@ -25,7 +25,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from vimpo_bench.config import ConfigError
-from vimpo_bench.study import load_study
+from vimpo_bench.experiments.study import load_study
 
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed")
 RAY = str(Path(sys.executable).with_name("ray"))

@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vimpo_bench import tracking
 from vimpo_bench.report import analysis as A
 from vimpo_bench.report import build_report, collect, stats
 from vimpo_bench.report import grid as G
@@ -21,7 +20,8 @@ from vimpo_bench.report import refs as R
 from vimpo_bench.report.collect import ReportData
 from vimpo_bench.report.panels import PANELS, steps_display
 from vimpo_bench.report.synthetic import fresh_store, log_synthetic_study
-from vimpo_bench.tracking import MlflowTracker
+from vimpo_bench.runs import tracking
+from vimpo_bench.runs.tracking import MlflowTracker
 
 T_2 = 4.302652729749464  # t_{0.975} with 2 degrees of freedom
 T_1 = 12.706204736174707
@@ -416,7 +416,7 @@ def store(tmp_path_factory):
 
 def _log_eval_like_vimpo_bench_eval(uri: str) -> dict[str, str]:
     """Study "evalfmt": one unfinished training run and an eval run nested under it, logged the way
-    `vimpo_bench.evaluate.log_result` does (records/<suite>.jsonl, per-subject and bookkeeping metrics),
+    `vimpo_bench.evaluation.evaluate.log_result` does (records/<suite>.jsonl, per-subject and bookkeeping metrics),
     plus a stand-alone eval run with no algorithm tag."""
     train = MlflowTracker.start("vimpo-running", tags={"vimpo.kind": "train", "vimpo.algo": "vimpo",
                                                        "vimpo.seed": 3, "vimpo.study": "evalfmt"}, tracking_uri=uri)

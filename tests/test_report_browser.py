@@ -2,7 +2,7 @@
 no console errors, no request but the file itself, every panel present, and a screenshot of each panel
 (and each figure) that is not blank. Without Chromium only the page-size check runs.
 
-Runs: real training runs of the tiny model (`vimpo_bench.train.run`: 2 algorithms x 2 seeds, 2 steps
+Runs: real training runs of the tiny model (`vimpo_bench.engines.native.run`: 2 algorithms x 2 seeds, 2 steps
 each) in a fresh sqlite store. That completions are escaped is checked in test_report.py."""
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ SMALL = ["optim.steps=2", "rollout.prompts_per_step=2", "rollout.group_size=4", 
 def _log_real_runs(uri: str) -> None:
     """2 algorithms x 2 seeds of the tiny model, each a real `vimpo-bench train` run."""
     from vimpo_bench.config import load_config
-    from vimpo_bench.train import run
+    from vimpo_bench.engines import run
 
     for algo in ("vimpo", "grpo"):
         for seed in (1, 2):

@@ -10,12 +10,12 @@ import re
 import pandas as pd
 import pytest
 
-from vimpo_bench.eval_results import suite_metrics
+from vimpo_bench.evaluation.results import suite_metrics
 from vimpo_bench.report import build_report, collect
 from vimpo_bench.report import passk as K
 from vimpo_bench.report.panels import CURVE_METRICS, build_panels
 from vimpo_bench.report.synthetic import fresh_store, log_synthetic_study
-from vimpo_bench.tracking import MlflowTracker
+from vimpo_bench.runs.tracking import MlflowTracker
 
 DYNAMICS = {
     "policy/clip_frac": "clip fraction (tokens)",

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from vimpo_bench.logprobs import position_ids_from_mask, token_logprobs
 from vimpo_bench.models import frozen_copy
+from vimpo_bench.rl.logprobs import position_ids_from_mask, token_logprobs
 from vimpo_bench.rollout.base import Rollouts, SamplingParams
 from vimpo_bench.rollout.hf import HFGenerator, response_masks
 

@@ -33,10 +33,10 @@ from test_trl_engine import BASE, native_update, record, trl_update  # noqa: E40
 
 from vimpo_bench import tasks  # noqa: E402
 from vimpo_bench.config import load_config  # noqa: E402
-from vimpo_bench.logprobs import token_logprobs  # noqa: E402
+from vimpo_bench.engines import run  # noqa: E402
 from vimpo_bench.models import build_tiny_arith_model, disable_dropout, load_policy  # noqa: E402
+from vimpo_bench.rl.logprobs import token_logprobs  # noqa: E402
 from vimpo_bench.tasks.arith import ArithTask  # noqa: E402
-from vimpo_bench.train import run  # noqa: E402
 
 ENGINES = ["native", "trl"]
 # One RL step of one optimizer step (one minibatch, one microbatch): the first loss call is the first minibatch.

@@ -15,7 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from vimpo_bench.config import STUDIES_DIR, ConfigError
-from vimpo_bench.study import expand, load_study, plan, run_study
+from vimpo_bench.experiments.study import expand, load_study, plan, run_study
 
 
 def write(path, text):
@@ -211,8 +211,8 @@ def test_dry_run_prints_the_plan_without_creating_a_store(tmp_path):
 
 def test_a_cut_short_cell_is_resumed_and_the_minutes_budget_holds_back_new_cells(
         tmp_path, easy_model_cache, easy_study_yaml, monkeypatch):
-    from vimpo_bench.study import cell_tags
-    from vimpo_bench.train import run
+    from vimpo_bench.engines import run
+    from vimpo_bench.experiments.study import cell_tags
 
     monkeypatch.chdir(tmp_path)
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"

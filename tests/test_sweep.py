@@ -26,9 +26,9 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from vimpo_bench.config import ConfigError
-from vimpo_bench.study import load_study
-from vimpo_bench.sweep import make_storage, resolve_params, run_sweep, sweep_spec
-from vimpo_bench.sweep_trials import ORPHAN_AFTER_S, WAIT, Heartbeat, counted, next_trial
+from vimpo_bench.experiments.study import load_study
+from vimpo_bench.experiments.sweep import make_storage, resolve_params, run_sweep, sweep_spec
+from vimpo_bench.experiments.sweep_trials import ORPHAN_AFTER_S, WAIT, Heartbeat, counted, next_trial
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -344,7 +344,7 @@ def test_count_then_ask_waits_for_another_machine_holding_the_postgres_lock(post
 
     import psycopg
 
-    from vimpo_bench.sweep_trials import study_lock
+    from vimpo_bench.experiments.sweep_trials import study_lock
 
     entered = threading.Event()
 
@@ -416,12 +416,12 @@ def test_a_trial_orphaned_before_its_first_heartbeat_is_failed_and_queued_again(
 def test_an_interrupted_trial_is_queued_again_at_once(tmp_path, easy_model_cache, easy_study_yaml, monkeypatch):
     """Ctrl-C during a trial: the trial is told FAIL and queued again right away (no grace period to wait),
     so the next command runs its parameters first."""
-    import vimpo_bench.train
+    import vimpo_bench.engines
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(vimpo_bench.train, "start", interrupted)
+    monkeypatch.setattr(vimpo_bench.engines, "start", interrupted)
     path = write(tmp_path / "intr.yaml", easy_study_yaml(easy_model_cache, tmp_path / "runs", steps=1))
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     with pytest.raises(KeyboardInterrupt):

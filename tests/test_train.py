@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from transformers import AutoModelForCausalLM
 
 from vimpo_bench.config import load_config
-from vimpo_bench.train import run
+from vimpo_bench.engines import run
 
 FAST = [
     "rollout.prompts_per_step=4", "rollout.group_size=4", "rollout.max_new_tokens=10",
@@ -114,7 +114,7 @@ def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(warm_model_dir, t
 
 
 def test_a_save_cut_short_keeps_the_previous_checkpoint(tmp_path):
-    from vimpo_bench.checkpoints import find_checkpoint
+    from vimpo_bench.runs.checkpoints import find_checkpoint
 
     run_dir = tmp_path / "r"
     (run_dir / "checkpoint.old").mkdir(parents=True)
@@ -217,7 +217,7 @@ def test_a_run_records_the_load_average_at_start_and_end_and_the_cost_of_its_eva
     from mlflow import MlflowClient
 
     from vimpo_bench.config import load_config
-    from vimpo_bench.train import run
+    from vimpo_bench.engines import run
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = load_config(overrides=[f"model.name={tiny_model_dir}", f"run.output_dir={tmp_path / 'runs'}",
@@ -241,7 +241,7 @@ def test_in_training_evaluation_reports_pass_and_majority_at_n_by_hand():
 
     import torch
 
-    from vimpo_bench.steps import pass_and_majority
+    from vimpo_bench.rl.steps import pass_and_majority
 
     sampled = SimpleNamespace(group_ids=torch.tensor([0, 0, 0, 1, 1, 1]), texts=["5", "7", "7", "1", "2", "3"])
     task = SimpleNamespace(extract=lambda text: text)
@@ -258,7 +258,7 @@ def test_each_evaluation_logs_a_completions_table_mlflow_can_load(tiny_model_dir
     import mlflow
 
     from vimpo_bench.config import load_config
-    from vimpo_bench.train import run
+    from vimpo_bench.engines import run
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = load_config(overrides=[f"model.name={tiny_model_dir}", f"run.output_dir={tmp_path / 'runs'}",

@@ -19,11 +19,11 @@ pytest.importorskip("trl")
 
 from vimpo_bench import tasks  # noqa: E402
 from vimpo_bench.config import load_config  # noqa: E402
+from vimpo_bench.engines.native import make_generator, render_prompt, rl_step, sampling_params  # noqa: E402
 from vimpo_bench.engines.trl_engine import make_trainer, trainer_args  # noqa: E402
 from vimpo_bench.engines.trl_trainer import VimpoGRPOTrainer  # noqa: E402
 from vimpo_bench.models import frozen_copy, load_policy  # noqa: E402
-from vimpo_bench.steps import step_seed  # noqa: E402
-from vimpo_bench.train import make_generator, render_prompt, rl_step, sampling_params  # noqa: E402
+from vimpo_bench.rl.steps import step_seed  # noqa: E402
 
 TOL = 1e-5
 BASE = ["rollout.prompts_per_step=4", "rollout.group_size=4", "rollout.max_new_tokens=8", "optim.minibatches=2",
@@ -274,7 +274,7 @@ def test_a_killed_trl_run_resumes_to_the_same_parameters_and_metrics(tiny_model_
     each step logged once with its values, one FINISHED run; a stop_after cut resumes the same way."""
     from faultkit import histories, problems_with_run, run_killed, running_runs, train_run
 
-    from vimpo_bench.train import run
+    from vimpo_bench.engines import run
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = load_config(overrides=[f"model.name={tiny_model_dir}", f"run.output_dir={tmp_path / 'runs'}",
@@ -381,7 +381,7 @@ def test_two_cpu_processes_train_as_one_run_and_resume(algo, tiny_model_dir, tmp
     run's parameters, with each step logged once."""
     from faultkit import histories, problems_with_run, running_runs
 
-    from vimpo_bench import tracking
+    from vimpo_bench.runs import tracking
 
     script = tmp_path / "run.py"
     script.write_text(PARAM_HASH)
@@ -412,8 +412,8 @@ def test_two_cpu_processes_train_as_one_run_and_resume(algo, tiny_model_dir, tmp
 @pytest.mark.slow
 def test_a_study_with_a_native_and_a_trl_cell_renders_in_the_report(tmp_path, easy_model_cache, easy_study_yaml,
                                                                      monkeypatch):
+    from vimpo_bench.experiments.study import load_study, run_study
     from vimpo_bench.report import build_report
-    from vimpo_bench.study import load_study, run_study
 
     monkeypatch.chdir(tmp_path)
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"

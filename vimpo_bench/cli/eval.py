@@ -198,7 +198,7 @@ def eval_command(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object, last."),
 ) -> None:
     """Evaluate a model on math benchmarks, graded like the papers grade, every sample kept."""
-    from vimpo_bench import evaluate
+    from vimpo_bench.evaluation import evaluate
 
     if max_tokens is not None:
         if max_new_tokens is not None and max_new_tokens != max_tokens:

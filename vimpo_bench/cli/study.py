@@ -22,7 +22,7 @@ app.add_typer(study_app, name="study")
 
 def _load(study: str):
     from vimpo_bench.config import ConfigError
-    from vimpo_bench.study import load_study
+    from vimpo_bench.experiments.study import load_study
 
     try:
         return load_study(study)
@@ -87,7 +87,7 @@ class Executor(str, Enum):
 
 
 def _executor(study, kind: Executor, workers: int, address, num_cpus, num_gpus, steps):
-    from vimpo_bench.executors import ExecutorError, RayExecutor, local
+    from vimpo_bench.experiments.executors import ExecutorError, RayExecutor, local
 
     ray_only = {"--address": address, "--num-cpus": num_cpus, "--num-gpus": num_gpus}
     if kind is Executor.local:
@@ -124,8 +124,8 @@ def study_run(
 ) -> None:
     """Train and evaluate every cell of a study's grid, skipping cells already done."""
     from vimpo_bench.config import ConfigError
-    from vimpo_bench.executors import ExecutorError
-    from vimpo_bench.study import expand, plan, plan_rows, run_study
+    from vimpo_bench.experiments.executors import ExecutorError
+    from vimpo_bench.experiments.study import expand, plan, plan_rows, run_study
 
     study = _load(file)
     if workers < 1:
@@ -135,7 +135,7 @@ def study_run(
     except ConfigError as exc:
         fail(str(exc))
     if dry_run:
-        from vimpo_bench import tracking
+        from vimpo_bench.runs import tracking
 
         planned = plan(study, cells, tracking_uri or tracking.default_tracking_uri())
         typer.echo(f"study {study.name}: {len(cells)} cell(s) in experiment {study.experiment!r}"
@@ -188,7 +188,7 @@ def sweep_command(
     """Search hyperparameters with Optuna; each trial is an MLflow run; rerunning continues the study."""
     import optuna
 
-    from vimpo_bench.sweep import plan_sweep, run_sweep
+    from vimpo_bench.experiments.sweep import plan_sweep, run_sweep
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = _load(study)

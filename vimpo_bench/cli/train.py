@@ -1,4 +1,4 @@
-"""`vimpo-bench train`: parse, load the config, call `vimpo_bench.train.start` with a `runs.RunRequest`."""
+"""`vimpo-bench train`: parse, load the config, call `vimpo_bench.engines.start` with a `runs.RunRequest`."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Literal
 import typer
 
 from vimpo_bench.cli import ALGOS, ENGINES, app, choice, fail, tracking_uri_option
+from vimpo_bench.cli.config_help import config_help
 from vimpo_bench.cli.progress import StepBars
-from vimpo_bench.config_docs import config_help
 
 
 @app.command("train")
@@ -38,8 +38,8 @@ def train_command(
     --algo sets algo.name (before --set, so that --set algo.KEY applies to it); --engine, --seed,
     --max-new-tokens and --experiment set the key they name, over --set."""
     from vimpo_bench.config import DEFAULT_STUDY, ConfigError, load_config
-    from vimpo_bench.runs import RunRequest
-    from vimpo_bench.train import start
+    from vimpo_bench.engines import start
+    from vimpo_bench.runs.record import RunRequest
 
     overrides = list(set_)
     if algo:
@@ -85,8 +85,8 @@ def train_command(
 
 def _interrupted(config, run_id: str | None, tracking_uri: str | None = None) -> str:
     """What Ctrl-C left behind (`train.run` recorded the run KILLED) and the command that continues it."""
-    from vimpo_bench.checkpoints import find_checkpoint
     from vimpo_bench.config import RunConfig
+    from vimpo_bench.runs.checkpoints import find_checkpoint
 
     if run_id is None:
         return "interrupted before training started"

@@ -1,10 +1,14 @@
 """Training engines, by name: `get(name)` -> an `Engine` that says what it supports and trains.
 
+    result = engines.run(config, **options)   # what `vimpo-bench train`, studies and sweeps call
+    result = engines.start(request)           # the same with a runs.record.RunRequest
+
     engine = engines.get(config.run.engine)
     problem = engine.check(config)      # one line naming the keys this engine cannot honour, or None
     result = engine.start(request)      # a runs.RunRequest; its training entry, imported only now (TRL is heavy)
 
-`native` is the readable reference loop (vimpo_bench/train.py: CPU or one GPU, hf rollouts); `trl` runs our
+`start` resumes a run on the engine its checkpoint was saved by, else trains on run.engine if that engine can
+honour the config. `native` is the readable reference loop (vimpo_bench/engines/native.py: CPU or one GPU, hf rollouts); `trl` runs our
 algorithms inside TRL's GRPOTrainer (trl_engine.py, trl_trainer.py). This module imports neither: an engine
 names its entry as "module:function", so checking a config costs nothing and nothing here points up the house.
 `problem(config)` is what every entry (train, study planning, sweeps) asks before a run is opened.
@@ -61,6 +65,30 @@ def problem(config) -> str | None:
     return engine.check(config)
 
 
+def run(config, **options):
+    """Train with an MLflow run: `start(RunRequest(config, **options))` (see `runs.record.RunRequest` for the
+    options: resume_run_id, tracking_uri, tags, parent_run_id, stop_after, progress, on_eval, run_started)."""
+    from vimpo_bench.runs.record import RunRequest
+
+    return start(RunRequest(config, **options))
+
+
+def start(request):
+    """Train as `request` asks: a new run on its engine, or `resume_run_id` continued from its last checkpoint.
+    Returns the engine's `runs.record.TrainResult`."""
+    from pathlib import Path
+
+    from vimpo_bench.config import ConfigError
+    from vimpo_bench.runs.record import checkpoint_engine
+
+    saved = request.resume_run_id and checkpoint_engine(Path(request.config.run.output_dir) / request.resume_run_id)
+    if not saved:
+        why = problem(request.config)
+        if why:
+            raise ConfigError(why)
+    return get(saved or request.config.run.engine).start(request)
+
+
 def native_config_problem(config) -> str | None:
     if config.rollout.backend == "vllm":
         return ("rollout.backend=vllm needs run.engine=trl (the native loop has no way to push updated weights into "
@@ -95,6 +123,6 @@ def trl_preflight(config) -> None:
 
 
 register(Engine("native", "the readable reference loop: CPU or one GPU, transformers rollouts",
-                "vimpo_bench.train:run_native", native_config_problem))
+                "vimpo_bench.engines.native:run_native", native_config_problem))
 register(Engine("trl", "our algorithms inside TRL's GRPOTrainer: accelerate, DeepSpeed/FSDP, vLLM rollouts",
                 "vimpo_bench.engines.trl_engine:run", trl_config_problem))

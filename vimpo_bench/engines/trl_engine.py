@@ -21,22 +21,12 @@ from transformers import TrainerCallback
 
 from vimpo_bench import faults
 from vimpo_bench import tasks as task_registry
-from vimpo_bench.checkpoints import checkpoint_dir, checkpoint_due, load_state, saved_config
 from vimpo_bench.config import Config
 from vimpo_bench.engines import trl_preflight
-from vimpo_bench.loop import seed_process
-from vimpo_bench.lora import frozen_reference, is_lora
-from vimpo_bench.provenance import run_identity
-from vimpo_bench.reference import is_ref_update_step
-from vimpo_bench.runs import (
-    RunRequest,
-    TrainingError,
-    TrainResult,
-    open_run,
-    record_run,
-    train_to_status,
-)
-from vimpo_bench.steps import (
+from vimpo_bench.models.lora import frozen_reference, is_lora
+from vimpo_bench.rl.loop import seed_process
+from vimpo_bench.rl.reference import is_ref_update_step
+from vimpo_bench.rl.steps import (
     evaluate_heldout,
     load_starting_policy,
     log_advantage_profile,
@@ -45,7 +35,17 @@ from vimpo_bench.steps import (
     move_reference,
     render_prompt,
 )
-from vimpo_bench.tracking import NullTracker, Tracker
+from vimpo_bench.runs.checkpoints import checkpoint_dir, checkpoint_due, load_state, saved_config
+from vimpo_bench.runs.provenance import run_identity
+from vimpo_bench.runs.record import (
+    RunRequest,
+    TrainingError,
+    TrainResult,
+    open_run,
+    record_run,
+    train_to_status,
+)
+from vimpo_bench.runs.tracking import NullTracker, Tracker
 
 
 def run(request: RunRequest) -> TrainResult:
@@ -226,7 +226,7 @@ def resume_state(trainer, vb: EngineState, checkpoint: Path, tracker: Tracker) -
 def make_trainer(config: Config, args, policy, tokenizer, task, tracker: Tracker | None = None, progress=None,
                  on_eval=None):
     """(VimpoGRPOTrainer, EngineState) for `policy`; pi_ref starts as a copy of it (a LoRA policy's: its base,
-    adapters off, over the same tensors; TRL trains the `PeftModel` as it is, see vimpo_bench/lora.py)."""
+    adapters off, over the same tensors; TRL trains the `PeftModel` as it is, see vimpo_bench/models/lora.py)."""
     from datasets import Dataset
     from transformers import PrinterCallback, ProgressCallback
 

@@ -1,6 +1,6 @@
 """Our algorithms inside TRL's GRPOTrainer. TRL generates (transformers or vLLM colocate/server, with the
 weight push after each optimizer step) and runs the optimizer under accelerate (DDP, DeepSpeed, FSDP);
-everything a result depends on is ours, through the same functions as the native loop (train.py):
+everything a result depends on is ours, through the same functions as the native loop (engines/native.py):
 
     rollout     TRL's `_generate`, on the prompts the native loop would draw (`StepPromptSampler`)
     score       grader per process -> truncation rule -> noise over the whole step, seeded as `train.score`
@@ -30,15 +30,15 @@ from trl.trainer.utils import add_fused_lm_head, pad
 
 from vimpo_bench.algorithms import Batch
 from vimpo_bench.algorithms.core import masked_mean
-from vimpo_bench.checkpoints import load_weights, rng_state, save_checkpoint, set_rng_state
-from vimpo_bench.logprobs import position_ids_from_mask
-from vimpo_bench.loop import algorithm_at, group_orders, reward_metrics, rewards_of
-from vimpo_bench.reference import lr_factor
-from vimpo_bench.rewards import verifier_rewards
+from vimpo_bench.rl.logprobs import position_ids_from_mask
+from vimpo_bench.rl.loop import algorithm_at, group_orders, reward_metrics, rewards_of
+from vimpo_bench.rl.reference import lr_factor
+from vimpo_bench.rl.rewards import verifier_rewards
+from vimpo_bench.rl.steps import eval_mode, prompt_special_tokens, step_seed
 from vimpo_bench.rollout.base import Rollouts
 from vimpo_bench.rollout.hf import seeded
-from vimpo_bench.runs import TrainingError
-from vimpo_bench.steps import eval_mode, prompt_special_tokens, step_seed
+from vimpo_bench.runs.checkpoints import load_weights, rng_state, save_checkpoint, set_rng_state
+from vimpo_bench.runs.record import TrainingError
 
 
 class StepPromptSampler(torch.utils.data.Sampler):

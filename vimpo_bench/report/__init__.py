@@ -33,7 +33,7 @@ def default_out(title: str, format: str = "html") -> Path:
 
 def declared_endpoint(study: str) -> dict | None:
     """The `study.endpoint` section of the study file of that name (packaged or in ./studies), if it has one."""
-    from vimpo_bench.study import load_study  # the study layer: only when a report names a study
+    from vimpo_bench.experiments.study import load_study  # the study layer: only when a report names a study
 
     try:
         return load_study(study).endpoint or None

@@ -26,7 +26,7 @@ NOISE_KIND_KEY = "reward.noise"  # none | symmetric (rate reward.p) | asymmetric
 NOISE_RATE_KEYS = ("reward.p", "reward.noise_p")
 ASYMMETRIC_KEYS = ("reward.fp", "reward.fn")
 UNSET = "<unset>"
-AXIS_TAG = "vimpo.axis."  # + axis name: the label of a study cell's value on that axis (see vimpo_bench.study)
+AXIS_TAG = "vimpo.axis."  # + axis name: the label of a study cell's value on that axis (see vimpo_bench.experiments.study)
 VAL_METRICS = ("greedy_accuracy", "sampled_accuracy")  # logged by training runs as val/<metric>
 THRESHOLD_KEY = "val/sampled_accuracy"  # the curve "steps to reach a fixed accuracy" reads
 # Config keys that never change a result (names, output places, threads, checkpointing, logging): never an

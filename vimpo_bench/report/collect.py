@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from vimpo_bench import owners, tracking
+from vimpo_bench.runs import owners, tracking
 
 # Metric histories the panels plot (training runs only); everything else comes from latest values.
 HISTORY_KEYS = (

@@ -1,7 +1,7 @@
 """pass@k against k, from the graded samples of the final eval runs.
 
 Per eval run and suite, each problem's n samples of which c are right give the unbiased estimator of
-Chen et al. (2021), pass@k = 1 - C(n-c, k) / C(n, k), for k = 1..n (`vimpo_bench.eval_results.pass_at_k`, the
+Chen et al. (2021), pass@k = 1 - C(n-c, k) / C(n, k), for k = 1..n (`vimpo_bench.evaluation.results.pass_at_k`, the
 numerically stable product form the eval runs' own `pass_at_k` metrics use); its mean over the problems is
 the run's pass@k, and the report gives the mean over seeds and its 95% t interval per arm (and condition)
 and suite. pass@1 is avg@n; pass@n is the eval run's logged `pass_at_n`.
@@ -13,7 +13,7 @@ import functools
 
 import pandas as pd
 
-from vimpo_bench.eval_results import pass_at_k
+from vimpo_bench.evaluation.results import pass_at_k
 from vimpo_bench.report.analysis import by_condition_and_arm, clip_to_range, run_labels
 from vimpo_bench.report.collect import ReportData
 from vimpo_bench.report.endpoint import latest_evals

@@ -1,7 +1,7 @@
 """Synthetic MLflow runs shaped like docs/metrics.md, for the report's tests and benchmark.
 
 They are made up (VIMPO is given a faster learning curve on purpose); never mix them with real runs.
-Everything is written through `vimpo_bench.tracking` to the store at `tracking_uri`; like every
+Everything is written through `vimpo_bench.runs.tracking` to the store at `tracking_uri`; like every
 `MlflowTracker`, a new experiment keeps its artifacts under ./mlartifacts of the working directory.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vimpo_bench.tracking import MlflowTracker, log_metric_rows, search_runs
+from vimpo_bench.runs.tracking import MlflowTracker, log_metric_rows, search_runs
 
 PROBLEMS = 30
 _template: Path | None = None

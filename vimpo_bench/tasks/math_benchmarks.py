@@ -7,7 +7,7 @@ same fields). Loading checks every line: a missing file, a malformed line or an 
 `DataError` naming the file and line; a row count other than the published size warns.
 
 Grading is `vimpo_bench.grading` (the one grader); `prompt(problem)` is the raw problem text:
-templates (`vimpo_bench.prompts`) are applied by the caller that knows the tokenizer.
+templates (`vimpo_bench.tasks.prompts`) are applied by the caller that knows the tokenizer.
 """
 
 from __future__ import annotations

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-from vimpo_bench import faults, locks, net
+from vimpo_bench import faults
+from vimpo_bench.runs import locks
+from vimpo_bench import net
 
 DEFAULT_EXPERIMENT = "vimpo-bench"
 # Seconds to wait for a tracking server to accept a connection; MLflow's own HTTP retries take minutes.

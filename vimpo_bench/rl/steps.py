@@ -15,10 +15,10 @@ from vimpo_bench import faults
 from vimpo_bench.algorithms.core import masked_mean
 from vimpo_bench.algorithms.vimpo import value_loss
 from vimpo_bench.config import Config
-from vimpo_bench.logprobs import token_logprobs
-from vimpo_bench.reference import update_reference
+from vimpo_bench.rl.logprobs import token_logprobs
+from vimpo_bench.rl.reference import update_reference
 from vimpo_bench.rollout.base import Rollouts, SamplingParams
-from vimpo_bench.tracking import Tracker
+from vimpo_bench.runs.tracking import Tracker
 
 
 def step_seed(seed: int, step: int, stream: int) -> int:
@@ -57,8 +57,7 @@ def load_starting_policy(config: Config, progress=None):
     (`models.disable_dropout`: the rule for every RL forward, both engines), wrapped in LoRA adapters when
     `model.lora.r` > 0 (`lora.wrap`: A drawn from the run's seed, B = 0, so the same function as the model
     loaded); `progress(phase, done, total, metrics)` sees the warm start."""
-    from vimpo_bench import lora
-    from vimpo_bench.models import disable_dropout, load_policy
+    from vimpo_bench.models import disable_dropout, load_policy, lora
 
     warm = {"steps": config.model.warm_start_steps, "batch_size": config.model.warm_start_batch_size,
             "lr": config.model.warm_start_lr, "seed": config.run.seed}
@@ -135,7 +134,7 @@ def evaluate_suites(config: Config, generator, step: int) -> dict[str, float]:
     """The benchmark suites of `eval.suites` on the current policy, as `vimpo-bench eval` scores them (the same
     records, grader and metrics): the first eval.problems test problems, eval.samples each, at the rollout's
     temperature and length limit, graded in this process. -> bench/<suite>/{accuracy, pass_at_n, maj_at_n}."""
-    from vimpo_bench.evaluate import EvalConfig, evaluate
+    from vimpo_bench.evaluation.evaluate import EvalConfig, evaluate
     from vimpo_bench.tasks import expand_suites
 
     n = config.eval.samples
@@ -156,7 +155,7 @@ def pass_and_majority(task, sampled, graded: list[bool], n: int) -> dict[str, fl
     val/maj_at_<n> (the most common extracted answer is right), over the validation problems; n > 1 only."""
     if n < 2:
         return {}
-    from vimpo_bench.eval_results import majority_correct, pass_at_k
+    from vimpo_bench.evaluation.results import majority_correct, pass_at_k
 
     rows: dict[int, list[int]] = {}
     for i, g in enumerate(sampled.group_ids):
@@ -225,7 +224,7 @@ def make_generator(config: Config, policy, tokenizer):
 def prompt_special_tokens(config: Config, tokenizer) -> bool:
     """Whether a rendered prompt is tokenized with the tokenizer's special tokens (BOS), in both engines:
     tiny-arith learned its task without BOS, and chat templates write their own special tokens."""
-    from vimpo_bench.prompts import has_chat_template
+    from vimpo_bench.tasks.prompts import has_chat_template
 
     templated = config.task.template != "none" and has_chat_template(tokenizer)
     return config.model.name != "tiny-arith" and not templated
@@ -234,7 +233,7 @@ def prompt_special_tokens(config: Config, tokenizer) -> bool:
 def render_prompt(config: Config, task, problem, tokenizer) -> str:
     if config.task.template == "none":
         return task.prompt(problem)
-    from vimpo_bench.prompts import render
+    from vimpo_bench.tasks.prompts import render
 
     return render(config.task.template, problem.question, tokenizer)
 

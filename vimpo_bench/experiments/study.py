@@ -15,12 +15,12 @@ A study file is a config file (it may `extends:` another) plus a `study:` sectio
       eval: {limit: 500, max_tokens: 28}     # EvalConfig settings for them
       budget: {steps: 80, max_cells: 30, minutes: 60, trials: 20}
       resources: {num_cpus: 2, num_gpus: 1}  # what one cell takes as a Ray task (`--executor ray`)
-      sweep: {...}                # ranges for `vimpo-bench sweep` (see vimpo_bench.sweep)
+      sweep: {...}                # ranges for `vimpo-bench sweep` (see vimpo_bench.experiments.sweep)
 
 `run_study` trains and evaluates each cell as MLflow runs under one parent run, tags them with the
 study and each axis value, skips cells already finished with the same config hash, resumes cells
 that were cut short, and reports a failed cell without stopping the others. Where the cells run (this
-process, local worker processes, Ray tasks on a cluster) is `vimpo_bench.executors`'.
+process, local worker processes, Ray tasks on a cluster) is `vimpo_bench.experiments.executors`'.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from vimpo_bench import engines, executors
+from vimpo_bench import engines
 from vimpo_bench.config import (
     Config,
     ConfigError,
@@ -51,7 +51,8 @@ from vimpo_bench.config import (
     short,
     study_path,
 )
-from vimpo_bench.executors import CellOutcome, CellStatus, error_line
+from vimpo_bench.experiments import executors
+from vimpo_bench.experiments.executors import CellOutcome, CellStatus, error_line
 
 STUDY_FIELDS = ("name", "description", "experiment", "axes", "suites", "eval", "budget", "resources", "sweep",
                 "endpoint")
@@ -104,7 +105,7 @@ class Study:
     eval: dict[str, Any]
     budget: Budget
     sweep: dict[str, Any]
-    """The raw `study.sweep` section; `vimpo_bench.sweep` reads it."""
+    """The raw `study.sweep` section; `vimpo_bench.experiments.sweep` reads it."""
     endpoint: dict[str, Any] = field(default_factory=dict)
     """The pre-declared endpoints (`study.endpoint`), checked by `report.endpoint.parse_endpoint`; a
     report of the study opens with the primary one."""
@@ -253,7 +254,7 @@ def eval_config(study: Study, suites: list[str], config: Config | None = None):
     and a token budget below the cell's `rollout.max_new_tokens` is refused: it would cut answers the
     training allowed (a 4-term study evaluated with the 3-term budget scored 0 on truncated answers).
     """
-    from vimpo_bench.evaluate import EvalConfig
+    from vimpo_bench.evaluation.evaluate import EvalConfig
 
     where = f"{study.path}: study.eval"
     valid = [f.name for f in fields(EvalConfig) if f.name != "suites"]
@@ -328,9 +329,9 @@ class PlannedCell:
 
 def plan(study: Study, cells: list[Cell], tracking_uri: str | None = None) -> list[PlannedCell]:
     """What running the study would do for each cell, from the runs already in the MLflow store."""
-    from vimpo_bench import tracking
-    from vimpo_bench.checkpoints import find_checkpoint
-    from vimpo_bench.runs import run_is_live
+    from vimpo_bench.runs import tracking
+    from vimpo_bench.runs.checkpoints import find_checkpoint
+    from vimpo_bench.runs.record import run_is_live
 
     existing: dict[str, list[dict]] = {}
     # (a dry run must not create an empty store as a side effect)
@@ -378,7 +379,7 @@ def _stale_evaluations(study: Study, cell: Cell, evals: list[dict]) -> list[str]
     """None when one of a done cell's eval runs was made with the settings the study asks for now (or the
     study evaluates nothing); else the eval runs made with others, superseded when the cell is evaluated
     again (none at all, e.g. deleted or suites added since, also means evaluate again)."""
-    from vimpo_bench.evaluate import made_with
+    from vimpo_bench.evaluation.evaluate import made_with
 
     if not study.suites:
         return None
@@ -390,7 +391,7 @@ def _stale_evaluations(study: Study, cell: Cell, evals: list[dict]) -> list[str]
 
 def _dead_evaluations(study: Study, train_run_id: str, tracking_uri: str | None) -> list[str]:
     """Evaluation runs under a trained cell left RUNNING by a killed process (no process holds the cell now)."""
-    from vimpo_bench import tracking
+    from vimpo_bench.runs import tracking
 
     children = tracking.search_runs([study.experiment], f"tags.`mlflow.parentRunId` = '{train_run_id}'", tracking_uri)
     return [r["run_id"] for r in children if r["status"] == "RUNNING" and r["tags"].get("vimpo.kind") == "eval"]
@@ -398,7 +399,7 @@ def _dead_evaluations(study: Study, train_run_id: str, tracking_uri: str | None)
 
 def retire(planned: list[PlannedCell], tracking_uri: str | None) -> int:
     """Mark the runs the plan supersedes KILLED, tagged superseded (reports leave them out). Returns how many."""
-    from vimpo_bench import tracking
+    from vimpo_bench.runs import tracking
 
     n = 0
     for p in planned:
@@ -457,11 +458,11 @@ def run_study(
 ) -> StudyResult:
     """Run every cell not yet done (train, then evaluate `study.suites`) under one parent MLflow run.
 
-    `executor` (`vimpo_bench.executors`) runs the cells: by default `workers` cells at once in separate
+    `executor` (`vimpo_bench.experiments.executors`) runs the cells: by default `workers` cells at once in separate
     processes (torch threads split between them), or one after the other here when `workers` is 1, where
     `train_progress` sees each cell's training steps. A failed cell is recorded and the others go on.
     """
-    from vimpo_bench import tracking
+    from vimpo_bench.runs import tracking
 
     executor = executor or executors.local(workers, train_progress)
     deadline = time.monotonic() + 60 * study.budget.minutes if study.budget.minutes else None
@@ -505,9 +506,11 @@ def run_study(
 def run_cell(study: Study, planned: PlannedCell, parent_run_id: str, tracking_uri: str,
              threads: int | None = None, train_progress=None) -> CellOutcome:
     """Train (or resume) one cell, then evaluate it on the study's suites; never raises for a cell's own
-    failure (the outcome says what went wrong; the training run is marked FAILED by `train.run`)."""
-    from vimpo_bench import evaluate, tracking, train
-    from vimpo_bench.runs import RunRequest, claim_run
+    failure (the outcome says what went wrong; the training run is marked FAILED by `engines.start`)."""
+    from vimpo_bench import engines
+    from vimpo_bench.evaluation import evaluate
+    from vimpo_bench.runs import tracking
+    from vimpo_bench.runs.record import RunRequest, claim_run
 
     cell, started = planned.cell, time.monotonic()
     config = copy.deepcopy(cell.config)
@@ -516,7 +519,7 @@ def run_cell(study: Study, planned: PlannedCell, parent_run_id: str, tracking_ur
     run_id, metrics = planned.run_id, {}
     try:
         if planned.action in ("run", "resume"):
-            result = train.start(RunRequest(
+            result = engines.start(RunRequest(
                 config, resume_run_id=run_id if planned.action == "resume" else None, progress=train_progress,
                 tracking_uri=tracking_uri, tags=cell_tags(study, cell), parent_run_id=parent_run_id))
             run_id = result.run_id
@@ -548,8 +551,8 @@ def run_cell(study: Study, planned: PlannedCell, parent_run_id: str, tracking_ur
 
 def open_parent_run(study: Study, n_cells: int, tracking_uri: str):
     """The study's parent run: the latest one of this study in its experiment, reopened, or a new one."""
-    from vimpo_bench import tracking
-    from vimpo_bench.provenance import git_state, package_versions
+    from vimpo_bench.runs import tracking
+    from vimpo_bench.runs.provenance import git_state, package_versions
 
     found = [r for r in tracking.search_runs([study.experiment], f"tags.`vimpo.study` = '{study.name}'",
                                              tracking_uri)

@@ -21,12 +21,13 @@ from typing import Any
 
 import yaml
 
-from vimpo_bench import algorithms, lora, ranges
+from vimpo_bench import algorithms, ranges
 from vimpo_bench.algorithms.fixed_points import check_fixed_point
-from vimpo_bench.bounded_yaml import MAX_YAML_BYTES, BoundedLoader, YamlRefused
+from vimpo_bench.config import lora
+from vimpo_bench.config.bounded_yaml import MAX_YAML_BYTES, BoundedLoader, YamlRefused
 from vimpo_bench.ranges import Range, clip, num, short  # noqa: F401 - the schema's field helpers, re-exported
 
-STUDIES_DIR = Path(__file__).parent / "studies"
+STUDIES_DIR = Path(__file__).parent.parent / "studies"
 DEFAULT_STUDY = "tiny_demo"
 
 
@@ -50,7 +51,7 @@ def check_ranges(obj: Any, where: str) -> None:
 class LoraConfig:
     r: int = num(0, ge=0)
     """LoRA rank (0 = off: full fine-tuning). With r > 0 only peft adapters train; pi_ref is the base model
-    (vimpo_bench/lora.py says what changes: reference, checkpoints, optimizer)."""
+    (vimpo_bench/models/lora.py says what changes: reference, checkpoints, optimizer)."""
     alpha: float = num(16.0, gt=0)
     """LoRA alpha: the adapter's update is (alpha / r) B A."""
     dropout: float = num(0.0, ge=0, lt=1)

@@ -7,7 +7,7 @@
     keep = informative_groups(scored, group_ids)   # DAPO's dynamic sampling: the groups that are not constant
     for epoch_order in group_orders(config, step, groups): ...   # whole groups, shuffled per epoch
 
-The native loop (vimpo_bench/train.py) and the trl engine (vimpo_bench/engines/trl_trainer.py) both call
+The native loop (vimpo_bench/engines/native.py) and the trl engine (vimpo_bench/engines/trl_trainer.py) both call
 these; neither re-implements any of them, so a fix here is a fix in both, and the engine parity test
 (tests/test_trl_engine.py) holds them to the same losses and gradients.
 """
@@ -22,9 +22,9 @@ import torch
 
 from vimpo_bench.algorithms.grpo import non_constant_groups
 from vimpo_bench.config import Config
-from vimpo_bench.reference import beta_at
-from vimpo_bench.rewards import noisy_rewards, overlong_penalty, truncation_rule
-from vimpo_bench.steps import step_seed
+from vimpo_bench.rl.reference import beta_at
+from vimpo_bench.rl.rewards import noisy_rewards, overlong_penalty, truncation_rule
+from vimpo_bench.rl.steps import step_seed
 
 # Streams of `steps.step_seed(run seed, step, stream)`: each draw of a step has its own, so a resumed run
 # redraws exactly what the killed one drew (prompts 0, sampling 1, noise 2, shuffle 3, evaluation 4-5, the

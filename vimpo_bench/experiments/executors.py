@@ -3,7 +3,7 @@ tasks on a cluster (`vimpo-bench study run --executor local|ray`).
 
 Every executor goes through the one loop, `drive`, in the process that runs the study (the driver): it
 starts cells while the executor has room and the budget's minutes last, and reports each outcome once.
-The bookkeeping is `vimpo_bench.study`'s and the same for all (this module knows nothing of studies; it
+The bookkeeping is `vimpo_bench.experiments.study`'s and the same for all (this module knows nothing of studies; it
 is handed two functions): a worker calls `run` (`study.run_cell`, which opens, tags and closes the cell's
 MLflow runs), and when a Ray worker dies under a cell (kill -9, out of memory, its node gone), the driver
 calls `replan`, which plans that cell again from the store exactly as a rerun of the study would

@@ -73,7 +73,7 @@ class StaleTrial:
             self.retry = RetryHeartbeatStaleTrialCallback(max_retry=retries)
 
     def __call__(self, study, trial) -> None:
-        from vimpo_bench import tracking
+        from vimpo_bench.runs import tracking
 
         run_id = trial.user_attrs.get("mlflow_run_id")
         if run_id and self.tracking_uri:

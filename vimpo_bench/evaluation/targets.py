@@ -12,7 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vimpo_bench import prompts, tasks
+from vimpo_bench import tasks
+from vimpo_bench.tasks import prompts
 
 # `config` below is an evaluate.EvalConfig (not imported: evaluate imports this module).
 
@@ -38,7 +39,7 @@ def resolve_model(spec: str, download_dir: Path, tracking_uri: str | None = None
         raise FileNotFoundError(f"--model {spec}: no such folder")
     match = _RUN_ID.match(spec)
     if match:
-        from vimpo_bench import tracking
+        from vimpo_bench.runs import tracking
 
         run_id = match.group(1)
         client = tracking._client(tracking_uri)
@@ -60,7 +61,7 @@ def _run_checkpoint(run) -> Path:
     """The model a training run without a `checkpoint/` artifact (`run.log_checkpoint` is off by default) wrote
     locally: `<run.output_dir>/<run id>/checkpoint/policy`, the output folder as the run recorded it (relative
     to the folder it was trained in). ValueError saying where it looked and what to give otherwise."""
-    from vimpo_bench.checkpoints import find_checkpoint
+    from vimpo_bench.runs.checkpoints import find_checkpoint
 
     run_id, params = run.info.run_id, run.data.params
     kind = run.data.tags.get("vimpo.kind", "train")
@@ -85,7 +86,7 @@ def model_folder(path: Path) -> Path:
     """The `save_pretrained` folder at `path`, or under it as a run writes it (`<run>/checkpoint/policy`, or
     `checkpoint/` as the MLflow artifact): a model config, weights and a tokenizer. Else ValueError saying
     which folder to give (transformers' own error is a cut-off tokenizer message)."""
-    from vimpo_bench.checkpoints import check_weights
+    from vimpo_bench.runs.checkpoints import check_weights
 
     for folder in (path, path / "checkpoint", path / "policy", path / "checkpoint" / "policy"):
         if (folder / "config.json").is_file() and (any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))):

@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vimpo_bench import grading, grading_version, prompts, tasks
-from vimpo_bench.tracking import Tracker
+from vimpo_bench import grading, tasks
+from vimpo_bench.grading import grading_version
+from vimpo_bench.runs.tracking import Tracker
+from vimpo_bench.tasks import prompts
 
 Z95 = 1.959963984540054
 
@@ -329,7 +331,7 @@ SETTINGS_KEYS = ("template", "sampling", "limit", "seed", "suites")
 def log_result(tracker: Tracker, result: EvalResult, tokenizer: Any = None, step: int = 0) -> None:
     """Params, tags (with the code's commit and the package versions, as training runs carry them),
     `eval/<suite>/<metric>` metrics and record artifacts of an eval run."""
-    from vimpo_bench.provenance import git_state, package_versions
+    from vimpo_bench.runs.provenance import git_state, package_versions
 
     config = result.config
     suites = list(result.suites)

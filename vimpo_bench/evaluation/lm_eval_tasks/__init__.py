@@ -4,7 +4,7 @@ The YAMLs in this folder (package data) read the same local JSONL files as the n
 (`dataset_path: json`) and score through `utils.process_results`, i.e. `vimpo_bench.grading`.
 `evaluate_with_lm_eval` runs lm-eval's own generation loop (its HF or vLLM model) on them with the
 run's prompt template and sampling protocol, then builds the same records and metrics as
-`evaluate.evaluate`, through `vimpo_bench.eval_results`: `evaluate` imports this package, never the
+`evaluate.evaluate`, through `vimpo_bench.evaluation.results`: `evaluate` imports this package, never the
 other way round. The completions are graded again by our process pool for the records; the
 per-problem accuracy lm-eval computed is compared and the difference is logged as
 `harness_disagreements` (0 unless a grading timeout fell differently).
@@ -18,8 +18,10 @@ from typing import Any
 
 import yaml
 
-from vimpo_bench import eval_results, grading, prompts, tasks
-from vimpo_bench.lm_eval_tasks import utils
+from vimpo_bench import grading, tasks
+from vimpo_bench.evaluation import results as eval_results
+from vimpo_bench.evaluation.lm_eval_tasks import utils
+from vimpo_bench.tasks import prompts
 
 TASK_DIR = Path(__file__).resolve().parent
 SUITE_TASKS = {s: f"vimpo_{s}" for s in ("math500", "aime24", "aime25", "olympiadbench")}
@@ -124,8 +126,8 @@ def evaluate_with_lm_eval(
     import lm_eval
     from lm_eval.tasks import TaskManager
 
+    from vimpo_bench.runs.tracking import NullTracker
     from vimpo_bench.tasks.math_benchmarks import default_data_dir
-    from vimpo_bench.tracking import NullTracker
 
     tracker = tracker or NullTracker()
     suites = tasks.expand_suites(config.suites)

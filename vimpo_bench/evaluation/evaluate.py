@@ -25,23 +25,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from vimpo_bench import faults, grading, prompts, tasks
+from vimpo_bench import faults, grading, tasks
 from vimpo_bench.config import check_ranges, num
-from vimpo_bench.eval_models import (  # noqa: F401 - the model side of eval, re-exported for callers of evaluate
-    DEFAULT_CONTEXT,
-    TOKENIZER_FILES,
-    build_generator,
-    check_prompt_lengths,
-    effective_dtype,
-    model_context,
-    model_folder,
-    prepare_builtin_model,
-    prompt_room,
-    resolve_model,
-    suite_prompts,
-    tokenizer_and_config,
-)
-from vimpo_bench.eval_results import (
+from vimpo_bench.evaluation.results import (
     RECORD_FIELDS,
     SETTINGS_KEYS,
     Z95,
@@ -59,8 +45,23 @@ from vimpo_bench.eval_results import (
     wilson_interval,
     write_records,
 )
+from vimpo_bench.evaluation.targets import (  # noqa: F401 - the model side of eval, re-exported for callers of evaluate
+    DEFAULT_CONTEXT,
+    TOKENIZER_FILES,
+    build_generator,
+    check_prompt_lengths,
+    effective_dtype,
+    model_context,
+    model_folder,
+    prepare_builtin_model,
+    prompt_room,
+    resolve_model,
+    suite_prompts,
+    tokenizer_and_config,
+)
 from vimpo_bench.rollout.base import Generator, SamplingParams
-from vimpo_bench.tracking import NullTracker, Tracker
+from vimpo_bench.runs.tracking import NullTracker, Tracker
+from vimpo_bench.tasks import prompts
 
 HARNESSES = ("native", "lm-eval")
 BACKENDS = ("hf", "vllm")
@@ -183,7 +184,7 @@ def settings_params(config: EvalConfig, backend: str = "hf", dtype: str = "float
     the suites, template, sampling, seed, limit, each suite's test-data hash (which the arith options
     determine), the backend and the dtype. An existing eval run was made with `config` iff its params hold
     all of these."""
-    from vimpo_bench.tracking import flatten
+    from vimpo_bench.runs.tracking import flatten
 
     record = config.record()
     params = {key: record[key] for key in SETTINGS_KEYS}
@@ -377,7 +378,7 @@ def run_eval(
         try:
             faults.point("suite-eval")
             if harness == "lm-eval":
-                from vimpo_bench.lm_eval_tasks import evaluate_with_lm_eval
+                from vimpo_bench.evaluation.lm_eval_tasks import evaluate_with_lm_eval
 
                 result = evaluate_with_lm_eval(
                     source,
@@ -419,11 +420,11 @@ def start_eval_run(
     backend: str = "hf",
     dtype: str = "float32",
 ):
-    """(tracker, owner): a new MLflow eval run held by this process for its life (`vimpo_bench.owners`: the
+    """(tracker, owner): a new MLflow eval run held by this process for its life (`vimpo_bench.runs.owners`: the
     lock is taken before the run exists), with the `eval.backend` and `eval.dtype` params (and `vimpo.backend`,
     `vimpo.dtype` tags). Eval runs of the experiment whose process died (kill -9, OOM) are marked KILLED
     first, so that no record says RUNNING forever."""
-    from vimpo_bench import owners, tracking
+    from vimpo_bench.runs import owners, tracking
 
     experiment = experiment or tracking.DEFAULT_EXPERIMENT
     owner = owners.RunOwner(Path(output_dir) if output_dir else Path("runs") / "eval")

@@ -27,8 +27,8 @@ of the RNG (the run's other draws are those of a full fine-tuning run). What cha
   frozen base, and pi_ref with it, by rounding error at each push) and, at start, DeepSpeed/FSDP (sharding
   the policy and a pi_ref that share tensors is not built).
 
-This module imports nothing of vimpo_bench at the top (config calls `config_problem`; `frozen_reference`
-imports `models` when called) and peft only when LoRA is on.
+What a config may ask of LoRA is checked at config time by `vimpo_bench.config.lora`. This module imports
+peft only when LoRA is on.
 """
 
 from __future__ import annotations
@@ -40,49 +40,10 @@ from pathlib import Path
 
 import torch
 
+from vimpo_bench.config.lora import target_modules
+from vimpo_bench.models import frozen_copy
+
 ADAPTER = "default"  # peft's name for the one adapter
-
-
-def config_problem(config) -> str | None:
-    """Why `config`'s `model.lora` cannot run (one line naming the keys), or None; config time."""
-    lora = config.model.lora
-    if lora.r == 0:
-        return None
-    if lora.dropout != 0:
-        return (
-            f"model.lora.dropout: must be 0, got {lora.dropout}: dropout is off in every RL forward "
-            "(models.disable_dropout), so that PPO's first ratio is exactly 1"
-        )
-    if config.ref.schedule != "frozen":
-        return (
-            f"model.lora needs ref.schedule=frozen, got {config.ref.schedule}: with LoRA pi_ref is the base "
-            "model (adapters off), and moving it to the merged policy is not built yet"
-        )
-    if config.rollout.backend == "vllm":
-        return (
-            "model.lora with rollout.backend=vllm is not built yet: TRL pushes weights to vLLM by merging the "
-            "adapters into the frozen base in place, which moves it (and pi_ref) by rounding error each step"
-        )
-    targets = target_modules(lora.target_modules)
-    if not targets:
-        return "model.lora.target_modules: name at least one module, or all-linear"
-    if config.run.engine == "trl" and "lm_head" in targets:
-        return (
-            "model.lora.target_modules: lm_head needs run.engine=native: TRL's fused LM head reads "
-            "lm_head.weight directly, so an adapter there would never train"
-        )
-    return None
-
-
-def target_modules(spec: str | list[str]) -> str | list[str]:
-    """peft's `target_modules`: "all-linear", or a list of module names (a comma-separated string split)."""
-    if isinstance(spec, str):
-        return (
-            spec.strip()
-            if spec.strip() == "all-linear"
-            else [n.strip() for n in spec.split(",") if n.strip()]
-        )
-    return list(spec)
 
 
 def wrap(model: torch.nn.Module, lora, seed: int) -> torch.nn.Module:
@@ -124,8 +85,6 @@ def frozen_reference(policy: torch.nn.Module) -> torch.nn.Module:
     """pi_ref at the start of a run, eval mode, no gradients: `models.frozen_copy` of a full fine-tuning policy;
     for a LoRA policy, the base model without adapters over the policy's own frozen base tensors (no copy of
     any weight)."""
-    from vimpo_bench.models import frozen_copy  # here, not at the top: config imports this module
-
     if not is_lora(policy):
         return frozen_copy(policy)
     from peft.tuners.tuners_utils import BaseTunerLayer

@@ -10,11 +10,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vimpo_bench import locks
-from vimpo_bench.checkpoints import check_checkpoint, find_checkpoint, remove_partial_saves, saved_config
+from vimpo_bench.runs import locks
+from vimpo_bench.runs.checkpoints import check_checkpoint, find_checkpoint, remove_partial_saves, saved_config
 from vimpo_bench.config import Config
-from vimpo_bench.provenance import git_state, load_average, machine_state, package_versions
-from vimpo_bench.tracking import MlflowTracker, Tracker
+from vimpo_bench.runs.provenance import git_state, load_average, machine_state, package_versions
+from vimpo_bench.runs.tracking import MlflowTracker, Tracker
 
 
 class TrainingError(RuntimeError):
@@ -149,7 +149,7 @@ def record_run(tracker: Tracker, config: Config, task, tags: dict | None = None,
     """Params = the resolved config and `identity` (`provenance.run_identity`: the machine and the starting
     weights' checksum, so that runs of one config on two machines are told apart); tags = provenance (+ the
     caller's); artifact = config.yaml (house rule 7)."""
-    from vimpo_bench import grading_version
+    from vimpo_bench.grading import grading_version
 
     tracker.log_params({**config.to_dict(), **(identity or {})})
     tracker.set_tags({

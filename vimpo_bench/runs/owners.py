@@ -17,7 +17,7 @@ import socket
 import uuid
 from pathlib import Path
 
-from vimpo_bench import locks
+from vimpo_bench.runs import locks
 
 OWNER_TAG = "vimpo.owner_lock"  # "<host>:<absolute path of the lock file>"
 END_TAG = "vimpo.end_reason"
@@ -47,7 +47,7 @@ def owner_gone(tags: dict) -> bool:
 
 def close_dead_evals(experiment: str, tracking_uri: str | None) -> list[str]:
     """Mark eval runs of `experiment` whose process died (`owner_gone`) KILLED, tagged why; returns their ids."""
-    from vimpo_bench import tracking
+    from vimpo_bench.runs import tracking
 
     closed = []
     running = tracking.search_runs(

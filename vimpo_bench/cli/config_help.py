@@ -1,8 +1,8 @@
-"""The config fields' own documentation, for CLI help: one source (the docstring under each field in config.py).
+"""The config fields' own documentation, for CLI help: one source (the docstring under each field in vimpo_bench/config/__init__.py).
 
     config_help("run.seed")   # 'Seed of everything: prompts, sampling, noise, initialization. (run.seed; default 0)'
 
-config.py is read as text and parsed (`ast`), not imported, so that `--help` stays fast and a flag's help can
+The schema is read as text and parsed (`ast`), not imported, so that `--help` stays fast and a flag's help can
 never drift from the field it sets.
 """
 
@@ -12,7 +12,7 @@ import ast
 import functools
 from pathlib import Path
 
-CONFIG_SOURCE = Path(__file__).with_name("config.py")
+CONFIG_SOURCE = Path(__file__).parent.parent / "config" / "__init__.py"  # the schema
 
 
 @functools.cache

@@ -3,7 +3,8 @@ vimpo-bench's own template and grader, so lm-eval scores exactly as `vimpo-bench
 
 from __future__ import annotations
 
-from vimpo_bench import grading, prompts
+from vimpo_bench import grading
+from vimpo_bench.tasks import prompts
 
 
 def doc_to_text(doc: dict) -> str:

@@ -33,10 +33,19 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from vimpo_bench import faults, locks
+from vimpo_bench import faults
 from vimpo_bench.config import ConfigError, clip, coerce, short
-from vimpo_bench.study import Study
-from vimpo_bench.sweep_trials import WAIT, Heartbeat, StaleTrial, beating, next_trial, quiet, study_lock
+from vimpo_bench.experiments.study import Study
+from vimpo_bench.experiments.sweep_trials import (
+    WAIT,
+    Heartbeat,
+    StaleTrial,
+    beating,
+    next_trial,
+    quiet,
+    study_lock,
+)
+from vimpo_bench.runs import locks
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 # Sweeps tune on the validation split, never on the test problems a study then reports.
@@ -300,9 +309,9 @@ def run_trial(job: SweepJob, trial, progress=None) -> None:
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
-    from vimpo_bench import tracking
-    from vimpo_bench.runs import EarlyStop, RunRequest
-    from vimpo_bench.train import start
+    from vimpo_bench.engines import start
+    from vimpo_bench.runs import tracking
+    from vimpo_bench.runs.record import EarlyStop, RunRequest
 
     values = {p.name: p.suggest(trial) for p in job.params}
     assigned = {key: value for p in job.params for key, value in p.assign(values[p.name]).items()}
@@ -451,7 +460,7 @@ def run_sweep(
     """Create or continue the Optuna study `<study>:<params>` and run trials until it holds `trials`."""
     import optuna
 
-    from vimpo_bench import tracking
+    from vimpo_bench.runs import tracking
 
     spec = sweep_spec(study)
     params = resolve_params(study, param_names)
@@ -531,8 +540,8 @@ def summarize(optuna_study, url: str, parent_run_id: str, tracking_uri: str) -> 
 
 def _parent_run(study, optuna_study, optuna_name, url, params, spec, tracking_uri) -> str:
     """The sweep's parent MLflow run, recorded on the Optuna study so every machine nests under it."""
-    from vimpo_bench import tracking
-    from vimpo_bench.provenance import git_state, package_versions
+    from vimpo_bench.runs import tracking
+    from vimpo_bench.runs.provenance import git_state, package_versions
 
     run_id = optuna_study.user_attrs.get("mlflow_parent_run_id")
     if run_id:

@@ -1,10 +1,10 @@
-"""The RL training loop: rollout -> score -> log-probs -> advantages -> PPO update -> log.
+"""The native engine, the readable reference loop: rollout -> score -> log-probs -> advantages -> PPO update -> log.
 
-`run(config)` is what `vimpo-bench train` calls: it opens the MLflow run, records the config and
-provenance, trains, and marks the run FINISHED or FAILED. `train(...)` is the loop itself and takes
-a tracker (default: one that records nothing) so that it can be used from a notebook or a sweep.
-What the `trl` engine (vimpo_bench/engines) shares with this loop lives below both: the run's record and
-ownership in `runs`, the parts of a step in `steps`, checkpoints in `checkpoints`; only the loop is here.
+`run_native(request)` is this engine's entry (`engines.start` calls it for run.engine=native): it opens the
+MLflow run, records the config and provenance, trains, and marks the run FINISHED or FAILED. `train(...)` is
+the loop itself and takes a tracker (default: one that records nothing) so that it can be used from a notebook.
+What the `trl` engine shares with this loop lives below both: the run's record and ownership in
+`vimpo_bench.runs`, the engine-neutral parts of a step in `vimpo_bench.rl`; only the loop is here.
 """
 
 from __future__ import annotations
@@ -16,20 +16,14 @@ from pathlib import Path
 
 import torch
 
-from vimpo_bench import engines, faults
+from vimpo_bench import faults
 from vimpo_bench import tasks as task_registry
 from vimpo_bench.algorithms import Batch
 from vimpo_bench.algorithms.core import masked_mean
-from vimpo_bench.checkpoints import (
-    checkpoint_dir,
-    checkpoint_due,
-    load_checkpoint,
-    save_checkpoint,
-    saved_config,
-)
-from vimpo_bench.config import Config, ConfigError
-from vimpo_bench.logprobs import token_logprobs
-from vimpo_bench.loop import (
+from vimpo_bench.config import Config
+from vimpo_bench.models.lora import frozen_reference, trainable_parameters
+from vimpo_bench.rl.logprobs import token_logprobs
+from vimpo_bench.rl.loop import (
     PROMPTS,
     SAMPLING,
     Scored,
@@ -43,23 +37,9 @@ from vimpo_bench.loop import (
     seed_process,
     select_scored,
 )
-from vimpo_bench.lora import frozen_reference, trainable_parameters
-from vimpo_bench.provenance import run_identity
-from vimpo_bench.reference import is_ref_update_step, lr_factor
-from vimpo_bench.rewards import verifier_rewards
-from vimpo_bench.rollout.base import Rollouts, concat_rollouts
-from vimpo_bench.runs import (
-    OnEval,
-    Progress,
-    RunRequest,
-    TrainingError,
-    TrainResult,
-    checkpoint_engine,
-    open_run,
-    record_run,
-    train_to_status,
-)
-from vimpo_bench.steps import (
+from vimpo_bench.rl.reference import is_ref_update_step, lr_factor
+from vimpo_bench.rl.rewards import verifier_rewards
+from vimpo_bench.rl.steps import (
     PhaseTimer,
     eval_mode,
     evaluate_heldout,
@@ -72,27 +52,28 @@ from vimpo_bench.steps import (
     sampled_logprobs,
     sampling_params,
 )
-from vimpo_bench.tracking import NullTracker, Tracker
+from vimpo_bench.rollout.base import Rollouts, concat_rollouts
+from vimpo_bench.runs.checkpoints import (
+    checkpoint_dir,
+    checkpoint_due,
+    load_checkpoint,
+    save_checkpoint,
+    saved_config,
+)
+from vimpo_bench.runs.provenance import run_identity
+from vimpo_bench.runs.record import (
+    OnEval,
+    Progress,
+    RunRequest,
+    TrainingError,
+    TrainResult,
+    open_run,
+    record_run,
+    train_to_status,
+)
+from vimpo_bench.runs.tracking import NullTracker, Tracker
 
 # ------------------------------------------------------------------------------------ entry point
-
-
-def run(config: Config, **options) -> TrainResult:
-    """Train with an MLflow run: `start(RunRequest(config, **options))` (see `runs.RunRequest` for the options:
-    resume_run_id, tracking_uri, tags, parent_run_id, stop_after, progress, on_eval, run_started)."""
-    return start(RunRequest(config, **options))
-
-
-def start(request: RunRequest) -> TrainResult:
-    """Train as `request` asks: a new run on its engine, or `resume_run_id` continued from its last checkpoint."""
-    # A run resumes on the engine its checkpoint was saved by; a new one on run.engine, if that engine can
-    # honour the config (vimpo_bench/engines: each engine says what it supports).
-    saved = request.resume_run_id and checkpoint_engine(Path(request.config.run.output_dir) / request.resume_run_id)
-    if not saved:
-        problem = engines.problem(request.config)
-        if problem:
-            raise ConfigError(problem)
-    return engines.get(saved or request.config.run.engine).start(request)
 
 
 def run_native(request: RunRequest) -> TrainResult:

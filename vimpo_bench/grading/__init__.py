@@ -1,4 +1,4 @@
-"""The one grader (rule 8): the answer rules of `vimpo_bench.answers` run under a deadline, in this process
+"""The one grader (rule 8): the answer rules of `vimpo_bench.grading.answers` run under a deadline, in this process
 or in worker processes. `grade`, `is_correct`, `grade_batch` and `GraderPool` are the entry points;
 `extract_answer`, `split_gold` and `GRADER_VERSION` are the rules' own, re-exported here.
 
@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from vimpo_bench.answers import (  # noqa: F401 - extract_answer, split_gold, GRADER_VERSION: the rules' public names, re-exported
+from vimpo_bench.grading.answers import (  # noqa: F401 - extract_answer, split_gold, GRADER_VERSION: the rules' public names, re-exported
     GRADER_VERSION,
     extract_answer,
     grade_core,
@@ -423,3 +423,10 @@ def count_failures(results: Sequence[GradeResult]) -> dict[str, int]:
         "timeouts": sum(r.timed_out for r in results),
         "errors": sum(r.error is not None for r in results),
     }
+
+
+def grading_version(task_name: str) -> str:
+    """The grader version recorded with a run: exact integer match for arith, math-verify otherwise."""
+    if task_name == "arith":
+        return "arith-exact-v1"
+    return GRADER_VERSION

@@ -1,8 +1,8 @@
-"""Resumable checkpoints, one format for both engines (native `train.py`, trl `engines/`).
+"""Resumable checkpoints, one format for both engines (`engines/native.py` and the trl engine).
 
     <output_dir>/<run id>/checkpoint/
         policy/       the policy and its tokenizer (loads and evaluates on its own; with LoRA the merged weights)
-        adapter/      with LoRA (`model.lora`), the adapter in peft's layout: what a resume loads (lora.py)
+        adapter/      with LoRA (`model.lora`), the adapter in peft's layout: what a resume loads (models/lora.py)
         reference/    pi_ref, only when ref.schedule moves it (a frozen one is the starting model)
         state.pt      RL step, optimizer, lr scheduler, RNG states, step-0 evaluation (+ an engine's `extra`)
         config.json   the resolved config the run continues with
@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vimpo_bench import faults, lora
+from vimpo_bench import faults
+from vimpo_bench.models import lora
 from vimpo_bench.config import Config, from_dict
 
 TEMP_PREFIX = ".checkpoint-"  # a save in progress; left behind only by a kill, removed at the next start

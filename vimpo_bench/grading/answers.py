@@ -25,7 +25,7 @@ math-verify deciding equivalence:
    the same set (one box `a, b`, or one box per answer) in any order. Parts that are themselves
    lists (`(0,1,1),(1,0,1)$,$(1,1,0)`) are compared as one flat list.
 
-Every name here is pure: no process, signal or timer (vimpo_bench/grading.py has those).
+Every name here is pure: no process, signal or timer (vimpo_bench/grading/__init__.py has those).
 """
 
 from __future__ import annotations
