@@ -118,7 +118,7 @@ def machine_parallelism(n: int = 10_000_000) -> float:
     return serial / parallel
 
 
-def bench_eval(limit: int, max_tokens: int, suite: str) -> dict:
+def bench_eval(limit: int, max_new_tokens: int, suite: str) -> dict:
     """`vimpo-bench eval` of a random 2-layer Llama (char tokenizer, chat template) through the CLI."""
     sys.path.insert(0, str(REPO / "tests"))
     from test_evaluate import _tiny_model
@@ -136,8 +136,8 @@ def bench_eval(limit: int, max_tokens: int, suite: str) -> dict:
             suite,
             "--limit",
             str(limit),
-            "--max-tokens",
-            str(max_tokens),
+            "--max-new-tokens",
+            str(max_new_tokens),
             "--data-dir",
             str(data_dir()),
             "--json",
@@ -153,7 +153,7 @@ def bench_eval(limit: int, max_tokens: int, suite: str) -> dict:
         from vimpo_bench.evaluation import evaluate
 
         config = evaluate.EvalConfig(
-            suites=suite, limit=limit, max_tokens=max_tokens, data_dir=str(data_dir()), grader_workers=2
+            suites=suite, limit=limit, max_new_tokens=max_new_tokens, data_dir=str(data_dir()), grader_workers=2
         )
         t0 = time.perf_counter()
         evaluate.run_eval(str(model), config, track=False, output_dir=Path(tmp) / "again")
@@ -183,7 +183,7 @@ def main() -> None:
     parser.add_argument("--in-process", action="store_true", help="also time workers=0 (this process)")
     parser.add_argument("--eval", action="store_true", help="also time a tiny-model `vimpo-bench eval`")
     parser.add_argument("--limit", type=int, default=5)
-    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--suite", default="math,arith")
     args = parser.parse_args()
 
@@ -220,7 +220,7 @@ def main() -> None:
         f"(1-worker CPU {rows[0]['worker_cpu_s']:.2f} s vs 2-worker CPU {rows[1]['worker_cpu_s']:.2f} s / 2)"
     )
     if args.eval:
-        r = bench_eval(args.limit, args.max_tokens, args.suite)
+        r = bench_eval(args.limit, args.max_new_tokens, args.suite)
         print(f"tiny-model eval: {r['command']}")
         print(
             f"  {r['wall_s']:.1f} s wall (process start to summary), {r['samples']} samples, "

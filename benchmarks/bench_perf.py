@@ -77,7 +77,7 @@ def one_run(seed: int, steps: int, store: str, out: Path) -> dict:
     started = time.perf_counter()
     cli = [sys.executable, "-m", "vimpo_bench", "eval", "--model", str(policy), "--suite", ",".join(study.suites),
            "--n", str(settings.n), "--temperature", str(settings.temperature), "--max-new-tokens",
-           str(settings.max_tokens), "--grader-workers", str(settings.grader_workers)]
+           str(settings.max_new_tokens), "--grader-workers", str(settings.grader_workers)]
     subprocess.run(cli, check=True, capture_output=True, env={**os.environ, "MLFLOW_TRACKING_URI": store})
     process_eval_s = time.perf_counter() - started
     return {"rl_share": rl / wall, "wall_s": wall, "in_training_eval_ratio": statistics.median(evals) / rollout_per_seq,

@@ -77,7 +77,7 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 def losses_for(config) -> dict[str, object]:
     """The algorithms whose update directions are measured, built from the run's own VIMPO options (a GRPO
     run is measured against VIMPO at its defaults)."""
-    run_algo = config.make_algorithm() if config.algo["name"] == "vimpo" else get("vimpo")
+    run_algo = config.make_algorithm() if config.algo_name == "vimpo" else get("vimpo")
     actor_only = lambda kind: dataclasses.replace(run_algo, advantage=kind, value_coef=0.0)  # noqa: E731
     losses = {"total": run_algo, "value": dataclasses.replace(run_algo, advantage="none")}
     for kind in dict.fromkeys((run_algo.advantage, *ACTOR_KINDS)):
@@ -140,7 +140,7 @@ def table(run_dir: Path, config, halves: dict, norms: dict) -> pd.DataFrame:
     a = {name: h[0] / max(1, len(norms[name]) - len(norms[name]) // 2) for name, h in halves.items()}
     b = {name: h[1] / max(1, len(norms[name]) // 2) for name, h in halves.items()}
     cross = lambda x, ref: (cosine(a[x], b[ref]) + cosine(b[x], a[ref])) / 2  # noqa: E731
-    run_kind = config.algo.get("advantage", "implied") if config.algo["name"] == "vimpo" else "implied"
+    run_kind = getattr(config.algo, "advantage", "implied") if config.algo_name == "vimpo" else "implied"
     both = {name: a[name] + b[name] for name in halves}  # linear in the batches: the decomposition holds here too
     actor = both.get(f"actor:{run_kind}", torch.zeros_like(both["total"]))  # absent for `none`
     residue = both["total"] - actor - both["value"]
@@ -149,7 +149,7 @@ def table(run_dir: Path, config, halves: dict, norms: dict) -> pd.DataFrame:
     for name in halves:
         mean = (a[name] + b[name]) / 2
         rows.append({
-            "run": run_dir.name, "algo": config.algo["name"], "advantage": run_kind, "seed": config.run.seed,
+            "run": run_dir.name, "algo": config.algo_name, "advantage": run_kind, "seed": config.run.seed,
             "direction": name, "mean_norm": float(mean.norm()),
             "batch_norm_median": float(pd.Series(norms[name]).median()),
             "self_cos": cosine(a[name], b[name]),

@@ -87,7 +87,7 @@ def test_the_choices_are_the_librarys():
     assert cli.FORMATS == tuple(report.FORMATS)
     from vimpo_bench.cli.eval import DEFAULT_MAX_NEW_TOKENS
 
-    assert DEFAULT_MAX_NEW_TOKENS == evaluate.DEFAULT_MAX_TOKENS == evaluate.EvalConfig().max_tokens
+    assert DEFAULT_MAX_NEW_TOKENS == evaluate.DEFAULT_MAX_NEW_TOKENS == evaluate.EvalConfig().max_new_tokens
 
 
 @pytest.mark.parametrize("command", [(), ("train",), ("eval",), ("report",)], ids=["root", "train", "eval", "report"])

@@ -612,7 +612,7 @@ def test_a_prompt_longer_than_the_context_is_cut_alike_in_both_harnesses_with_on
     model = str(_tiny_model(tmp_path / "model", context=96))
     longest = max(_prompt_tokens(model, "aime25", 3))
     assert longest > 88
-    config = ev.EvalConfig(suites="aime25", limit=3, max_tokens=8, data_dir=str(DATA), grader_workers=0)
+    config = ev.EvalConfig(suites="aime25", limit=3, max_new_tokens=8, data_dir=str(DATA), grader_workers=0)
     said = (f"prompts longer than the model's context leaves room for (96 tokens - --max-new-tokens 8 = 88): aime25 "
             f"3 of 3 (longest {longest} tokens); each is cut to its last 88 tokens, in both harnesses (as lm-eval does)")
     results = {}
@@ -625,7 +625,7 @@ def test_a_prompt_longer_than_the_context_is_cut_alike_in_both_harnesses_with_on
     assert [r["completion"] for r in ours] == [r["completion"] for r in theirs]
 
     # No room at all (max_new_tokens >= context): lm-eval cannot run, refused before any run; native says so.
-    wide = ev.EvalConfig(suites="aime25", limit=3, max_tokens=100, data_dir=str(DATA), grader_workers=0)
+    wide = ev.EvalConfig(suites="aime25", limit=3, max_new_tokens=100, data_dir=str(DATA), grader_workers=0)
     with pytest.raises(ValueError, match=r"^--max-new-tokens 100 is not below the model's context of 96 tokens"):
         ev.run_eval(model, wide, harness="lm-eval", track=False, output_dir=tmp_path / "refused")
     assert not (tmp_path / "refused").exists()
@@ -644,7 +644,7 @@ def test_the_backend_and_dtype_are_recorded_and_part_of_the_settings_key(tiny_mo
     params, tags = run.data.params, run.data.tags
     assert (params["eval.backend"], params["eval.dtype"]) == ("hf", "bfloat16")
     assert (tags["vimpo.backend"], tags["vimpo.dtype"]) == ("hf", "bfloat16")
-    config = ev.EvalConfig(suites="arith", limit=2, max_tokens=4, grader_workers=0)
+    config = ev.EvalConfig(suites="arith", limit=2, max_new_tokens=4, grader_workers=0)
     assert ev.made_with(params, config, dtype="bfloat16")
     assert not ev.made_with(params, config)  # a float32 evaluation does not reuse it
     assert not ev.made_with(params, config, backend="vllm", dtype="bfloat16")

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from vimpo_bench import tasks
-from vimpo_bench.config import Config, ConfigError, load_config
-from vimpo_bench.engines.native import eval_mode, move_reference, sampled_logprobs, score
+from vimpo_bench.config import Config, ConfigError, from_dict, load_config
+from vimpo_bench.engines.native import score
 from vimpo_bench.models import build_tiny_arith_model, frozen_copy
+from vimpo_bench.rl.steps import eval_mode, move_reference, sampled_logprobs
 from vimpo_bench.rollout.base import Rollouts, SamplingParams
 from vimpo_bench.rollout.hf import HFGenerator
 from vimpo_bench.tasks.base import Problem
@@ -124,7 +125,7 @@ def test_a_beta_schedule_keeps_two_beta_cv_fixed():
     config = load_config(overrides=["beta_schedule.kind=linear", "beta_schedule.final=0.005"])
     scales = []
     for step in (0, 40, 79):
-        beta = beta_at("linear", config.algo["beta"], 0.005, step, 80)
+        beta = beta_at("linear", config.algo.beta, 0.005, step, 80)
         algo = config.make_algorithm(beta=beta)
         scales.append(algo.effective_value_scale)
         assert algo.c_v == pytest.approx(0.5 / (2 * beta))
@@ -174,10 +175,28 @@ def test_old_logprobs_are_taken_with_dropout_off(char_tokenizer):
 # ---- defaults and diagnostics ---------------------------------------------------------------------
 
 def test_a_config_built_in_code_gets_the_algorithm_defaults():
-    assert Config().algo["beta"] == 0.05 and Config().algo["value_scale"] == 0.5
+    assert Config().algo.beta == 0.05 and Config().algo.value_scale == 0.5
     grpo = Config(algo={"name": "grpo"})
-    assert grpo.algo["beta"] == 0.04 and grpo.algo["kl_estimator"] == "k3"
+    assert grpo.algo.beta == 0.04 and grpo.algo.kl_estimator == "k3"
     assert Config().to_dict() == load_config().to_dict()
+
+
+def test_the_algo_section_is_the_algorithms_own_typed_options():
+    """`config.algo` is the algorithm's dataclass (a reader follows `algo.beta` from --set to the loss), built
+    once at config time; `to_dict` writes the mapping back (name first), which rebuilds the same config."""
+    from vimpo_bench.algorithms.grpo import DrGrpo
+    from vimpo_bench.algorithms.vimpo import Vimpo
+
+    config = load_config(overrides=["algo.beta=0.1", "algo.value_scale=0.25"])
+    assert type(config.algo) is Vimpo and config.algo.beta == 0.1 and config.algo_name == "vimpo"
+    assert config.make_algorithm() is config.algo and config.make_algorithm(beta=0.2).beta == 0.2
+    section = config.to_dict()["algo"]
+    assert list(section)[0] == "name" and section["name"] == "vimpo" and section["value_scale"] == 0.25
+    again = from_dict(config.to_dict())
+    assert again.algo == config.algo and again.hash() == config.hash()
+    assert type(Config(algo="dr_grpo").algo) is DrGrpo and Config(algo="dr_grpo").algo_name == "dr_grpo"
+    with pytest.raises(ConfigError, match="algo.value_scale"):
+        load_config(overrides=["algo.value_scale=-1"])
 
 
 def test_reference_moves_log_value_diagnostics_for_vimpo_only(tiny_policy):

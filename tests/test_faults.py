@@ -152,7 +152,7 @@ def test_a_sweep_killed_between_asking_for_a_trial_and_training_it_keeps_exact_c
 def _eval_run(model: str, store: str, output_dir) -> None:
     from vimpo_bench.evaluation.evaluate import EvalConfig, run_eval
 
-    config = EvalConfig(suites="arith", limit=4, max_tokens=8, batch_size=4, grader_workers=0)
+    config = EvalConfig(suites="arith", limit=4, max_new_tokens=8, batch_size=4, grader_workers=0)
     run_eval(model, config, experiment="keval", tracking_uri=store, output_dir=output_dir)
 
 

@@ -92,7 +92,7 @@ def test_lm_eval_harness_end_to_end_matches_the_native_harness(tmp_path):
 
     model = str(_tiny_model(tmp_path / "model"))
     config = ev.EvalConfig(
-        suites="math500,aime25", limit=2, max_tokens=12, data_dir=str(DATA), grader_workers=0
+        suites="math500,aime25", limit=2, max_new_tokens=12, data_dir=str(DATA), grader_workers=0
     )
     native = ev.run_eval(model, config, track=False, output_dir=tmp_path / "native")
     harness = ev.run_eval(model, config, harness="lm-eval", track=False, output_dir=tmp_path / "lm-eval")

@@ -142,7 +142,7 @@ def test_a_two_cell_study_runs_on_two_nodes_records_each_cell_once_and_a_rerun_s
           name: rayed
           axes: {algo.name: [vimpo, grpo]}
           suites: [arith]
-          eval: {limit: 6, max_tokens: 24, grader_workers: 0}
+          eval: {limit: 6, max_new_tokens: 24, grader_workers: 0}
         """)
     proc = cli(tmp_path, path, "--executor", "ray", "--address", cluster, "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]

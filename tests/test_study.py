@@ -53,8 +53,8 @@ def test_grid_is_the_product_of_the_axes_and_extends_merges(tmp_path):
         {"algo.name": "vimpo", "run.seed": "2"}, {"algo.name": "grpo", "run.seed": "0"}]
     assert len(parent) == 6 and len({c.config.hash() for c in parent}) == 6
     assert all(c.config.optim.steps == 7 and c.config.optim.lr == 3e-4 for c in parent)  # budget + base
-    assert parent[0].config.algo["beta"] == 0.1
-    assert parent[3].config.algo["beta"] == 0.04  # switching to grpo drops VIMPO's beta: GRPO's default
+    assert parent[0].config.algo.beta == 0.1
+    assert parent[3].config.algo.beta == 0.04  # switching to grpo drops VIMPO's beta: GRPO's default
     assert all(c.config.run.experiment == "parent" for c in parent)
 
     study = load_study(tmp_path / "child.yaml")
@@ -86,10 +86,10 @@ def test_every_shipped_study_expands():
     tuning = [load_study(f"answer_tune_{arm}") for arm in ("grpo", "vimpo", "vimpo_implied")]
     assert len({(s.budget.trials, s.budget.steps, str(s.sweep), s.base_config().run.seed) for s in tuning}) == 1
     main = expand(load_study("vimpo_vs_grpo"))
-    assert {c.config.algo["name"] for c in main} == {"vimpo", "grpo", "dr_grpo", "dapo", "rloo"}
+    assert {c.config.algo_name for c in main} == {"vimpo", "grpo", "dr_grpo", "dapo", "rloo"}
     assert {c.config.optim.steps for c in main} == {150}
     # beta is tuned for every arm that has one, on the same grid
-    betas = {(c.config.algo["name"], c.config.algo["beta"]) for c in expand(load_study("beta_sweep"))}
+    betas = {(c.config.algo_name, c.config.algo.beta) for c in expand(load_study("beta_sweep"))}
     assert {b for a, b in betas if a == "vimpo"} == {b for a, b in betas if a == "grpo"} == {0.01, 0.02, 0.05, 0.1, 0.2}
     paper = load_study("paper_main")
     assert paper.suites == ["math500", "aime24", "aime25", "olympiadbench"]
@@ -108,7 +108,9 @@ def test_every_shipped_study_expands():
     ("study: {axes: {run.seed: [0, 0.5]}}", "run.seed: expected an integer, got 0.5"),
     ("study: {suites: [math501]}", "study.suites: unknown suite 'math501'"),
     ("study: {suites: [arith], eval: {n_samples: 4}}", "study.eval: unknown key(s) n_samples"),
-    ("study: {suites: [arith], eval: {max_tokens: 20}}", "study.eval.max_tokens: 20 is below rollout.max_new_tokens 28"),
+    ("study: {suites: [arith], eval: {max_new_tokens: 20}}",
+     "study.eval.max_new_tokens: 20 is below rollout.max_new_tokens 28"),
+    ("study: {suites: [arith], eval: {max_tokens: 28}}", "study.eval.max_tokens is now max_new_tokens"),
     ("study: {suites: [arith], eval: {arith_options: {terms: 1}}}", "terms"),
     ("study: {budget: {steps: 0}}", "study.budget.steps: must be > 0"),
     ("study: [1, 2]", "study: must be a mapping"),
@@ -142,7 +144,7 @@ study:
       - {{label: grpo, algo.name: grpo}}
       - {{label: broken, model.name: "{tmp_path / 'no-such-model'}"}}
   suites: [arith]
-  eval: {{limit: 10, n: 2, temperature: 1.0, max_tokens: 24, grader_workers: 0}}
+  eval: {{limit: 10, n: 2, temperature: 1.0, max_new_tokens: 24, grader_workers: 0}}
 """))
     study = load_study(path)
     assert [p.action for p in plan(study, expand(study), store)] == ["run", "run", "run"]
@@ -258,7 +260,7 @@ study:
   name: follows
   axes: {run.seed: [0]}
   suites: [arith]
-  eval: {limit: 6, max_tokens: MAX, grader_workers: 0}
+  eval: {limit: 6, max_new_tokens: MAX, grader_workers: 0}
 """)
     first = load_study(write(tmp_path / "first.yaml", body.replace("MAX", "24")))
     (outcome,) = run_study(first, tracking_uri=store).outcomes

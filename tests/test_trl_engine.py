@@ -424,7 +424,7 @@ study:
   axes:
     run.engine: [native, trl]
   suites: [arith]
-  eval: {limit: 10, n: 2, temperature: 1.0, max_tokens: 24, grader_workers: 0}
+  eval: {limit: 10, n: 2, temperature: 1.0, max_new_tokens: 24, grader_workers: 0}
 """))
     result = run_study(load_study(path), tracking_uri=store)
     assert [o.status for o in result.outcomes] == ["done", "done"], [o.error for o in result.outcomes]

@@ -40,10 +40,18 @@ def get(name: str, **opts):
     return cls(**opts)
 
 
+def name_of(algorithm) -> str:
+    """The registered name of an algorithm object (its exact class: `DrGrpo` is "dr_grpo", not "grpo")."""
+    for name, cls in REGISTRY.items():
+        if type(algorithm) is cls:
+            return name
+    raise ValueError(f"{type(algorithm).__qualname__} is not a registered algorithm")
+
+
 def _lookup(name: str) -> type:
     if name not in REGISTRY:
         raise ValueError(f"unknown algorithm {name!r}; valid algorithms: {', '.join(names())}")
     return REGISTRY[name]
 
 
-__all__ = ["Batch", "get", "names", "options", "register", "REGISTRY"]
+__all__ = ["Batch", "get", "name_of", "names", "options", "register", "REGISTRY"]

@@ -97,3 +97,21 @@ def check_fixed_point(advantage: str, agg: str, beta: float, value_scale: float,
                       f"w = {WEIGHT[agg]}, s = 2 beta c_V = {s:g}: {at_max:.4g} for {max_len}-token responses, "
                       f"not beta = {beta:g} (docs/algorithms.md, fixed points)")
     return None, None
+
+
+def vimpo_config_problem(algo, schedule: str, beta_final: float | None, max_len: int) -> tuple[str | None, str | None]:
+    """(error, warning) for a VIMPO run's options `algo` (a `Vimpo`) under its beta schedule, at config time:
+    `check_fixed_point` at both ends of the schedule (with value_coef fixed, 2 beta c_V moves with beta)."""
+    import dataclasses
+
+    warning = None
+    for beta in [algo.beta] + ([beta_final] if schedule != "constant" else []):
+        try:
+            at = dataclasses.replace(algo, beta=beta)
+        except ValueError as exc:
+            return f"{exc} (at beta_schedule.final)", None
+        error, warning = check_fixed_point(at.advantage, at.agg, beta, at.effective_value_scale, max_len,
+                                           at.norm_len or max_len, at.lam)
+        if error:
+            return error, None
+    return None, warning

@@ -57,7 +57,7 @@ class _ProgressBar:
             self.bar = None
 
 
-DEFAULT_MAX_NEW_TOKENS = 4096  # evaluate.DEFAULT_MAX_TOKENS (the CLI starts without importing it)
+DEFAULT_MAX_NEW_TOKENS = 4096  # evaluate.DEFAULT_MAX_NEW_TOKENS (the CLI starts without importing it)
 
 
 def _fmt(value: float | None) -> str:
@@ -214,7 +214,7 @@ def eval_command(
             temperature=temperature,
             top_p=top_p,
             top_k=top_k,
-            max_tokens=DEFAULT_MAX_NEW_TOKENS if max_new_tokens is None else max_new_tokens,
+            max_new_tokens=DEFAULT_MAX_NEW_TOKENS if max_new_tokens is None else max_new_tokens,
             seed=seed,
             limit=limit,
             data_dir=data_dir,

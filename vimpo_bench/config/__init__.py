@@ -2,8 +2,9 @@
 
 Every field is documented where it is declared; defaults live here; study files (YAML) hold only
 overrides and may `extends:` another study. Unknown keys and bad values fail with a `ConfigError`
-that names the file and key and says why. Algorithm options are validated against the algorithm
-registry (`vimpo_bench.algorithms.options`).
+that names the file and key and says why. `algo` is typed too: the algorithm's own options dataclass
+(`Vimpo`, `Grpo`, ...: `config.algo.beta`), built from its mapping (`name` plus options) and checked against
+the algorithm registry; `to_dict` writes it back as that mapping, the form study files and MLflow hold.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import yaml
 
 from vimpo_bench import algorithms, ranges
-from vimpo_bench.algorithms.fixed_points import check_fixed_point
+from vimpo_bench.algorithms.fixed_points import vimpo_config_problem
 from vimpo_bench.config import lora
 from vimpo_bench.config.bounded_yaml import MAX_YAML_BYTES, BoundedLoader, YamlRefused
 from vimpo_bench.ranges import Range, clip, num, short  # noqa: F401 - the schema's field helpers, re-exported
@@ -241,9 +242,9 @@ BOOKKEEPING_KEYS = (
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
-    algo: dict = field(default_factory=lambda: {"name": "vimpo"})
-    """`name` plus the algorithm's options (see docs/algorithms.md); missing options take its defaults
-    (filled in when the Config is built, in code as from a study file)."""
+    algo: Any = field(default_factory=lambda: {"name": "vimpo"})
+    """The algorithm's typed options (its dataclass, `algorithms.get(name, ...)`), built from `name` plus options
+    (docs/algorithms.md); missing options take its defaults, in code as from a study file."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
@@ -255,10 +256,14 @@ class Config:
     def __post_init__(self) -> None:
         # The algorithm's defaults, whether the Config comes from a file or is built in code: a missing
         # `beta` must not silently become 0 (GRPO would lose its KL term, VIMPO would refuse to start).
-        self.algo = _algo_section(self.algo, "config")
+        if type(self.algo) not in algorithms.REGISTRY.values():
+            self.algo = _algo_section(self.algo, "config")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every section as plain data; `algo` as its mapping, `name` first (what the hash and MLflow hold)."""
+        d = dataclasses.asdict(self)
+        d["algo"] = {"name": self.algo_name, **d["algo"]}
+        return d
 
     def hash(self) -> str:
         """Short stable hash of everything that changes the result (not names or output places)."""
@@ -271,15 +276,11 @@ class Config:
 
     @property
     def algo_name(self) -> str:
-        return self.algo["name"]
+        return algorithms.name_of(self.algo)
 
     def make_algorithm(self, beta: float | None = None):
-        """The algorithm's typed options (its dataclass: `Vimpo`, `Grpo`, ...), built and range-checked from the
-        `algo` section (the form a study file and MLflow hold); `beta` replaces the section's."""
-        opts = {k: v for k, v in self.algo.items() if k != "name"}
-        if beta is not None:
-            opts["beta"] = beta
-        return algorithms.get(self.algo["name"], **opts)
+        """The algorithm's typed options, with `beta` in place of the configured one when given (range-checked)."""
+        return self.algo if beta is None else dataclasses.replace(self.algo, beta=beta)
 
 
 def drop_key(d: dict, dotted: str, *only_if: Any) -> None:
@@ -425,7 +426,8 @@ def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
     return config
 
 
-def _algo_section(value: Any, source: str) -> dict[str, Any]:
+def _algo_section(value: Any, source: str):
+    """The algorithm's options object from the `algo` mapping (or a bare name), every option coerced and checked."""
     if isinstance(value, str):
         value = {"name": value}
     if not isinstance(value, dict):
@@ -456,7 +458,10 @@ def _algo_section(value: Any, source: str) -> dict[str, Any]:
                 raise
             raise ConfigError(f"{source}: algo.{key}: {_expected_number(hint)} {rng}{f' ({rng.why})' if rng.why else ''}, "
                               f"got {short(resolved[key])}") from None
-    return resolved
+    try:
+        return algorithms.get(resolved.pop("name"), **resolved)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None  # the message names the key: algo.<option>
 
 
 def _expected_number(hint: Any) -> str:
@@ -540,25 +545,6 @@ def _one_of(value: Any, valid: tuple, where: str) -> None:
         raise ConfigError(f"{where}: {short(value)} is not one of {', '.join(map(str, valid))}")
 
 
-def check_vimpo_fixed_point(c: Config, algo, source: str) -> None:
-    """Refuse a VIMPO run whose full loss has no fixed point; warn, with the formula, when it converges
-    to pi* at a beta other than the configured one (algorithms/fixed_points.py). Checked at both ends of a
-    beta schedule (with value_coef fixed, 2 beta c_V moves with beta)."""
-    betas = [algo.beta] + ([c.beta_schedule.final] if c.beta_schedule.kind != "constant" else [])
-    for beta in betas:
-        try:
-            at = dataclasses.replace(algo, beta=beta)
-        except ValueError as exc:
-            raise ConfigError(f"{source}: {exc} (at beta_schedule.final)") from None
-        error, warning = check_fixed_point(at.advantage, at.agg, beta, at.effective_value_scale,
-                                           c.rollout.max_new_tokens, at.norm_len or c.rollout.max_new_tokens,
-                                           at.lam)
-        if error:
-            raise ConfigError(f"{source}: {error}")
-    if warning:
-        warnings.warn(f"{source}: {warning}", stacklevel=2)
-
-
 def validate(c: Config, source: str) -> None:
     """Every number against the range declared beside its field (finite, in range), then the choices and
     cross-field checks; each message names the key and says why."""
@@ -590,10 +576,11 @@ def validate(c: Config, source: str) -> None:
             raise ConfigError(f"{source}: beta_schedule.final is required for a {c.beta_schedule.kind} schedule")
         if c.algo_name == "vimpo" and c.beta_schedule.final <= 0:
             raise ConfigError(f"{source}: beta_schedule.final: VIMPO needs beta > 0, got {c.beta_schedule.final}")
-    try:
-        algo = c.make_algorithm()
-    except ValueError as exc:
-        raise ConfigError(f"{source}: {exc}") from None  # the message names the key: algo.<option>
-    if c.algo_name == "vimpo":
-        check_vimpo_fixed_point(c, algo, source)
+    if c.algo_name == "vimpo":  # a loss with no fixed point is refused; one off beta is warned about
+        error, warning = vimpo_config_problem(c.algo, c.beta_schedule.kind, c.beta_schedule.final,
+                                              c.rollout.max_new_tokens)
+        if error:
+            raise ConfigError(f"{source}: {error}")
+        if warning:
+            warnings.warn(f"{source}: {warning}", stacklevel=2)
 

@@ -86,7 +86,7 @@ PRESETS: dict[str, Preset] = {
     "dapo": Preset(1.0, 0.7, 32, "DAPO protocol: T=1.0, top-p 0.7, avg@32"),
     "passk": Preset(0.6, 0.95, 256, "pass@k curves up to k=256 (T=0.6, top-p 0.95)"),
 }
-DEFAULT_MAX_TOKENS = 4096
+DEFAULT_MAX_NEW_TOKENS = 4096
 
 
 @dataclass
@@ -102,7 +102,7 @@ class EvalConfig:
     temperature: float | None = num(None, ge=0)  # 0 = greedy
     top_p: float | None = num(None, gt=0, le=1)
     top_k: int = num(0, ge=0)  # 0 = off
-    max_tokens: int = num(DEFAULT_MAX_TOKENS, ge=1)  # new tokens per sample
+    max_new_tokens: int = num(DEFAULT_MAX_NEW_TOKENS, ge=1)  # new tokens per sample
     seed: int = 0  # batch b of a suite is generated with seed + b
     limit: int | None = num(None, ge=1)  # first `limit` problems of each suite
     data_dir: str | None = None  # None: $VIMPO_BENCH_DATA, else the Hugging Face hub
@@ -133,8 +133,8 @@ class EvalConfig:
             raise ValueError(f"n={p.n} samples at temperature 0 are identical; give --temperature > 0 or n=1")
         if not 0 < p.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {p.top_p}")
-        if self.top_k < 0 or self.max_tokens < 1 or self.batch_size < 1:
-            raise ValueError("top_k must be >= 0, max_tokens >= 1 and batch_size >= 1")
+        if self.top_k < 0 or self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ValueError("top_k must be >= 0, max_new_tokens >= 1 and batch_size >= 1")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
         if self.grader_timeout <= 0:
@@ -146,7 +146,7 @@ class EvalConfig:
             temperature=preset.temperature if self.temperature is None else float(self.temperature),
             top_p=preset.top_p if self.top_p is None else float(self.top_p),
             top_k=self.top_k,
-            max_new_tokens=self.max_tokens,
+            max_new_tokens=self.max_new_tokens,
             n=preset.n if self.n is None else int(self.n),
         )
 
@@ -338,7 +338,7 @@ def run_eval(
     `eval.dtype` (tags `vimpo.backend`, `vimpo.dtype`) say how the model ran.
     `model_progress(phase, done, total, metrics)` sees the built-in model's warm start when it is built
     (`train`'s progress signature); `notice(line)` is told what a long step does before it starts.
-    Prompts longer than the model's context leaves beside `max_tokens` are cut from the left in both
+    Prompts longer than the model's context leaves beside `max_new_tokens` are cut from the left in both
     harnesses, with one warning (`check_prompt_lengths`).
     """
     if harness not in HARNESSES:

@@ -172,13 +172,13 @@ def check_prompt_lengths(
     config: Any, tokenizer: Any, context: int, add_special_tokens: bool, harness: str, cut: bool = True
 ) -> None:
     """One warning, with the numbers, when prompts are longer than the model's context leaves room for: both
-    harnesses cut each such prompt to its last `context - max_tokens` tokens (lm-eval does it; the native
-    generator does the same, so that the two see the same inputs). With no room at all (max_tokens >=
+    harnesses cut each such prompt to its last `context - max_new_tokens` tokens (lm-eval does it; the native
+    generator does the same, so that the two see the same inputs). With no room at all (max_new_tokens >=
     context) lm-eval cannot run, which is refused here, and the native harness cuts nothing and warns about
     the prompts longer than the whole context."""
-    room = prompt_room(context, config.max_tokens)
+    room = prompt_room(context, config.max_new_tokens)
     if room is None and harness == "lm-eval":
-        raise ValueError(f"--max-new-tokens {config.max_tokens} is not below the model's context of {context} "
+        raise ValueError(f"--max-new-tokens {config.max_new_tokens} is not below the model's context of {context} "
                          f"tokens: lm-eval keeps context - max-new-tokens prompt tokens; give --max-new-tokens "
                          f"below {context}")
     limit = context if room is None else room
@@ -194,16 +194,16 @@ def check_prompt_lengths(
         return
     if room is None:
         warnings.warn(f"prompts longer than the model's whole context of {context} tokens: {', '.join(over)}; "
-                      f"not cut, since --max-new-tokens {config.max_tokens} leaves no room for a prompt (below "
+                      f"not cut, since --max-new-tokens {config.max_new_tokens} leaves no room for a prompt (below "
                       f"{context}, both harnesses cut them to context - max-new-tokens, as lm-eval does)",
                       stacklevel=3)
     elif cut:
         warnings.warn(f"prompts longer than the model's context leaves room for ({context} tokens - "
-                      f"--max-new-tokens {config.max_tokens} = {room}): {', '.join(over)}; each is cut to its "
+                      f"--max-new-tokens {config.max_new_tokens} = {room}): {', '.join(over)}; each is cut to its "
                       f"last {room} tokens, in both harnesses (as lm-eval does)", stacklevel=3)
     else:
         warnings.warn(f"prompts longer than the model's context leaves room for ({context} tokens - "
-                      f"--max-new-tokens {config.max_tokens} = {room}): {', '.join(over)}; the native harness "
+                      f"--max-new-tokens {config.max_new_tokens} = {room}): {', '.join(over)}; the native harness "
                       "on vLLM does not cut them (vLLM refuses a prompt past its context)", stacklevel=3)
 
 
@@ -215,7 +215,7 @@ def effective_dtype(backend: str, dtype: str) -> str:
 def build_generator(source: str, config: Any, backend: str = "hf", dtype: str = "float32"):
     """(generator, tokenizer) for a model folder or hub id. Prompts rendered with the tokenizer's chat
     template already hold its BOS, so the tokenizer adds no special tokens to those. The hf generator cuts
-    a prompt longer than the model's context leaves beside `config.max_tokens` to its last tokens, as
+    a prompt longer than the model's context leaves beside `config.max_new_tokens` to its last tokens, as
     lm-eval does (`check_prompt_lengths` warns)."""
     uses_chat = config.template == "qwen-boxed"
     if backend == "vllm":
@@ -229,7 +229,7 @@ def build_generator(source: str, config: Any, backend: str = "hf", dtype: str = 
     model, tokenizer = load_policy(source, dtype=dtype)
     add_special = not (uses_chat and prompts.has_chat_template(tokenizer))
     generator = _left_cut_generator_class()(model, tokenizer, add_special_tokens=add_special)
-    generator.max_prompt_tokens = prompt_room(model_context(model.config, tokenizer), config.max_tokens)
+    generator.max_prompt_tokens = prompt_room(model_context(model.config, tokenizer), config.max_new_tokens)
     return generator, tokenizer
 
 

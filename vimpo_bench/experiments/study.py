@@ -12,7 +12,7 @@ A study file is a config file (it may `extends:` another) plus a `study:` sectio
           - {label: clean, reward.noise: none}
           - {label: flip0.2, reward.noise: symmetric, reward.p: 0.2}
       suites: [arith]             # evaluation suites run on each trained policy (`vimpo-bench eval`'s)
-      eval: {limit: 500, max_tokens: 28}     # EvalConfig settings for them
+      eval: {limit: 500, max_new_tokens: 28}     # EvalConfig settings for them
       budget: {steps: 80, max_cells: 30, minutes: 60, trials: 20}
       resources: {num_cpus: 2, num_gpus: 1}  # what one cell takes as a Ray task (`--executor ray`)
       sweep: {...}                # ranges for `vimpo-bench sweep` (see vimpo_bench.experiments.sweep)
@@ -258,6 +258,9 @@ def eval_config(study: Study, suites: list[str], config: Config | None = None):
 
     where = f"{study.path}: study.eval"
     valid = [f.name for f in fields(EvalConfig) if f.name != "suites"]
+    if "max_tokens" in study.eval:  # the old name: one length-limit name everywhere (rollout, eval, CLI)
+        raise ConfigError(f"{where}.max_tokens is now max_new_tokens (the name rollout.max_new_tokens and "
+                          "`vimpo-bench eval --max-new-tokens` use); rename it")
     unknown = sorted(set(study.eval) - set(valid), key=str)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {clip(', '.join(map(str, unknown)))}; valid: {', '.join(valid)}")
@@ -268,8 +271,8 @@ def eval_config(study: Study, suites: list[str], config: Config | None = None):
         resolved = EvalConfig(suites=",".join(suites), **settings)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
-    if config is not None and resolved.max_tokens < config.rollout.max_new_tokens:
-        raise ConfigError(f"{where}.max_tokens: {resolved.max_tokens} is below rollout.max_new_tokens "
+    if config is not None and resolved.max_new_tokens < config.rollout.max_new_tokens:
+        raise ConfigError(f"{where}.max_new_tokens: {resolved.max_new_tokens} is below rollout.max_new_tokens "
                           f"{config.rollout.max_new_tokens} of cell {config.run.run_name}: the final evaluation "
                           "would cut answers the training allowed; raise it")
     return resolved

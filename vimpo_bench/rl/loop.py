@@ -51,9 +51,8 @@ def seed_process(config: Config) -> None:
 def algorithm_at(config: Config, step: int):
     """The algorithm of step `step`: beta from the schedule (the one place it is applied), and Dr. GRPO's
     normalizing constant as the longest possible completion, not the batch's padded length."""
-    options = config.make_algorithm()  # typed: the algorithm's dataclass, beta as configured
-    beta = beta_at(config.beta_schedule.kind, options.beta, config.beta_schedule.final, step, config.optim.steps)
-    algo = dataclasses.replace(options, beta=beta)
+    beta = beta_at(config.beta_schedule.kind, config.algo.beta, config.beta_schedule.final, step, config.optim.steps)
+    algo = config.make_algorithm(beta=beta)  # config.algo is the algorithm's typed options (Vimpo, Grpo, ...)
     if getattr(algo, "norm_len", 0) is None:
         algo = dataclasses.replace(algo, norm_len=config.rollout.max_new_tokens)
     return algo

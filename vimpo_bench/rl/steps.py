@@ -141,7 +141,7 @@ def evaluate_suites(config: Config, generator, step: int) -> dict[str, float]:
     on_arith = config.task.name == "arith" and "arith" in expand_suites(config.eval.suites)
     arith = config.task.options if on_arith else None
     settings = EvalConfig(suites=config.eval.suites, n=n, temperature=config.rollout.temperature,
-                          top_p=config.rollout.top_p, max_tokens=config.rollout.max_new_tokens,
+                          top_p=config.rollout.top_p, max_new_tokens=config.rollout.max_new_tokens,
                           limit=config.eval.problems, seed=step_seed(config.run.seed, step, 7), grader_workers=0,
                           arith_options=dict(arith) if arith is not None else None,
                           **({} if config.task.template == "none" else {"template": config.task.template}))
