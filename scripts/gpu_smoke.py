@@ -14,7 +14,7 @@ short still leaves what it measured:
    reference, |x - x_ref| / max(|x_ref|, 1e-3) (the floor: dr_grpo, dapo and rloo have no KL term, and at
    rho = 1 their loss is -agg(A), the same number on every device and 0 for rloo), and the cosine between
    the two gradients. Tolerances: 1e-4 (float32), 2e-2 (bfloat16: 8 mantissa bits, ~4e-3 per rounding).
-2. trl, 3. native: `vimpo-bench train` (`train.run`, run.engine=trl | native) for a few steps on a random
+2. trl, 3. native: `vimpo-bench train` (`engines.run`, run.engine=trl | native) for a few steps on a random
    Llama with the project's character tokenizer, bfloat16 weights, transformers generation (rollout.backend=hf)
    on the GPU; GPU size is hidden 768 x 12 layers x 12 heads, MLP 3072 (113M parameters, GPT-2 small's
    compute: its 124M count 39M of embeddings), 16 prompts x 8 responses x 64 new tokens per step. Per step,
@@ -134,7 +134,7 @@ def fixed_batch(vocab: int, prompts=4, group=4, prompt_len=12, new_tokens=16, se
 
 
 def algorithm(name: str, new_tokens: int):
-    """The algorithm as a run with defaults builds it (Dr. GRPO's norm_len = max_new_tokens, as `train.rl_step`)."""
+    """The algorithm as a run with defaults builds it (Dr. GRPO's norm_len = max_new_tokens, as `rl.loop.algorithm_at`)."""
     from vimpo_bench.config import load_config
 
     with warnings.catch_warnings():  # VIMPO's fixed-point note on its defaults: shown by the engine runs
@@ -217,10 +217,10 @@ def engine_overrides(engine: str, model_dir: Path, size: dict, steps: int, work:
 
 def run_engine(engine: str, overrides: list[str], tracking_uri: str, n_params: int, peak: float | None,
                cuda: bool) -> dict:
-    """`train.run` for `engine`; its per-step numbers read back from MLflow (see the module docstring)."""
+    """`engines.run` for `engine`; its per-step numbers read back from MLflow (see the module docstring)."""
     from mlflow.tracking import MlflowClient
 
-    from vimpo_bench import engines as train
+    from vimpo_bench import engines
     from vimpo_bench.config import load_config
 
     config = load_config(overrides=overrides)
@@ -241,7 +241,7 @@ def run_engine(engine: str, overrides: list[str], tracking_uri: str, n_params: i
     out: dict = {"config": overrides, "gpu_mem_at_start_gib": at_start / 2**30 if cuda else None}
     started = time.perf_counter()
     try:
-        train.run(config, progress=progress, tracking_uri=tracking_uri, run_started=run_ids.append)
+        engines.run(config, progress=progress, tracking_uri=tracking_uri, run_started=run_ids.append)
     except Exception as exc:  # measured steps are still read back below
         traceback.print_exc()
         out["error"] = f"{type(exc).__name__}: {exc}"

@@ -1,17 +1,18 @@
 """Training engines, by name: `get(name)` -> an `Engine` that says what it supports and trains.
 
-    result = engines.run(config, **options)   # what `vimpo-bench train`, studies and sweeps call
-    result = engines.start(request)           # the same with a runs.record.RunRequest
-
+    result = engines.run(config, **options)   # what a notebook calls
+    result = engines.start(request)           # what the train CLI, study cells and sweep trials call
+                                              # (a runs.record.RunRequest)
     engine = engines.get(config.run.engine)
     problem = engine.check(config)      # one line naming the keys this engine cannot honour, or None
-    result = engine.start(request)      # a runs.RunRequest; its training entry, imported only now (TRL is heavy)
+    result = engine.start(request)      # its training entry, imported only now (TRL is heavy)
 
-`start` resumes a run on the engine its checkpoint was saved by, else trains on run.engine if that engine can
-honour the config. `native` is the readable reference loop (vimpo_bench/engines/native.py: CPU or one GPU, hf rollouts); `trl` runs our
-algorithms inside TRL's GRPOTrainer (trl_engine.py, trl_trainer.py). This module imports neither: an engine
-names its entry as "module:function", so checking a config costs nothing and nothing here points up the house.
-`problem(config)` is what every entry (train, study planning, sweeps) asks before a run is opened.
+`start` resumes a run on the engine its checkpoint was saved by, else trains on run.engine if that engine
+can honour the config. `native` is the readable reference loop (native.py: CPU or one GPU, hf rollouts);
+`trl` runs our algorithms inside TRL's GRPOTrainer (trl_engine.py, trl_trainer.py). Both call the same
+engine-neutral step (vimpo_bench/rl). This module imports neither engine: each names its entry as
+"module:function", so checking a config costs nothing and nothing here points up the house. `problem(config)`
+is what every entry (train, study planning, sweeps) asks before a run is opened.
 """
 
 from __future__ import annotations
