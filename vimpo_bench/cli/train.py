@@ -1,4 +1,4 @@
-"""`vimpo-bench train`: parse, load the config, call `vimpo_bench.engines.start` with a `runs.RunRequest`."""
+"""`vimpo-bench train`: parse, load the config, call `vimpo_bench.engines.start` with a `runs.record.RunRequest`."""
 
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def train_command(
 
 
 def _interrupted(config, run_id: str | None, tracking_uri: str | None = None) -> str:
-    """What Ctrl-C left behind (`train.run` recorded the run KILLED) and the command that continues it."""
+    """What Ctrl-C left behind (the engine recorded the run KILLED) and the command that continues it."""
     from vimpo_bench.config import RunConfig
     from vimpo_bench.runs.checkpoints import find_checkpoint
 

@@ -28,7 +28,7 @@ class Engine:
     name: str
     summary: str
     entry: str
-    """"module:function" of its `run(request: runs.RunRequest) -> runs.TrainResult`."""
+    """"module:function" of its `run(request: runs.record.RunRequest) -> runs.record.TrainResult`."""
     check: Callable[[object], str | None]
     """Why this engine cannot honour a config (one line naming the keys), or None: config time, no machine."""
 

@@ -1,5 +1,5 @@
-"""The `trl` training engine: `run(request)` as `train.start`, with TRL's GRPOTrainer driving the loop
-(`trl_trainer.VimpoGRPOTrainer`) and `RLStepCallback` doing, at the end of each RL step, what the native
+"""The `trl` training engine: `run(request)`, the entry `engines.start` calls, with TRL's GRPOTrainer driving
+the loop (`trl_trainer.VimpoGRPOTrainer`) and `RLStepCallback` doing, at the end of each RL step, what the native
 loop does after its update: move pi_ref, evaluate on the validation split, log, report progress.
 
 One RL step = one generation = epochs x minibatches optimizer steps, each of grad_accum microbatches of
@@ -49,7 +49,7 @@ from vimpo_bench.runs.tracking import NullTracker, Tracker
 
 
 def run(request: RunRequest) -> TrainResult:
-    """`train.start` for run.engine=trl (same request and result): a new run, or `resume_run_id` continued
+    """`engines.start` for run.engine=trl (same request and result): a new run, or `resume_run_id` continued
     from its last checkpoint with the config saved there."""
     config = request.config
     trl_preflight(config)

@@ -42,7 +42,7 @@ from vimpo_bench.runs.record import TrainingError
 
 
 class StepPromptSampler(torch.utils.data.Sampler):
-    """The prompts `train.rl_step` draws at each step, laid out as TRL's RepeatSampler lays out a generation
+    """The prompts the native loop's `rl_step` draws at each step, laid out as TRL's RepeatSampler lays out a generation
     batch: each prompt `group_size` times in a row (a group), the step's block once per microbatch pass."""
 
     def __init__(self, pool_size: int, prompts: int, group_size: int, repeats: int, seed: int, steps: int):

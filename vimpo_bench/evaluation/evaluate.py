@@ -7,7 +7,7 @@
 CLI calls: it resolves `--model` (folder, checkpoint, MLflow run id or hub id), builds the backend,
 opens the MLflow eval run (nested under a training run) and calls `evaluate` or the lm-eval harness.
 
-Metrics, records and result objects live in `eval_results` (shared with the lm-eval harness, which
+Metrics, records and result objects live in `results` (shared with the lm-eval harness, which
 imports it and never this module); they are re-exported here.
 Library code never prints: progress goes to an optional callback.
 """

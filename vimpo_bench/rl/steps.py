@@ -1,4 +1,4 @@
-"""The parts of an RL step both engines run alike (`train`, the native loop, and `engines.trl_engine`):
+"""The parts of an RL step both engines run alike (`engines.native` and `engines.trl_engine`):
 per-purpose seeds, prompts as text and how they are tokenized, sampling settings, log-probs at the sampling
 temperature, pi_ref moves with their value-loss diagnostics, validation evaluation, the advantage profile,
 and phase timing. The loops themselves (who calls these, in which order) live in the engines."""

@@ -1,4 +1,4 @@
-"""A training run's record and ownership, the same for both engines (`train`, the native loop, and
+"""A training run's request, record and ownership, the same for both engines (`engines.native` and
 `engines.trl_engine`): the run opened in MLflow and tagged before its first step, the config and
 provenance recorded, the owner lock that tells other processes the run is live, and the status it
 ends with. Errors: TrainingError (training cannot go on), EarlyStop (a pruned trial)."""
