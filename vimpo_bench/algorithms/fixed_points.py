@@ -29,6 +29,8 @@ tests/test_fixed_points.py checks every row on a tabular tree MDP with exact exp
 
 from __future__ import annotations
 
+import dataclasses
+
 # Kinds whose actor term is itself an estimate of grad(E[R] - beta KL): sound with any aggregation.
 SOUND_KINDS = ("none", "residual", "soft_rtg")
 # Kinds whose discounted sum (lam < 1) changes the estimator, so the table's formula needs lam = 1.
@@ -102,8 +104,6 @@ def check_fixed_point(advantage: str, agg: str, beta: float, value_scale: float,
 def vimpo_config_problem(algo, schedule: str, beta_final: float | None, max_len: int) -> tuple[str | None, str | None]:
     """(error, warning) for a VIMPO run's options `algo` (a `Vimpo`) under its beta schedule, at config time:
     `check_fixed_point` at both ends of the schedule (with value_coef fixed, 2 beta c_V moves with beta)."""
-    import dataclasses
-
     warning = None
     for beta in [algo.beta] + ([beta_final] if schedule != "constant" else []):
         try:

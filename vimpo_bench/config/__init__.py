@@ -420,8 +420,6 @@ def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: {short(key)} must be a mapping, got {short(value)}")
         setattr(config, key, _section(SECTIONS[key], value, f"{source}: {key}"))
-    if "algo" not in raw:
-        config.algo = _algo_section({}, source)
     validate(config, source)
     return config
 

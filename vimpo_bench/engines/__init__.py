@@ -21,6 +21,7 @@ import importlib
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,7 @@ def run(config, **options):
 def start(request):
     """Train as `request` asks: a new run on its engine, or `resume_run_id` continued from its last checkpoint.
     Returns the engine's `runs.record.TrainResult`."""
-    from pathlib import Path
-
+    # Here, not at the top: the schema pulls in torch and the run record MLflow; checking a config stays free.
     from vimpo_bench.config import ConfigError
     from vimpo_bench.runs.record import checkpoint_engine
 
